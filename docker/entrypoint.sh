@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Container entry point: the ROS 2 environment and the colcon workspace, then the command (CMD or arguments).
+set -e
+# setup.bash reads unset variables and cannot run under `set -u`.
+# shellcheck source=/dev/null
+source "/opt/ros/${ROS_DISTRO:-humble}/setup.bash"
+# shellcheck source=/dev/null
+source /opt/ros2_chatterbox_ws/install/setup.bash
+exec "$@"

@@ -1,0 +1,1 @@
+"""Engine implementations (see ros2_chatterbox/engine.py for the interface)."""
