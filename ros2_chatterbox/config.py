@@ -71,7 +71,7 @@ SETTINGS: List[Setting] = [
        max=1000),
     # queue
     _s("queue.max_size", 16, "Requests waiting at most; beyond that a request is refused (queue full).",
-       min=1, max=10000),
+       read_only=True, min=1, max=1000),
     _s("queue.policy", "queue", "What a new request does while speech is playing: queue (wait in line) or "
        "interrupt (stop current speech and clear the queue).", choices=("queue", "interrupt")),
     _s("idle_unload_s", 0.0, "Unload the model after this many idle seconds, reload on the next request "

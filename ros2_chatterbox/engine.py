@@ -104,10 +104,14 @@ ENGINES = ("chatterbox_turbo", "piper")
 
 
 def create_engine(name: str, config: Dict[str, Any]) -> Engine:
-    if name == "chatterbox_turbo":
-        from .engines.chatterbox_turbo import ChatterboxTurboEngine
-        return ChatterboxTurboEngine(config)
-    if name == "piper":
-        from .engines.piper import PiperEngine
-        return PiperEngine(config)
+    try:
+        if name == "chatterbox_turbo":
+            from .engines.chatterbox_turbo import ChatterboxTurboEngine
+            return ChatterboxTurboEngine(config)
+        if name == "piper":
+            from .engines.piper import PiperEngine
+            return PiperEngine(config)
+    except ImportError as exc:
+        raise EngineLoadError(f"engine '{name}' cannot be imported ({exc}); install its dependencies "
+                              f"(`make setup`, or see README 'Installation')") from exc
     raise EngineLoadError(f"unknown engine '{name}' (choose one of: {', '.join(ENGINES)})")
