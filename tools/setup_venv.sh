@@ -42,6 +42,8 @@ if ! stamp_ok engine "$ROOT/requirements/engine.txt" "$ROOT/requirements/engine-
   log "engine dependencies (torch CPU, chatterbox-tts, piper voice, HTTP)"
   pip_install -r "$ROOT/requirements/engine.txt" -c "$ROOT/requirements/constraints.txt"
   pip_install --no-deps -r "$ROOT/requirements/engine-nodeps.txt"
+  # torchaudio: the last release on PyPI, for the CPU torch above (robots use the one matching their torch)
+  pip_install --no-deps torchaudio==2.11.0
   # torchaudio 2.11's x86_64 wheel links CUDA libraries that the CPU torch lacks; chatterbox only needs its
   # pure-Python parts, which import once the compiled extension is gone.
   SP=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
