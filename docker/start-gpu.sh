@@ -41,6 +41,7 @@ SOUND=0
 ALLOW_MISSING=0
 NATIVE_LIBS=1
 NO_CACHING=1
+DOCTOR=0
 EXTRA=()
 
 usage() {
@@ -65,6 +66,7 @@ Usage: docker/start-gpu.sh [options] [-- extra docker run arguments]
   --compose-override F   also write the discovered mounts as a compose override file for service
                          ros2-chatterbox (docker compose -f docker/compose.yaml -f F up)
   --detach               run in the background (default: foreground, as systemd wants)
+  --doctor               run ros2-chatterbox-doctor in the container (same mounts) instead of the node
   --dry-run              print the docker run command and exit
   -h, --help             this help
 
@@ -95,6 +97,7 @@ while [ "$#" -gt 0 ]; do
     --no-native-libs) NATIVE_LIBS=0; shift ;;
     --caching-allocator) NO_CACHING=0; shift ;;
     --detach) DETACH=1; shift ;;
+    --doctor) DOCTOR=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
@@ -102,6 +105,11 @@ while [ "$#" -gt 0 ]; do
   esac
 done
 case "$PORT" in ''|*[!0-9]*) die 2 "--port must be a number, not '$PORT'" ;; esac
+# The doctor runs beside a running node: another name, and no detaching (its report is the point).
+if [ "$DOCTOR" = 1 ]; then
+  [ "$NAME" = ros2-chatterbox ] && NAME=ros2-chatterbox-doctor
+  DETACH=0
+fi
 
 HOST_ROOT=${JETSON_HOST_ROOT:-/}
 HOST_ROOT=${HOST_ROOT%/}
@@ -245,8 +253,12 @@ if [ "$SOUND" = 1 ]; then
   cmd+=(--device /dev/snd --group-add audio)
 fi
 cmd+=("${EXTRA[@]}")
-cmd+=("$IMAGE" ros2 run ros2_chatterbox tts_node --autostart --ros-args
-      --params-file /etc/ros2_chatterbox/params.yaml -p "http.host:=$HTTP_HOST" -p "http.port:=$PORT")
+if [ "$DOCTOR" = 1 ]; then
+  cmd+=("$IMAGE" ros2-chatterbox-doctor)
+else
+  cmd+=("$IMAGE" ros2 run ros2_chatterbox tts_node --autostart --ros-args
+        --params-file /etc/ros2_chatterbox/params.yaml -p "http.host:=$HTTP_HOST" -p "http.port:=$PORT")
+fi
 
 if [ -n "$COMPOSE_OVERRIDE" ]; then
   {

@@ -144,7 +144,7 @@ def _signal_length(args: tuple, kwargs: dict, inverse: bool) -> Optional[int]:
     n = _arg(args, kwargs, 1, "n")
     if n is not None:
         return n
-    tensor, dim = args[0], _arg(args, kwargs, 2, "dim", -1)
+    tensor, dim = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 2, "dim", -1)
     try:
         size = int(tensor.shape[dim])
     except (AttributeError, IndexError, TypeError):

@@ -8,6 +8,7 @@ import threading
 from typing import Dict
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from ros2_chatterbox.action import Say
 
@@ -22,7 +23,10 @@ class SayActionServer:
         self._lock = threading.Lock()
         self._server = ActionServer(
             node, Say, "say", execute_callback=self._execute, goal_callback=self._on_goal,
-            cancel_callback=self._on_cancel, callback_group=callback_group)
+            cancel_callback=self._on_cancel, callback_group=callback_group,
+            # a burst of goals waits in DDS history instead of overwriting each other (default depth 10)
+            goal_service_qos_profile=QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE),
+            result_service_qos_profile=QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
 
     def _on_goal(self, goal_request) -> GoalResponse:
         return GoalResponse.ACCEPT  # invalid or inactive goals are aborted with a readable message

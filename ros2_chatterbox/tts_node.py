@@ -114,8 +114,12 @@ class TtsNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # The request interfaces live as long as the node, so a request while inactive gets a clear answer
         # ("not active") instead of silence; activate/deactivate switch serving on and off.
-        text_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_service(Speak, "speak", self._on_speak, callback_group=self._blocking_group)
+        # deep enough that a burst of messages is queued, not overwritten (each one must be spoken)
+        text_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        # Requests arriving in a burst must wait in DDS history, not overwrite each other (default depth is 10).
+        burst_qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_service(Speak, "speak", self._on_speak, qos_profile=burst_qos,
+                            callback_group=self._blocking_group)
         self.create_service(Trigger, "tts/stop", self._on_stop, callback_group=self._fast_group)
         self.create_subscription(String, "tts/text", self._on_text, text_qos, callback_group=self._fast_group)
         self._action_server = self._create_action_server()

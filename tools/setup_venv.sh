@@ -65,12 +65,15 @@ fi
 build_pkg() {  # build_pkg NAME SRC_DIR
   local name=$1 src=$2 build="$VENV/build/$1"
   log "building $name"
-  AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" \
-    cmake -S "$src" -B "$build" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$VENV/bin/python" \
-      -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release -Wno-dev >"$build.log" 2>&1 \
-  && AMENT_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" cmake --build "$build" -j"$(nproc)" >>"$build.log" 2>&1 \
-  && cmake --install "$build" >>"$build.log" 2>&1 \
-  || { tail -40 "$build.log"; log "building $name failed; full log: $build.log"; exit 1; }
+  export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH"
+  if ! { cmake -S "$src" -B "$build" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$VENV/bin/python" \
+           -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release -Wno-dev >"$build.log" 2>&1 &&
+         cmake --build "$build" -j"$(nproc)" >>"$build.log" 2>&1 &&
+         cmake --install "$build" >>"$build.log" 2>&1; }; then
+    tail -40 "$build.log"
+    log "building $name failed; full log: $build.log"
+    exit 1
+  fi
 }
 mkdir -p "$VENV/build"
 ACM="$ROOT/tools/pip_only/audio_common_msgs"
