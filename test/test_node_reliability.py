@@ -71,10 +71,11 @@ def test_stop_service_silences_within_one_chunk_and_cancels_queue(node, client):
 
 def test_interrupt_request_replaces_current_speech(node, client):
     results = {}
+    client.settle()
+    n0 = len(client.audio)
     t1 = threading.Thread(target=lambda: results.setdefault("long", client.speak(LONG, ns="/rel")))
     t1.start()
-    assert client.wait_until(lambda: client.speaking and client.speaking[-1], 30)
-    time.sleep(0.5)
+    assert client.wait_until(lambda: len(client.audio) > n0 + 5, 30)
     urgent = client.speak("Urgent!", interrupt=True, ns="/rel")
     t1.join(10)
     assert urgent.success
