@@ -1,0 +1,267 @@
+"""uvicorn in a thread, owned by whoever starts it (the ROS node on activate, or `main()` without ROS).
+
+`HttpServer.start()` binds the port itself first, so a port in use is a readable OSError at once rather than a log
+line from a thread, and returns only when uvicorn is serving. `stop()` asks uvicorn to exit (in-flight streams get
+a short grace period, then are cancelled, which cancels their jobs) and returns once the port is released.
+uvicorn's signal handlers are off: the owner handles signals.
+
+Without ROS: `python -m ros2_chatterbox.http_server --params config/params.yaml [--host H] [--port P]`
+(console script `ros2-chatterbox-http`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+log = logging.getLogger("ros2_chatterbox.http")
+
+LogFn = Callable[[str, str], None]
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _ForwardHandler(logging.Handler):
+    """Sends uvicorn's and the app's warnings to the owner's logger (the node's ROS logger)."""
+
+    def __init__(self, fn: LogFn):
+        super().__init__(logging.WARNING)
+        self.fn = fn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = {"CRITICAL": "error", "FATAL": "error"}.get(record.levelname, record.levelname.lower())
+            self.fn(level if level in ("debug", "info", "warning", "error") else "warning", self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never take the server down
+            pass
+
+
+def _server_class():
+    import uvicorn
+
+    class ThreadServer(uvicorn.Server):
+        """A uvicorn server that never touches signal handlers (they belong to the owning process)."""
+
+        def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+            pass
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29 (0.54 here)
+            yield
+
+    return ThreadServer
+
+
+class HttpServer:
+    """The HTTP API of one SpeechCore, served by uvicorn on a background thread.
+
+    HttpServer(core, settings=None, log=None, host=None, port=None)
+      settings: flat configuration (default core.config); http.host / http.port unless host/port are given
+                (port 0 = any free port; `.port` tells which after start()).
+      log: callable(level, message), level in debug/info/warning/error (the node passes its ROS logger).
+    bind(): reserve the address now (optional; OSError when taken) so a program can fail before loading a model.
+    start(timeout=10.0): bind (unless bound) and serve; returns when listening. OSError when the address cannot
+                         be bound, RuntimeError when uvicorn fails to start.
+    stop(timeout=5.0): stop serving; returns when the port is released (True) or the thread would not end (False).
+    url, host, port, running.
+    """
+
+    def __init__(self, core: Any, settings: Optional[Dict[str, Any]] = None, log: Optional[LogFn] = None,
+                 host: Optional[str] = None, port: Optional[int] = None):
+        self.core = core
+        self.settings = settings if settings is not None else core.config
+        self._log = log
+        self.host = str(host if host is not None else self.settings.get("http.host", "127.0.0.1"))
+        self.port = int(port if port is not None else self.settings.get("http.port", 8004))
+        self.graceful_s = 2.0
+        self._server = None
+        self._thread: Optional[threading.Thread] = None
+        self._sock: Optional[socket.socket] = None
+        self._error: Optional[BaseException] = None
+        self._handler: Optional[_ForwardHandler] = None
+
+    def log(self, level: str, msg: str) -> None:
+        if self._log is not None:
+            self._log(level, msg)
+        else:
+            getattr(log, level, log.info)(msg)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and bool(self._server and self._server.started)
+
+    def bind(self) -> None:
+        """Reserve the address now (optional: start() binds when this was not called). Lets a program fail on a
+        taken port before it spends time loading a model."""
+        if self._sock is None:
+            self._sock = self._bind()
+
+    def _bind(self) -> socket.socket:
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise OSError(f"HTTP: cannot resolve http.host '{self.host}': {exc}") from None
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # REUSEADDR only lets us rebind over TIME_WAIT leftovers; a live listener still makes bind fail.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            reason = "the port is already in use (another node or program?)" if exc.errno in (98, 48, 10048) \
+                else exc.strerror or str(exc)
+            raise OSError(exc.errno, f"HTTP: cannot listen on {self.host}:{self.port}: {reason}; "
+                                     f"change http.port / http.host") from None
+        self.port = sock.getsockname()[1]
+        return sock
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        import uvicorn
+        from .http_api import create_app
+
+        api_key = str(self.settings.get("http.api_key", "") or "")
+        if not is_loopback(self.host) and not api_key:
+            self.log("warning", f"HTTP: listening on {self.host} beyond loopback without an API key: anyone who "
+                                f"can reach this host can make the robot speak; set http.api_key")
+        app = create_app(self.core, self.settings)
+        self.bind()
+        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+                                ws="none", timeout_graceful_shutdown=self.graceful_s)
+        self._server = _server_class()(config)
+        if self._log is not None:
+            self._handler = _ForwardHandler(self._log)
+            for name in ("uvicorn.error", "ros2_chatterbox.http"):
+                logging.getLogger(name).addHandler(self._handler)
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                reason = self._error or "timed out"
+                self.stop(timeout=2.0)
+                raise RuntimeError(f"HTTP server did not start on {self.url}: {reason}")
+            time.sleep(0.01)
+        self.log("info", f"HTTP: serving on {self.url} (OpenAI API at {self.url}/v1, web page at {self.url}/)")
+
+    def _run(self) -> None:
+        try:
+            self._server.run(sockets=[self._sock])
+        except BaseException as exc:  # noqa: BLE001 - reported by start()/stop(); SystemExit from uvicorn too
+            self._error = exc
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop serving and release the port. Returns False when the server thread did not end in time."""
+        ended = True
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                if self._server is not None:
+                    self._server.force_exit = True
+                self._thread.join(2.0)
+            ended = not self._thread.is_alive()
+            if not ended:
+                self.log("error", "HTTP: the server thread did not stop in time")
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+        if self._handler is not None:
+            for name in ("uvicorn.error", "ros2_chatterbox.http"):
+                logging.getLogger(name).removeHandler(self._handler)
+            self._handler = None
+        self._thread = None
+        self._server = None
+        return ended
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The HTTP API without ROS, on the same engine core and parameter file as the node."""
+    from .config import ConfigError, check, load_params_file, package_share
+    from .core import SpeechCore
+    from .engine import EngineLoadError
+
+    default_params = package_share() / "config" / "params.yaml"
+    parser = argparse.ArgumentParser(prog="ros2-chatterbox-http",
+                                     description="Serve the ros2_chatterbox HTTP API (OpenAI-compatible speech, "
+                                                 "web page) without ROS.")
+    parser.add_argument("--params", default=str(default_params) if default_params.exists() else "",
+                        help="ROS parameter file (tts_node: ros__parameters: ...); default: the package's "
+                             "config/params.yaml")
+    parser.add_argument("--host", help="bind address (parameter http.host)")
+    parser.add_argument("--port", type=int, help="port (parameter http.port)")
+    parser.add_argument("--api-key", help="bearer token required on every endpoint but /health "
+                                          "(parameter http.api_key)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="[%(levelname)s] %(name)s: %(message)s")
+    logger = logging.getLogger("ros2_chatterbox")
+    try:
+        config = load_params_file(args.params or None)
+        for name, value in (("http.host", args.host), ("http.port", args.port), ("http.api_key", args.api_key)):
+            if value is not None:
+                config[name] = check(name, value)
+    except (OSError, ConfigError, ValueError) as exc:
+        logger.error("cannot read parameters: %s", exc)
+        return 2
+    core = SpeechCore(config)
+    server = HttpServer(core, config)
+    try:
+        server.bind()  # a taken port fails now, not after loading the model
+    except OSError as exc:
+        logger.error("%s", exc)
+        return 1
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            core.load()
+        except EngineLoadError as exc:
+            logger.error("the speech engine could not load: %s", exc)
+            return 1
+        if stop.is_set():  # Ctrl-C while the model was loading
+            return 0
+        try:
+            server.start()
+        except (OSError, RuntimeError) as exc:
+            logger.error("%s", exc)
+            return 1
+        logger.info("engine %s at %d Hz; Ctrl-C stops", core.engine_name, core.engine.sample_rate)
+        while not stop.wait(0.5):
+            pass
+        logger.info("stopping")
+        return 0
+    finally:
+        server.stop()
+        core.unload("the HTTP server is stopping")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

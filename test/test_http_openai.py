@@ -1,0 +1,142 @@
+"""The official `openai` package against the live server: every format, streaming, SSE."""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+
+from http_fixtures import http_core, http_server  # noqa: F401
+from ros2_chatterbox import encoding
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.timeout(90)
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+# pcm is headerless 16-bit mono: its rate comes from X-Sample-Rate (the engine's rate: piper 22050, Chatterbox 24000)
+EXPECTED_RATE = {"mp3": 22050, "opus": 48000, "aac": 22050, "flac": 22050, "wav": 22050, "pcm": 22050}
+PADDING_S = {"mp3": 0.12, "aac": 0.15, "opus": 0.05, "flac": 0.0, "wav": 0.0, "pcm": 0.0}
+
+
+@pytest.fixture(scope="module")
+def client(http_server):
+    return openai.OpenAI(base_url=f"{http_server.url}/v1", api_key="not-needed", max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def reference_duration(client):
+    """Duration of TEXT as WAV: piper's durations vary by ~1% between runs, so compare loosely."""
+    data = client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="wav").read()
+    y, rate = encoding.decode(data)
+    return len(y) / rate
+
+
+@pytest.mark.parametrize("fmt", encoding.FORMATS)
+def test_every_format_decodes(client, fmt, reference_duration):
+    response = client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format=fmt)
+    data = response.read()
+    assert response.response.headers["content-type"] == encoding.CONTENT_TYPES[fmt]
+    rate_header = int(response.response.headers["x-sample-rate"])
+    samples, rate = encoding.decode(data, fmt, rate_header)
+    assert rate == EXPECTED_RATE[fmt] == rate_header
+    duration = len(samples) / rate
+    assert reference_duration * 0.9 - 0.05 <= duration <= reference_duration * 1.1 + PADDING_S[fmt] + 0.05
+    assert float(abs(samples).max()) > 0.05  # speech, not silence
+
+
+def test_speed_through_the_sdk(client, reference_duration):
+    data = client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="wav",
+                                      speed=2.0).read()
+    y, rate = encoding.decode(data)
+    assert 0.4 < (len(y) / rate) / reference_duration < 0.6
+
+
+def test_custom_voice_forms(client):
+    for voice in ("alice", "alice.wav", {"id": "alice"}, "shimmer"):
+        data = client.audio.speech.create(model="chatterbox-turbo", voice=voice, input="Hi.",
+                                          response_format="wav").read()
+        assert encoding.decode(data)[0].size > 0
+
+
+def test_errors_raise_sdk_exceptions(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.speech.create(model="tts-1", voice="alloy", input="x" * 4097)
+    assert info.value.status_code == 400 and info.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="../../etc/passwd", input="hi")
+
+
+def test_wrong_key_raises_authentication_error(http_core):
+    from http_fixtures import serving
+    with serving(http_core, http__api_key="right") as server:
+        wrong = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0, timeout=10)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.audio.speech.create(model="tts-1", voice="alloy", input="hi")
+        right = openai.OpenAI(base_url=f"{server.url}/v1", api_key="right", max_retries=0, timeout=30)
+        assert right.models.list().data[0].id
+        assert right.audio.speech.create(model="tts-1", voice="alloy", input="Hi.", response_format="wav").read()
+
+
+def test_models_list(client):
+    ids = [m.id for m in client.models.list().data]
+    assert "tts-1" in ids and "chatterbox-turbo" in ids
+
+
+def test_streaming_response_starts_before_synthesis_ends(client, http_core):
+    text = " ".join(f"Sentence {i} is here to make this a long multi sentence input." for i in range(3))
+    done = []
+
+    class Watch(threading.Thread):
+        """Records when the worker goes idle again (synthesis of the whole input finished)."""
+
+        def run(self):
+            while http_core.queue.current is None:
+                time.sleep(0.01)
+            while http_core.queue.current is not None:
+                time.sleep(0.01)
+            done.append(time.monotonic())
+
+    watch = Watch(daemon=True)
+    watch.start()
+    t0 = time.monotonic()
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input=text,
+                                                            response_format="mp3") as response:
+        chunks = response.iter_bytes(1024)
+        first = next(chunks)
+        first_at = time.monotonic()
+        speaking_at_first_byte = http_core.status()["speaking"]
+        rest = b"".join(chunks)
+    watch.join(30)
+    assert first and rest
+    assert speaking_at_first_byte, "the first bytes should arrive while the input is still being synthesized"
+    assert done and first_at < done[0], "the first bytes should arrive before synthesis ends"
+    samples, rate = encoding.decode(first + rest)
+    assert rate == 22050 and len(samples) / rate > 5.0
+    assert first_at - t0 < (done[0] - t0) / 2
+
+
+def test_sse_events(client):
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input=TEXT,
+                                                            response_format="pcm", stream_format="sse") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[len("data: "):]) for line in response.iter_lines() if line.startswith("data: ")]
+    assert len(events) >= 3
+    assert all(e["type"] == "speech.audio.delta" for e in events[:-1])
+    assert events[-1]["type"] == "speech.audio.done"
+    usage = events[-1]["usage"]
+    assert usage["input_tokens"] > 0 and usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert len(pcm) % 2 == 0 and len(pcm) / 2 / 22050 > 1.0
+
+
+def test_sse_with_an_encoded_format(client):
+    data = client.audio.speech.create(model="tts-1", voice="alloy", input="Short one.", response_format="mp3",
+                                      stream_format="sse")
+    text = data.read().decode()
+    deltas = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    mp3 = b"".join(base64.b64decode(e["audio"]) for e in deltas if e["type"] == "speech.audio.delta")
+    samples, rate = encoding.decode(mp3)
+    assert rate == 22050 and samples.size > 0
