@@ -333,7 +333,18 @@ class TtsNode(LifecycleNode):
             return "unknown"
 
 
+def _limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena; with the executor, HTTP and worker threads that
+    fragments a long-running process's memory (RSS creeping up over days). A few arenas keep it flat."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _limit_malloc_arenas()
     argv = list(sys.argv if argv is None else argv)
     autostart = "--autostart" in argv
     argv = [a for a in argv if a != "--autostart"]
