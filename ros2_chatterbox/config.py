@@ -83,8 +83,10 @@ SETTINGS: List[Setting] = [
     _s("audio.reliable", True, "QoS of tts/audio: reliable (true) or best effort (false).", read_only=True),
     _s("audio.sentence_pause_ms", 120, "Silence inserted between sentences (ms).", min=0, max=2000),
     # playback on the robot's own speaker
-    _s("playback.enabled", False, "Play synthesized speech on the host's sound device."),
-    _s("playback.device", "", "Sound device name or index for playback ('' = system default)."),
+    _s("playback.enabled", False, "Play synthesized speech on the host's sound device (PortAudio; applied on "
+       "activate). tts/speaking is then true exactly while sound plays; stop/cancel silence it at once."),
+    _s("playback.device", "", "Sound device name (substring) or index for playback ('' = system default; list "
+       "them with `python -m ros2_chatterbox.playback`). Applied on activate."),
     # HTTP
     _s("http.enabled", True, "Serve the HTTP API (OpenAI /v1/audio/speech, /tts, web page) while active."),
     _s("http.host", "127.0.0.1", "HTTP bind address. Binding beyond loopback without http.api_key logs a "

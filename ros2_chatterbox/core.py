@@ -220,6 +220,8 @@ class SpeechCore:
                     emit(pause)
             job.piece_index = len(job.pieces)
             emit(np.zeros(0, dtype=np.float32), final=True)
+        except VoiceError as exc:
+            return JobResult(False, INVALID, f"voice '{job.voice}' cannot be used: {exc}", produced / float(sr), sr)
         except Cancelled:
             return JobResult(False, CANCELLED, f"cancelled: {job.cancel_reason or 'cancelled'}",
                              produced / float(sr), sr)

@@ -59,15 +59,20 @@ class RosAudioSink(JobListener):
         self.sent_s = 0.0
 
     def on_start(self, job: Job) -> None:
-        self.node._set_speaking(True)
+        if self.node.player is None:  # with playback, "speaking" starts with the sound itself (first chunk)
+            self.node._set_speaking(True)
 
     def on_audio(self, job: Job, samples) -> None:
         node = self.node
         sr = node.core.engine.sample_rate if node.core.engine else 0
+        player = node.player
         if self.stamp0 is None:
             self.stamp0 = node.get_clock().now()
             self.t0 = time.monotonic()
-        if node.core.config["audio.realtime"]:
+            if player is not None:
+                player.set_sample_rate(sr)
+                node._set_speaking(True)
+        if player is None and node.core.config["audio.realtime"]:
             due = self.t0 + self.sent_s - REALTIME_LEAD_S
             delay = due - time.monotonic()
             if delay > 0 and job.cancel_event.wait(delay):
@@ -81,11 +86,19 @@ class RosAudioSink(JobListener):
         self.sent_s += len(samples) / float(sr)
         if self.feedback is not None:
             self.feedback(job)
+        if player is not None:  # the sound device paces publishing (about 0.25 s ahead of the speaker)
+            player.play(samples, cancel=job.cancel_event)
 
     def on_done(self, job: Job, result: JobResult) -> None:
+        player = self.node.player
         if job.started is not None:
-            # let the last paced chunk finish playing before speaking goes false
-            if self.node.core.config["audio.realtime"] and result.success:
+            if player is not None:
+                if result.success:
+                    player.drain(cancel=job.cancel_event)  # speaking stays true until the sound has played
+                else:
+                    player.stop()
+            elif self.node.core.config["audio.realtime"] and result.success:
+                # let the last paced chunk finish playing before speaking goes false
                 remaining = self.t0 + self.sent_s - time.monotonic()
                 if remaining > 0:
                     job.cancel_event.wait(min(remaining, 5.0))
@@ -105,6 +118,7 @@ class TtsNode(LifecycleNode):
         self.frame_id = ""
         self.audio_pub = self.info_pub = self.speaking_pub = self.diag_pub = None
         self._http = None
+        self.player = None  # playback on the host's sound device (playback.enabled)
         self._diag_timer = None
         self._speaking_lock = threading.Lock()
         self._speaking = None
@@ -193,6 +207,7 @@ class TtsNode(LifecycleNode):
                 self.get_logger().error(
                     f"activate failed: HTTP server on {cfg['http.host']}:{cfg['http.port']} could not start: {exc}")
                 return TransitionCallbackReturn.FAILURE
+        self._open_player()
         self._active = True
         result = super().on_activate(state)
         self.info_pub.publish(AudioInfo(channels=1, sample_rate=int(self.core.engine.sample_rate),
@@ -206,16 +221,34 @@ class TtsNode(LifecycleNode):
                                f"topic {self.resolve_topic_name('tts/text')}{url})")
         return result
 
+    def _open_player(self) -> None:
+        cfg = self.core.config
+        if not cfg["playback.enabled"]:
+            return
+        from .playback import Player
+        player = Player(cfg["playback.device"], int(self.core.engine.sample_rate), log=self._log)
+        if player.open():
+            self.player = player
+            self.get_logger().info(f"playback on sound device '{player.device_name}'")
+        else:
+            self.get_logger().warning("playback disabled: no usable sound device (see the warning above); "
+                                      "speech is still published on tts/audio")
+
     def _create_action_server(self):
         from .say_action import SayActionServer
         return SayActionServer(self, self._blocking_group)
 
     def _stop_serving(self, reason: str) -> None:
         self._active = False
+        if self.player is not None:
+            self.player.stop()
         if self.core is not None:
             n = self.core.stop(reason)
             if n:
                 self.get_logger().info(f"{n} request(s) answered as cancelled: {reason}")
+        if self.player is not None:
+            self.player.close()
+            self.player = None
         if self._http is not None:
             self._http.stop()
             self._http = None
@@ -258,9 +291,16 @@ class TtsNode(LifecycleNode):
 
     # -- serving ---------------------------------------------------------------------------------------------
     def _log(self, level: str, msg: str) -> None:
+        # one call site per severity: rclpy refuses a call site whose severity changes between calls
         logger = self.get_logger()
-        {"debug": logger.debug, "info": logger.info, "warning": logger.warning,
-         "error": logger.error}.get(level, logger.info)(msg)
+        if level == "error":
+            logger.error(msg)
+        elif level == "warning":
+            logger.warning(msg)
+        elif level == "debug":
+            logger.debug(msg)
+        else:
+            logger.info(msg)
 
     def _set_speaking(self, value: bool) -> None:
         with self._speaking_lock:
@@ -301,6 +341,8 @@ class TtsNode(LifecycleNode):
 
     def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         n = self.core.stop("stopped by tts/stop") if (self.core is not None and self._active) else 0
+        if self.player is not None:
+            self.player.stop()  # silence at once, also audio already handed to the device
         response.success = True
         response.message = f"stopped; {n} request(s) cancelled"
         return response
