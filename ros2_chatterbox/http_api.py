@@ -531,7 +531,7 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
                     item = listener.items.get_nowait()
                 except asyncio.QueueEmpty:
                     break
-            yield b"".join(parts), result
+            yield parts, result
             if result is not None:
                 return
             await asyncio.sleep(0)
@@ -540,9 +540,9 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
     def audio_stream(job: Job, listener: StreamListener, first: Tuple[str, Any]):
         async def body():
             try:
-                async for data, result in batches(listener, first):
-                    if data:
-                        yield data
+                async for parts, result in batches(listener, first):
+                    if parts:
+                        yield b"".join(parts)
                     if result is not None and not result.success:
                         log.warning("request %s ended early: %s", job.id, result.message)
             finally:
@@ -556,9 +556,10 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
 
         async def body():
             try:
-                async for data, result in batches(listener, first):
-                    if data:
-                        yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+                async for parts, result in batches(listener, first):
+                    for data in parts:  # one event per encoded chunk, however many were waiting
+                        if data:
+                            yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
                     if result is not None and result.success:
                         out_tokens = int(round(listener.encoder.duration * SPEECH_TOKENS_PER_S))
                         yield event({"type": "speech.audio.done", "usage": {
