@@ -6,6 +6,7 @@ model and GPU memory. Callbacks only validate and enqueue; the core's worker thr
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from audio_common_msgs.msg import AudioData, AudioDataStamped, AudioInfo
@@ -375,6 +377,10 @@ class TtsNode(LifecycleNode):
             return "unknown"
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _limit_malloc_arenas(n: int = 2) -> None:
     """glibc gives each thread that allocates its own malloc arena; with the executor, HTTP and worker threads that
     fragments a long-running process's memory (RSS creeping up over days). A few arenas keep it flat."""
@@ -390,7 +396,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     autostart = "--autostart" in argv
     argv = [a for a in argv if a != "--autostart"]
-    rclpy.init(args=argv)
+    # Our own SIGINT/SIGTERM handling: the model is released (and logged) while the ROS context is still valid,
+    # then rclpy shuts down. `docker stop` and systemd send SIGTERM.
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     node = TtsNode()
     autostart = autostart or bool(node.get_parameter("autostart").value)
     max_size = int(node.get_parameter("queue.max_size").value)
