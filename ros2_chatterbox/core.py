@@ -54,6 +54,7 @@ class SpeechCore:
         self._load_lock = threading.RLock()
         self.load_seconds = 0.0
         self.unloaded_for_idle = False
+        self.lifecycle_state = "standalone"  # the ROS node keeps this current; shown by /health
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -264,6 +265,7 @@ class SpeechCore:
         q = self.queue
         current = q.current if q is not None else None
         info.update({
+            "lifecycle_state": self.lifecycle_state,
             "requested_engine": self.config["engine"],
             "fallback_engine": self.config["fallback_engine"],
             "using_fallback": bool(self.fallback_reason),

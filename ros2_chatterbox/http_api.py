@@ -245,6 +245,11 @@ class Health(BaseModel):
     queue_depth: int
     queue_max: int
     speaking: bool
+    lifecycle_state: str = "standalone"
+    device: str = ""
+    last_error: str = ""
+    last_latency_s: Optional[float] = None
+    last_first_audio_s: Optional[float] = None
 
 
 # One server-sent event (Open API before 3.2: `schema` of text/event-stream describes each event).
@@ -726,7 +731,11 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
                 "engine": core.engine_name, "using_fallback": fallback,
                 "queue_depth": q.depth if q is not None else 0,
                 "queue_max": q.max_size if q is not None else int(core.config.get("queue.max_size", 0)),
-                "speaking": q is not None and q.current is not None}
+                "speaking": q is not None and q.current is not None,
+                "lifecycle_state": getattr(core, "lifecycle_state", "standalone"),
+                "device": str(core.engine.info().get("device", "")) if core.engine is not None else "",
+                "last_error": core.last_error, "last_latency_s": core.last_latency_s,
+                "last_first_audio_s": core.last_first_audio_s}
 
     @app.get("/health/live", tags=["health"], response_model=Health, include_in_schema=False)
     def health_live():

@@ -211,6 +211,7 @@ class TtsNode(LifecycleNode):
                 return TransitionCallbackReturn.FAILURE
         self._open_player()
         self._active = True
+        self.core.lifecycle_state = "active"
         result = super().on_activate(state)
         self.info_pub.publish(AudioInfo(channels=1, sample_rate=int(self.core.engine.sample_rate),
                                         sample_format=audio.SAMPLE_FORMAT,
@@ -242,6 +243,8 @@ class TtsNode(LifecycleNode):
 
     def _stop_serving(self, reason: str) -> None:
         self._active = False
+        if self.core is not None:
+            self.core.lifecycle_state = "inactive"
         if self.player is not None:
             self.player.stop()
         if self.core is not None:
