@@ -1,0 +1,764 @@
+#!/usr/bin/env python3
+"""Side-by-side speed benchmark: upstream `ChatterboxTurboTTS.generate` vs the project's fast T3 path (FastT3).
+
+Both run in the same process on the same weights: random, full size, in the real checkpoint layout (the real
+VoiceEncoder / T3 / S3Gen classes, random init, saved as safetensors and loaded through upstream `from_local`),
+the same voice conditioning (upstream `prepare_conditionals` on a synthetic 16 s reference) and exact token counts
+(the stop token's bias is set to -1e4, so every request yields exactly the asked number of speech tokens:
+50 = 2 s and 250 = 10 s of audio at 25 tokens/s). Sampling uses upstream's defaults (temperature 0.8, top-k 1000,
+top-p 0.95, repetition penalty 1.2). The watermark is off for both (resemble-perth is not needed to measure).
+
+Per configuration (implementation, T3 dtype, CUDA graphs on/off) and length it reports: T3 ms per speech token,
+time to the first audio chunk (upstream: the whole utterance; fast path: 25 tokens streamed, then S3Gen on them),
+end-to-end time (text -> 24 kHz waveform on the host), real-time factor, peak GPU memory; plus load time,
+conditioning time, the fast path's set-up time (voice prefix + graph capture), greedy-token equality with upstream
+at full size, seed reproducibility, the captured decode step's replay time per attention length and a kernel
+profile of one step.
+
+    python bench/bench_turbo.py --out DIR                       # GPU, full size (see bench/README.md)
+    python bench/bench_turbo.py --tiny --out DIR                # CPU smoke run with the tiny checkpoint (<60 s)
+    python bench/bench_turbo.py --full --device cpu --lengths 24 --out DIR   # full size on CPU, a few tokens
+
+Writes DIR/bench.json (updated after every configuration) and DIR/bench.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ.setdefault("TQDM_DISABLE", "1")       # upstream's per-token progress bar
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+STOP = 6562
+S3_CODES = 6561
+SILENCE = 4299                                   # chatterbox.models.s3gen.const.S3GEN_SIL
+SR = 24_000
+TOKENS_PER_S = 25
+SAMPLING = dict(temperature=0.8, top_k=1000, top_p=0.95, repetition_penalty=1.2)
+TEXTS = {
+    # ~2 s and ~10 s of speech; with EOS suppressed the token count is exact anyway
+    "short": "Hi there, how can I help you?",
+    "long": ("The battery is at forty percent, so I will finish cleaning the kitchen first and then go back to "
+             "the charging station before I start on the living room."),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# environment
+# ------------------------------------------------------------------------------------------------------------------
+def _identity_decorator(*args, **kwargs):
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return args[0]
+    return lambda f: f
+
+
+def install_stubs() -> List[str]:
+    """Minimal stand-ins for packages the GPU machine lacks and the benchmark does not exercise."""
+    stubbed = []
+    try:
+        import perth  # noqa: F401
+    except Exception:
+        class _NoWatermark:
+            def apply_watermark(self, wav, sample_rate=None, **_):
+                return wav
+
+            def get_watermark(self, wav, sample_rate=None, **_):
+                return 0.0
+        perth = types.ModuleType("perth")
+        perth.PerthImplicitWatermarker = _NoWatermark
+        perth.DummyWatermarker = _NoWatermark
+        sys.modules["perth"] = perth
+        stubbed.append("perth (watermark is off in the benchmark anyway)")
+    try:
+        import numba  # noqa: F401
+    except Exception:
+        import numpy as np
+        numba = types.ModuleType("numba")
+        for name in ("jit", "njit", "vectorize", "guvectorize", "stencil", "generated_jit", "cfunc"):
+            setattr(numba, name, _identity_decorator)
+        numba.prange = range
+        for t in ("uint8", "uint32", "int32", "int64", "float32", "float64", "complex64", "complex128", "boolean"):
+            setattr(numba, t, getattr(np, t, object))
+        numba.__version__ = "0.0-stub"
+        sys.modules["numba"] = numba
+        stubbed.append("numba (librosa imports it; mel filters, STFT, resampling do not use it)")
+    return stubbed
+
+
+def versions() -> Dict[str, Any]:
+    import importlib.metadata as md
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "transformers", "chatterbox-tts", "numpy", "safetensors", "triton", "librosa",
+                "diffusers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except Exception:
+            out[pkg] = None
+    import torch
+    out["torch_cuda"] = torch.version.cuda
+    out["cpu_threads"] = torch.get_num_threads()
+    try:
+        out["loadavg"] = os.getloadavg()
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        out["gpu"] = p.name
+        out["gpu_mem_gib"] = round(p.total_memory / 2**30, 1)
+        out["gpu_sms"] = p.multi_processor_count
+        try:
+            q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+            out["nvidia_smi"] = q.stdout.strip()
+        except Exception:
+            pass
+        out["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    try:
+        out["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or None
+    except Exception:
+        pass
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------------------------
+def build_full_checkpoint(folder: Path, seed: int = 0) -> Dict[str, Any]:
+    """Random-init real Turbo modules, saved in the hub snapshot's layout (no conds.pt: the voice is conditioned)."""
+    import torch
+    from chatterbox.models.s3gen import S3Gen
+    from chatterbox.models.t3 import T3
+    from chatterbox.models.voice_encoder import VoiceEncoder
+    from safetensors.torch import save_file
+    from ros2_chatterbox.engines import tiny_turbo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    params = {}
+    for name, make in (("ve.safetensors", VoiceEncoder), ("t3_turbo_v1.safetensors", lambda: T3(tiny_turbo.turbo_hp())),
+                       ("s3gen_meanflow.safetensors", lambda: S3Gen(meanflow=True))):
+        module = make()
+        params[name] = int(sum(p.numel() for p in module.parameters()))
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(folder / name))
+        del module
+        gc.collect()
+    tiny_turbo.write_tokenizer(folder)
+    (folder / "conds.pt").unlink(missing_ok=True)
+    return {"seconds": round(time.perf_counter() - t0, 2), "params": params}
+
+
+def load_model(folder: Path, device: str, tiny: bool):
+    from chatterbox.tts_turbo import ChatterboxTurboTTS
+    from ros2_chatterbox.engines import tiny_turbo
+    if tiny:
+        with tiny_turbo.tiny_patches(tiny_turbo.read_arch(folder)):
+            return ChatterboxTurboTTS.from_local(folder, device)
+    return ChatterboxTurboTTS.from_local(folder, device)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# measurement helpers
+# ------------------------------------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args, out: Path):
+        import torch
+        self.torch = torch
+        self.args = args
+        self.out = out
+        self.device = args.device
+        self.cuda = self.device.startswith("cuda")
+        self.doc: Dict[str, Any] = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+                                    "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                                        timespec="seconds"),
+                                    "mode": "tiny" if args.tiny else "full", "device": self.device, "rows": [],
+                                    "equality": [], "micro": [], "profile": [], "errors": [], "notes": []}
+
+    def save(self) -> None:
+        path = self.out / "bench.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1, default=str) + "\n")
+        tmp.replace(path)
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def reset_peak(self, model=None) -> None:
+        """Start a peak-memory window. Memory still allocated from earlier configurations of this process
+        (beyond the model, its conditioning and what the first configuration started with: cuBLAS workspaces)
+        is subtracted from the peak, so each configuration reads as if it ran alone."""
+        self.garbage = 0
+        if self.cuda:
+            self.sync()
+            self.torch.cuda.reset_peak_memory_stats()
+            if model is not None:
+                extra = self.torch.cuda.memory_allocated() - resident_bytes(model)
+                if getattr(self, "extra0", None) is None:
+                    self.extra0 = extra
+                self.garbage = max(0, extra - self.extra0)
+
+    def peak_gib(self) -> Optional[float]:
+        if self.cuda:
+            return round((self.torch.cuda.max_memory_allocated() - self.garbage) / 2**30, 3)
+        try:
+            import resource
+            return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # host RSS, GiB
+        except Exception:
+            return None
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            self.torch.cuda.empty_cache()
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def set_t3_dtype(model, dtype, t3_state, cond0) -> None:
+    """T3 in `dtype` from the pristine fp32 weights (text head restored if a fast config released it);
+    conditioning cast to match (upstream needs it for fp16)."""
+    import torch
+    from ros2_chatterbox.engines.turbo_fast import cast_cond
+    t3 = model.t3
+    if getattr(t3, "text_head", None) is None:
+        t3.text_head = torch.nn.Linear(t3.cfg.hidden_size, t3.hp.text_tokens_dict_size, bias=False,
+                                       device=t3.speech_head.weight.device)
+    with torch.no_grad():
+        for p in t3.parameters():  # undo FastT3's storage-order choice: upstream runs as shipped
+            if not p.is_contiguous():
+                p.data = p.data.contiguous()
+    t3.to(dtype=torch.float32)
+    t3.load_state_dict(t3_state, strict=True)
+    t3.to(dtype=dtype)
+    model.conds.t3 = cast_cond(cond0, dtype)
+
+
+def resident_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers on the device (what stays allocated between requests)."""
+    import torch
+    seen, n = set(), 0
+    for m in (model.t3, model.s3gen, model.ve):
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.device.type == "cuda" and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                n += t.numel() * t.element_size()
+    for t in list(vars(model.conds.t3).values()) + list(model.conds.gen.values()):
+        if torch.is_tensor(t) and t.device.type == "cuda" and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            n += t.numel() * t.element_size()
+    return n
+
+
+class UpstreamT3Timer:
+    """Instance-level wrapper of t3.inference_turbo: forces max_gen_len (exact token counts) and times T3."""
+
+    def __init__(self, bench: Bench, t3):
+        self.bench, self.t3 = bench, t3
+        self.fn = type(t3).inference_turbo
+        self.n_tokens = 1
+        self.last_s = None
+        self.last_n = None
+
+    def __call__(self, *a, **kw):
+        kw["max_gen_len"] = self.n_tokens - 1
+        self.bench.sync()
+        t0 = time.perf_counter()
+        r = self.fn(self.t3, *a, **kw)
+        self.bench.sync()
+        self.last_s = time.perf_counter() - t0
+        self.last_n = int(r.shape[-1])
+        return r
+
+    def __enter__(self):
+        self.t3.inference_turbo = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.t3.inference_turbo
+
+
+def tokenize(model, text: str):
+    from chatterbox.tts_turbo import punc_norm
+    return model.tokenizer(punc_norm(text), return_tensors="pt", padding=True,
+                           truncation=True).input_ids.to(model.device)
+
+
+def speech_to_wav(model, tokens):
+    """What upstream generate() does after T3 (without the watermark)."""
+    import torch
+    tokens = tokens.reshape(-1)
+    tokens = tokens[tokens < S3_CODES]
+    silence = torch.full((3,), SILENCE, dtype=torch.long, device=tokens.device)
+    wav, _ = model.s3gen.inference(speech_tokens=torch.cat([tokens, silence]), ref_dict=model.conds.gen,
+                                   n_cfm_timesteps=2)
+    return wav.squeeze(0).detach().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def run_upstream(b: Bench, model, dtype_name: str, lengths: List[int]) -> None:
+    torch = b.torch
+    with UpstreamT3Timer(b, model.t3) as timer:
+        for n in lengths:
+            text = TEXTS["short"] if n <= 100 else TEXTS["long"]
+            reps = b.args.reps if n <= 100 else b.args.reps_long
+            timer.n_tokens = n
+            b.reset_peak(model)
+            runs = []
+            for r in range(reps + 1):
+                torch.manual_seed(1000 + r)
+                b.sync()
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    wav = model.generate(text, **SAMPLING)
+                b.sync()
+                e2e = time.perf_counter() - t0
+                if timer.last_n != n:
+                    raise RuntimeError(f"upstream made {timer.last_n} tokens, wanted {n}")
+                if r > 0:  # the first run warms up
+                    runs.append({"e2e_s": e2e, "t3_s": timer.last_s, "audio_s": wav.shape[-1] / SR})
+            row = summarise(runs, impl="upstream", dtype=dtype_name, graphs=None, compile=False, tokens=n)
+            row["first_audio_s"] = row["e2e_s"]  # no streaming upstream
+            row["peak_gib"] = b.peak_gib()
+            row["garbage_gib"] = round(b.garbage / 2**30, 3)
+            add_row(b, row)
+
+
+def summarise(runs: List[Dict[str, float]], **fields) -> Dict[str, Any]:
+    row = dict(fields)
+    n = fields["tokens"]
+    e2e = median([r["e2e_s"] for r in runs])
+    t3 = median([r["t3_s"] for r in runs])
+    row.update(e2e_s=round(e2e, 4), e2e_all=[round(r["e2e_s"], 4) for r in runs], t3_s=round(t3, 4),
+               ms_per_token=round(1000 * t3 / n, 3), s3gen_s=round(e2e - t3, 4),
+               audio_s=round(runs[0]["audio_s"], 3), rtf=round(e2e / runs[0]["audio_s"], 4), reps=len(runs))
+    return row
+
+
+def add_row(b: Bench, row: Dict[str, Any]) -> None:
+    b.doc["rows"].append(row)
+    b.save()
+    g = {None: "-", True: "on", False: "off"}[row.get("graphs")]
+    if row.get("compile"):
+        g += "+compile"
+    if row.get("kernels") == "triton":
+        g += "+triton"
+    fa = row.get("first_audio_s")
+    print(f"  {row['impl']:8s} {row['dtype']:4s} graphs {g:11s} {row['tokens']:4d} tok: T3 {row['ms_per_token']:8.3f} "
+          f"ms/tok  decode {row.get('decode_ms_per_token')}  first audio {fa if fa is None else round(fa, 3)} s  "
+          f"e2e {row['e2e_s']:.3f} s  RTF {row['rtf']:.3f}  peak {row.get('peak_gib')} GiB", flush=True)
+
+
+def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs: bool, compile_: bool,
+             greedy_ref: Dict[int, List[int]], kernels: str = "torch") -> None:
+    torch = b.torch
+    from ros2_chatterbox.engines.turbo_fast import FastT3, SamplingSettings, release_text_head
+    cond = model.conds.t3
+    released = release_text_head(model.t3) if b.args.release_text_head else 0
+    b.reset_peak(model)
+    t0 = time.perf_counter()
+    fast = FastT3(model.t3, dtype=dtype, cuda_graphs=graphs, compile=compile_, check_every=b.args.check_every,
+                  kernels=kernels)
+    max_text = max(int(tokenize(model, t).shape[1]) for t in TEXTS.values())
+    fast.warmup(cond, text_len=max_text, max_new_tokens=max(lengths) - 1,
+                settings=(SAMPLING, "greedy") if graphs else ())
+    b.sync()
+    setup_s = time.perf_counter() - t0
+    info = fast.info()
+    label = dict(impl="fast", dtype=dtype_name, graphs=fast.use_graphs, compile=fast.use_compile,
+                 sampler=info["sampler"], kernels=info["kernels"], kernel_check=info["kernel_check"])
+    if graphs and not fast.use_graphs:
+        b.doc["errors"].append({"config": f"fast {dtype_name} graphs", "error": info["graph_failures"]})
+    settings = SamplingSettings(**SAMPLING)
+    try:
+        for n in lengths:
+            text = TEXTS["short"] if n <= 100 else TEXTS["long"]
+            reps = b.args.reps if n <= 100 else b.args.reps_long
+            runs, decode = [], []
+            for r in range(reps + 1):
+                g = torch.Generator(device=fast.device).manual_seed(1000 + r)
+                b.sync()
+                t0 = time.perf_counter()
+                tokens = fast.generate(cond, tokenize(model, text), settings, generator=g, max_new_tokens=n - 1)
+                b.sync()
+                t1 = time.perf_counter()
+                with torch.inference_mode():
+                    wav = speech_to_wav(model, tokens)
+                t2 = time.perf_counter()
+                if tokens.shape[-1] != n:
+                    raise RuntimeError(f"fast path made {tokens.shape[-1]} tokens, wanted {n}")
+                if r > 0:
+                    runs.append({"e2e_s": t2 - t0, "t3_s": t1 - t0, "audio_s": wav.shape[-1] / SR})
+                    decode.append(fast.stats.get("decode_ms_per_token"))
+            row = summarise(runs, tokens=n, **label)
+            if median(decode) is not None:
+                row["decode_ms_per_token"] = round(median(decode), 3)
+            # first audio: stream until `first` tokens exist, then S3Gen (flow + HiFT) on them. (Upstream's
+            # flow_inference(finalize=False) breaks with meanflow noise; the engine's streaming decoder does the same
+            # work per chunk: flow over prompt + tokens so far, vocoder over the new frames.)
+            first = min(b.args.first_chunk, n)
+            fa, ft = [], []
+            for r in range(reps + 1):
+                g = torch.Generator(device=fast.device).manual_seed(2000 + r)
+                b.sync()
+                t0 = time.perf_counter()
+                got, parts = 0, []
+                stream = fast.stream_tokens(cond, tokenize(model, text), settings, generator=g,
+                                            max_new_tokens=n - 1, first_chunk=first)
+                for chunk in stream:
+                    parts.append(chunk)
+                    got += int(chunk.shape[0])
+                    if got >= first:
+                        break
+                stream.close()
+                toks = torch.cat(parts)[:first]
+                t_tok = time.perf_counter()
+                with torch.inference_mode():
+                    toks = toks[toks < S3_CODES]
+                    mel = model.s3gen.flow_inference(toks, ref_dict=model.conds.gen, n_cfm_timesteps=2,
+                                                     finalize=True)
+                    wav, _ = model.s3gen.hift_inference(mel)
+                    wav = wav.cpu()
+                t_end = time.perf_counter()
+                if r > 0:
+                    fa.append(t_end - t0)
+                    ft.append(t_tok - t0)
+            row.update(first_audio_s=round(median(fa), 4), first_chunk_tokens=first,
+                       first_chunk_t3_s=round(median(ft), 4), setup_s=round(setup_s, 3),
+                       capture_s=round(fast.stats.get("capture_s", 0.0), 3), graphs_captured=info["graphs"],
+                       kv_mb=info["kv_mb"], voice_mb=info["voice_mb"], check_every=fast.check_every,
+                       text_head_released_mb=round(released / 2**20, 1), layouts=fast.stats.get("layouts"))
+            row["peak_gib"] = b.peak_gib()
+            row["garbage_gib"] = round(b.garbage / 2**30, 3)
+            add_row(b, row)
+        # greedy equality with upstream (same dtype, same weights) and seed reproducibility
+        greedy = SamplingSettings(1.0, 1, 1.0, 1.0)
+        for n, ref in greedy_ref.items():
+            got = fast.generate(cond, tokenize(model, TEXTS["long"]), greedy, max_new_tokens=n - 1)[0].tolist()
+            match = next((i for i, (x, y) in enumerate(zip(ref, got)) if x != y), min(len(ref), len(got)))
+            eq = {"dtype": dtype_name, "graphs": fast.use_graphs, "compile": fast.use_compile, "tokens": n,
+                  "kernels": fast._kernels,
+                  "equal": ref == got, "first_mismatch": None if ref == got else match}
+            n_rep = max(lengths)
+            runs = [fast.generate(cond, tokenize(model, TEXTS["long"]), settings,
+                                  generator=torch.Generator(device=fast.device).manual_seed(7),
+                                  max_new_tokens=n_rep - 1)[0].tolist() for _ in range(2)]
+            eq["sampling_reproducible"] = runs[0] == runs[1]
+            eq["sampling_distinct_tokens"] = len(set(runs[0]))
+            b.doc["equality"].append(eq)
+            print(f"  greedy equality {dtype_name} graphs={fast.use_graphs}: {eq}", flush=True)
+            b.save()
+        if fast.use_graphs and b.cuda:
+            micro(b, fast, dtype_name)
+    finally:
+        del fast
+        b.free()
+
+
+def micro(b: Bench, fast, dtype_name: str) -> None:
+    """Replay time of the captured decode step per attention length (greedy vs sampling), and a kernel profile."""
+    torch = b.torch
+    for (n, mode), graph in sorted(fast._graphs.items()):
+        greedy = mode == "greedy"
+        with torch.inference_mode():
+            fast.pos.fill_(max(0, n - 64))
+            fast.step.fill_(1)
+            for _ in range(5):
+                graph.replay()
+            fast.pos.fill_(max(0, n - 64))
+            fast.step.fill_(1)
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            for _ in range(50):
+                graph.replay()
+            e1.record()
+            torch.cuda.synchronize()
+        b.doc["micro"].append({"dtype": dtype_name, "compile": fast.use_compile, "kernels": fast._kernels,
+                               "attn_len": n, "greedy": greedy,
+                               "ms_per_step": round(e0.elapsed_time(e1) / 50, 4)})
+    b.save()
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        key = max(k for k in fast._graphs if k[1] != "greedy")
+        graph = fast._graphs[key]
+        with torch.inference_mode():
+            fast.pos.fill_(max(0, key[0] - 64))
+            fast.step.fill_(1)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    graph.replay()
+                torch.cuda.synchronize()
+        rows = []
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", None)
+            if t is None:
+                t = getattr(e, "self_cuda_time_total", 0)
+            if t and e.count:
+                rows.append({"kernel": e.key[:90], "per_step": e.count / 5, "us_per_step": round(t / 5, 2)})
+        rows.sort(key=lambda r: -r["us_per_step"])
+        b.doc["profile"].append({"dtype": dtype_name, "compile": fast.use_compile, "kernels": fast._kernels,
+                                 "attn_len": key[0],
+                                 "kernels_per_step": sum(r["per_step"] for r in rows),
+                                 "gpu_us_per_step": round(sum(r["us_per_step"] for r in rows), 1),
+                                 "top": rows[:14]})
+    except Exception as exc:
+        b.doc["profile"].append({"dtype": dtype_name, "error": f"{type(exc).__name__}: {exc}"})
+    b.save()
+
+
+def upstream_greedy(b: Bench, model, n: int) -> List[int]:
+    torch = b.torch
+    with torch.inference_mode():
+        return model.t3.inference_turbo(model.conds.t3, tokenize(model, TEXTS["long"]), temperature=1.0, top_k=1,
+                                        top_p=1.0, repetition_penalty=1.0, max_gen_len=n - 1)[0].tolist()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def write_markdown(b: Bench) -> None:
+    d = b.doc
+    v = d.get("versions", {})
+    card = v.get("gpu") or f"CPU ({platform.processor() or platform.machine()}, {v.get('cpu_threads')} threads)"
+    lines = [f"# Chatterbox Turbo speed: upstream vs FastT3 ({d['mode']} weights, {card})", "",
+             f"- date (UTC): {d['date_utc']}", f"- device: {d['device']}; card: {v.get('nvidia_smi') or card}",
+             f"- software: python {v.get('python')}, torch {v.get('torch')} (CUDA {v.get('torch_cuda')}), "
+             f"transformers {v.get('transformers')}, chatterbox-tts {v.get('chatterbox-tts')}, numpy "
+             f"{v.get('numpy')}, triton {v.get('triton')}", f"- command: `{d['command']}`",
+             f"- weights: random, real checkpoint layout, loaded with `from_local` in {d.get('load_s')} s; "
+             f"conditioning (16 s reference, {d.get('prompt_tokens')} prompt tokens): "
+             f"{d.get('cond_cold_s')} s cold, {d.get('cond_warm_s')} s warm",
+             "- stop token suppressed: exact token counts; sampling: upstream defaults (0.8 / 1000 / 0.95 / 1.2); "
+             "watermark off for both", ""]
+    if d.get("stubs"):
+        lines.append(f"- stubbed modules: {', '.join(d['stubs'])}")
+        lines.append("")
+    lines += ["T3 ms/token: T3 time (tokenizer + prefill + all tokens) / tokens; decode: GPU time per token after the "
+              "first (fast path). Speed-up: end-to-end vs upstream with the same T3 dtype.", "",
+              "| impl | T3 dtype | CUDA graphs | tokens | T3 ms/token | decode ms/token | first audio | end-to-end | "
+              "RTF | peak mem | speed-up e2e |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r["dtype"], r["tokens"]): r for r in d["rows"] if r["impl"] == "upstream"}
+    base32 = {r["tokens"]: r for r in d["rows"] if r["impl"] == "upstream" and r["dtype"] == "fp32"}
+    for r in d["rows"]:
+        g = {None: "-", True: "on", False: "off"}[r.get("graphs")] + (" + compile" if r.get("compile") else "") + (
+            " + triton" if r.get("kernels") == "triton" else "")
+        ref = base.get((r["dtype"], r["tokens"])) or base32.get(r["tokens"])
+        sp = f"{ref['e2e_s'] / r['e2e_s']:.1f}x" if ref and r["impl"] != "upstream" else ""
+        mem = f"{r['peak_gib']:.2f} GiB" if r.get("peak_gib") is not None else "-"
+        fa = f"{r['first_audio_s'] * 1000:.0f} ms" if r.get("first_audio_s") is not None else "-"
+        dec = f"{r['decode_ms_per_token']:.3f}" if r.get("decode_ms_per_token") is not None else "-"
+        lines.append(f"| {r['impl']} | {r['dtype']} | {g} | {r['tokens']} | {r['ms_per_token']:.2f} | {dec} | {fa} | "
+                     f"{r['e2e_s']:.3f} s | {r['rtf']:.3f} | {mem} | {sp} |")
+    if not b.cuda:
+        lines += ["", "peak mem on CPU = the process's peak resident set (host RAM)."]
+    else:
+        lines += ["", "peak mem: torch.cuda.max_memory_allocated during the configuration's runs, weights included, "
+                      "minus memory left allocated by earlier configurations of the same process."]
+        rel = [r for r in d["rows"] if r.get("text_head_released_mb")]
+        if rel:
+            lines.append(f"Fast-path rows free T3's unused text head first ({rel[0]['text_head_released_mb']} MB).")
+    if d["equality"]:
+        lines += ["", "## Greedy tokens vs upstream (same weights, same dtype), seed reproducibility", "",
+                  "| T3 dtype | graphs | tokens | equal | first mismatch | same seed -> same tokens |",
+                  "|---|---|---|---|---|---|"]
+        for e in d["equality"]:
+            g = ("on" if e["graphs"] else "off") + (" + compile" if e.get("compile") else "") + (
+                " + triton" if e.get("kernels") == "triton" else "")
+            lines.append(f"| {e['dtype']} | {g} | {e['tokens']} | {e['equal']} | {e['first_mismatch']} | "
+                         f"{e.get('sampling_reproducible')} |")
+    if d["micro"]:
+        lines += ["", "## Captured decode step (one token), replay time by attention length", "",
+                  "| T3 dtype | kernels | attention length | greedy ms/step | sampling ms/step |",
+                  "|---|---|---|---|---|"]
+        cells: Dict[Any, Dict[bool, float]] = {}
+        for m in d["micro"]:
+            k = m.get("kernels") or "torch"
+            k = k + (" + compile" if m.get("compile") else "")
+            cells.setdefault((m["dtype"], k, m["attn_len"]), {})[m["greedy"]] = m["ms_per_step"]
+        for (dt, k, n), c in cells.items():
+            lines.append(f"| {dt} | {k} | {n} | {c.get(True, '-')} | {c.get(False, '-')} |")
+    for p in d["profile"]:
+        if "top" not in p:
+            continue
+        lines += ["", f"Kernel profile, {p['dtype']}{' compiled' if p.get('compile') else ''}"
+                      f"{' triton' if p.get('kernels') == 'triton' else ''}, attention length "
+                      f"{p['attn_len']}: {p['kernels_per_step']:.0f} kernels and {p['gpu_us_per_step']} us of GPU "
+                      "time per step. Top kernels (us per step, launches per step):", ""]
+        for t in p["top"][:8]:
+            lines.append(f"- {t['us_per_step']} us, {t['per_step']:.0f}x: `{t['kernel']}`")
+    if d["errors"]:
+        lines += ["", "## Errors", ""] + [f"- {e}" for e in d["errors"]]
+    if d["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in d["notes"]]
+    (b.out / "bench.md").write_text("\n".join(lines) + "\n")
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tiny", action="store_true", help="tiny random checkpoint on CPU (smoke test)")
+    ap.add_argument("--full", action="store_true", help="full-size random weights (default unless --tiny)")
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available, cpu for --tiny)")
+    ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (built there if missing)")
+    ap.add_argument("--lengths", default=None, help="speech tokens per utterance (default 50,250; tiny 20,60)")
+    ap.add_argument("--dtypes", default=None, help="T3 dtypes (default fp32,fp16,bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--graphs", default=None, help="off,on (default both on CUDA, off on CPU)")
+    ap.add_argument("--compile", action="store_true", help="also run graphs + torch.compile (--compile-dtypes)")
+    ap.add_argument("--compile-dtypes", default="fp16")
+    ap.add_argument("--kernels", default="auto", help="with CUDA graphs: torch,triton,auto (FastT3 kernels=)")
+    ap.add_argument("--kernels-fp32", default=None, help="--kernels for fp32 only")
+    ap.add_argument("--no-upstream", action="store_true")
+    ap.add_argument("--upstream-dtypes", default=None, help="time upstream only for these (greedy references: all)")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--reps-long", type=int, default=None)
+    ap.add_argument("--first-chunk", type=int, default=25, help="tokens before the first audio (25 = 1 s)")
+    ap.add_argument("--check-every", type=int, default=8)
+    ap.add_argument("--equality-tokens", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--release-text-head", action="store_true",
+                    help="fast configs: free T3's text head (unused by Turbo inference, ~100 MB fp16)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stubs = install_stubs()
+    import numpy as np
+    import torch
+    if args.threads is None and args.tiny:
+        args.threads = 1  # tiny matrices: one thread is fastest and does not fight a busy machine
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device is None:
+        args.device = "cpu" if args.tiny else ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = args.device.startswith("cuda")
+    lengths = [int(x) for x in (args.lengths or ("20,60" if args.tiny else "50,250")).split(",")]
+    dtypes = (args.dtypes or ("fp32,fp16,bf16" if cuda else "fp32")).split(",")
+    graph_modes = [g == "on" for g in (args.graphs or ("off,on" if cuda else "off")).split(",")]
+    args.reps = args.reps if args.reps is not None else (5 if cuda else (1 if args.tiny else 2))
+    args.reps_long = args.reps_long if args.reps_long is not None else (3 if cuda else (1 if args.tiny else 2))
+    eq_tokens = args.equality_tokens or (max(lengths) if cuda or args.tiny else min(lengths))
+    DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+    t_main = time.perf_counter()
+    b = Bench(args, out)
+    b.doc["versions"] = versions()
+    b.doc["stubs"] = stubs
+    b.doc["config"] = {"lengths": lengths, "dtypes": dtypes, "graphs": graph_modes, "compile": args.compile,
+                       "reps": args.reps, "reps_long": args.reps_long, "first_chunk": args.first_chunk,
+                       "check_every": args.check_every, "sampling": SAMPLING}
+    print(f"versions: {json.dumps(b.doc['versions'])}\nstubs: {stubs}", flush=True)
+    b.save()
+
+    # checkpoint (built here: random init of the real classes, real file layout)
+    tmp = None
+    ckpt = args.ckpt
+    if ckpt is None:
+        tmp = tempfile.TemporaryDirectory(prefix="cbx-bench-")
+        ckpt = Path(tmp.name) / "ckpt"
+    if not (ckpt / "t3_turbo_v1.safetensors").exists():
+        t0 = time.perf_counter()
+        if args.tiny:
+            from ros2_chatterbox.engines import tiny_turbo
+            facts = tiny_turbo.build_tiny_checkpoint(ckpt, with_conds=False)
+        else:
+            facts = build_full_checkpoint(ckpt)
+        b.doc["build"] = {"seconds": round(time.perf_counter() - t0, 2), **{k: v for k, v in facts.items()
+                                                                            if k != "folder"}}
+        print(f"checkpoint built: {b.doc['build']}", flush=True)
+
+    t0 = time.perf_counter()
+    model = load_model(ckpt, args.device, args.tiny)
+    b.sync()
+    b.doc["load_s"] = round(time.perf_counter() - t0, 2)
+    model.watermarker = types.SimpleNamespace(apply_watermark=lambda wav, sample_rate=None: wav)
+    norm = model.norm_loudness
+    model.norm_loudness = lambda wav, sr, *a, **k: np.asarray(norm(wav, sr, *a, **k), dtype=np.float32)  # numpy 2
+
+    from ros2_chatterbox.engines import tiny_turbo
+    ref_dir = tempfile.TemporaryDirectory(prefix="cbx-ref-")
+    ref_wav = Path(ref_dir.name) / "reference.wav"
+    tiny_turbo.write_reference_wav(ref_wav, seconds=16.0)
+    times = []
+    for _ in range(2):
+        b.sync()
+        t0 = time.perf_counter()
+        model.prepare_conditionals(str(ref_wav))
+        b.sync()
+        times.append(time.perf_counter() - t0)
+    b.doc["cond_cold_s"], b.doc["cond_warm_s"] = round(times[0], 3), round(times[1], 3)
+    b.doc["prompt_tokens"] = int(model.conds.t3.cond_prompt_speech_tokens.shape[-1])
+    print(f"load {b.doc['load_s']} s, conditioning {times[0]:.2f} s cold / {times[1]:.2f} s warm, "
+          f"{b.doc['prompt_tokens']} prompt tokens", flush=True)
+    b.save()
+
+    with torch.no_grad():
+        model.t3.speech_head.bias[STOP] = -1e4   # exact token counts (fp16-safe)
+    t3_state = {k: v.detach().to("cpu", copy=True) for k, v in model.t3.state_dict().items()}
+    cond0 = model.conds.t3
+    for name in dtypes:
+        dtype = DT[name]
+        try:
+            set_t3_dtype(model, dtype, t3_state, cond0)
+            b.free()
+            greedy_ref = {}
+            if not args.no_upstream:
+                if args.upstream_dtypes is None or name in args.upstream_dtypes.split(","):
+                    run_upstream(b, model, name, lengths)
+                greedy_ref[eq_tokens] = upstream_greedy(b, model, eq_tokens)
+        except Exception as exc:
+            traceback.print_exc()
+            b.doc["errors"].append({"config": f"upstream {name}", "error": f"{type(exc).__name__}: {exc}"})
+            b.save()
+        variants = []
+        for g in graph_modes:
+            kerns = args.kernels.split(",")
+            if g and args.kernels_fp32 and name == "fp32":
+                kerns = args.kernels_fp32.split(",")
+            for k in (kerns if g else ["torch"]):
+                variants.append((g, False, k))
+        if args.compile and cuda and name in args.compile_dtypes.split(",") and True in graph_modes:
+            variants.append((True, True, "torch"))
+        for graphs, comp, kern in variants:
+            try:
+                set_t3_dtype(model, dtype, t3_state, cond0)
+                run_fast(b, model, name, dtype, lengths, graphs, comp, greedy_ref, kern)
+            except Exception as exc:
+                traceback.print_exc()
+                b.doc["errors"].append({"config": f"fast {name} graphs={graphs} compile={comp} kernels={kern}",
+                                        "error": f"{type(exc).__name__}: {exc}"})
+                b.save()
+                b.free()
+    b.doc["total_s"] = round(time.perf_counter() - t_main, 1)
+    b.save()
+    write_markdown(b)
+    print((out / "bench.md").read_text(), flush=True)
+    ref_dir.cleanup()
+    if tmp is not None:
+        tmp.cleanup()
+    return 1 if not b.doc["rows"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""The Chatterbox Turbo engine on a tiny random checkpoint in the real file layout, loaded by the real from_local.
+
+No ROS here: loading and its failures, voices and their cache, seeds, tags, streaming, cancel, unload, and the
+equivalence of the engine's re-implemented steps with upstream's code.
+"""
+import contextlib
+import gc
+import json
+import math
+import socket
+import threading
+import time
+import weakref
+
+import numpy as np
+import pytest
+
+from turbo_fixtures import (copy_checkpoint, joined, require_chatterbox, speak, tiny_ckpt, turbo_config,  # noqa: F401
+                            turbo_engine, voice_dir, write_voice)
+
+from ros2_chatterbox.engine import EngineError, EngineLoadError, GenerationSettings, VoiceError, create_engine
+
+pytestmark = pytest.mark.timeout(300)
+
+INFO_KEYS = {"engine", "sample_rate", "loaded", "can_clone", "device", "dtype", "model_dir", "model_source",
+             "rss_mb", "voice_cache_voices", "voice_cache_mb", "voice_cache_max_voices", "voice_cache_max_mb",
+             "voice_cache_hits", "voice_cache_misses", "voice_cache_evictions", "fast_path", "fast_path_active",
+             "fast_path_state", "jetson_patches", "jetson_patches_active", "builtin_voice", "tiny_checkpoint"}
+
+
+@contextlib.contextmanager
+def long_generation(engine, max_tokens):
+    """Random weights stop after a few tokens; suppress the stop token and cap the piece instead."""
+    import torch
+    bias = engine._model.t3.speech_head.bias
+    stop = int(engine._model.t3.hp.stop_speech_token)
+    saved = (engine.max_tokens_for, engine.stream_first_tokens, engine.stream_max_tokens)
+    with torch.no_grad():
+        bias[stop] -= 40.0
+    engine.max_tokens_for = lambda text: max_tokens
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            bias[stop] += 40.0
+        engine.max_tokens_for, engine.stream_first_tokens, engine.stream_max_tokens = saved
+        for name in ("max_tokens_for", "stream_first_tokens", "stream_max_tokens"):
+            engine.__dict__.pop(name, None)
+
+
+class CountdownEvent(threading.Event):
+    """An Event that reads as set once it has been looked at `n` times (a cancel arriving mid-generation)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.looks = n, 0
+
+    def is_set(self):
+        self.looks += 1
+        return self.looks >= self.n or super().is_set()
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def test_loads_through_the_real_from_local(turbo_engine, tiny_ckpt):
+    assert turbo_engine.from_local_calls == [(str(tiny_ckpt), "cpu")]
+    model = turbo_engine._model
+    assert type(model).__name__ == "ChatterboxTurboTTS"
+    assert model.t3.cfg.n_layer == 2  # the tiny architecture recorded in tiny_arch.json
+    info = turbo_engine.info()
+    assert INFO_KEYS <= set(info), INFO_KEYS - set(info)
+    assert info["loaded"] and info["can_clone"] and info["sample_rate"] == 24000
+    assert info["device"] == "cpu" and info["dtype"] == "float32" and info["tiny_checkpoint"]
+    assert info["builtin_voice"] and info["model_dir"] == str(tiny_ckpt) and info["rss_mb"] > 0
+    json.dumps(info)  # every status surface can serialise it
+
+
+def test_create_engine_by_name(tiny_ckpt):
+    engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt))
+    assert engine.name == "chatterbox_turbo" and engine.can_clone and not engine.loaded
+
+
+@pytest.mark.parametrize("missing", ["t3_turbo_v1.safetensors", "vocab.json"])
+def test_missing_file_names_the_file_and_the_fix(tiny_ckpt, tmp_path, missing):
+    folder = copy_checkpoint(tiny_ckpt, tmp_path / "ckpt", skip=(missing,))
+    engine = create_engine("chatterbox_turbo", turbo_config(folder))
+    with pytest.raises(EngineLoadError) as err:
+        engine.load()
+    assert missing in str(err.value) and "download" in str(err.value) and "model_dir" in str(err.value)
+    assert not engine.loaded
+
+
+def test_model_dir_that_does_not_exist(tmp_path):
+    require_chatterbox()
+    engine = create_engine("chatterbox_turbo", turbo_config(tmp_path / "nowhere"))
+    with pytest.raises(EngineLoadError, match="does not exist"):
+        engine.load()
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("s3gen_meanflow.safetensors", "truncate"),
+    ("ve.safetensors", "garbage"),
+    ("vocab.json", "garbage"),
+    ("conds.pt", "garbage"),
+])
+def test_corrupt_file_is_named(tiny_ckpt, tmp_path, name, damage):
+    folder = copy_checkpoint(tiny_ckpt, tmp_path / "ckpt", skip=(name,))
+    data = (tiny_ckpt / name).read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage{" * 50)
+    engine = create_engine("chatterbox_turbo", turbo_config(folder))
+    with pytest.raises(EngineLoadError) as err:
+        engine.load()
+    assert name in str(err.value) and ("damaged" in str(err.value) or "incomplete" in str(err.value))
+
+
+def test_weights_of_another_architecture_are_named(tiny_ckpt, tmp_path):
+    """A file that reads fine but holds other weights fails in from_local; the message still names it."""
+    folder = copy_checkpoint(tiny_ckpt, tmp_path / "ckpt", skip=("ve.safetensors",))
+    import os
+    os.symlink(tiny_ckpt / "s3gen_meanflow.safetensors", folder / "ve.safetensors")
+    from ros2_chatterbox import jetson_patches
+    engine = create_engine("chatterbox_turbo", turbo_config(folder, jetson_patches="on"))
+    with pytest.raises(EngineLoadError) as err:
+        engine.load()
+    assert "ve.safetensors" in str(err.value) and "architecture" in str(err.value)
+    assert not jetson_patches.is_applied()  # a failed configure leaves the process as it found it
+
+
+def test_offline_hub_without_cache_fails_fast(tmp_path, monkeypatch):
+    require_chatterbox()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = create_engine("chatterbox_turbo", turbo_config("", hub_cache_dir=str(tmp_path / "hub")))
+    t0 = time.monotonic()
+    with pytest.raises(EngineLoadError) as err:
+        engine.load()
+    assert time.monotonic() - t0 < 10
+    assert "ResembleAI/chatterbox-turbo" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
+    assert "download" in str(err.value)
+
+
+def test_unreachable_hub_fails_within_the_timeout(tmp_path, monkeypatch):
+    """A hub that accepts connections and never answers: configure fails after ~hub_timeout_s, not minutes."""
+    require_chatterbox()
+    from huggingface_hub import constants
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    engine = create_engine("chatterbox_turbo", turbo_config("", hub_cache_dir=str(tmp_path / "hub"),
+                                                            hub_timeout_s=1.0))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(EngineLoadError) as err:
+            engine.load()
+    finally:
+        server.close()
+    assert time.monotonic() - t0 < 15
+    assert "hub" in str(err.value) and "model_dir" in str(err.value)
+
+
+def test_cached_hub_snapshot_loads_offline(tiny_ckpt, tmp_path, monkeypatch):
+    """model_dir empty: a snapshot already in the hub cache loads without network (local_files_only first)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = "someone/tiny-turbo"
+    cache = tmp_path / "hub"
+    snap = cache / "models--someone--tiny-turbo" / "snapshots" / ("0" * 40)
+    copy_checkpoint(tiny_ckpt, snap)
+    (cache / "models--someone--tiny-turbo" / "refs").mkdir()
+    (cache / "models--someone--tiny-turbo" / "refs" / "main").write_text("0" * 40)
+    engine = create_engine("chatterbox_turbo", turbo_config("", hub_repo=repo, hub_cache_dir=str(cache),
+                                                            fast_path=False))
+    engine.load()
+    try:
+        assert engine.info()["model_source"] == f"hub:{repo}"
+        assert joined(speak(engine, "Hello.", seed=3)).size > 0
+    finally:
+        engine.unload()
+
+
+# ---------------------------------------------------------------------------------------------------- speaking
+def test_speaks_with_the_builtin_voice(turbo_engine):
+    audio = joined(speak(turbo_engine, "Hello there, robot.", seed=1))
+    assert audio.dtype == np.float32 and audio.ndim == 1 and audio.size > 0
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+    assert audio.size % 480 == 0  # whole 20 ms mel frames
+    assert turbo_engine.last_tokens > 0
+
+
+def test_speaks_with_a_cloned_voice(turbo_engine, voice_dir):
+    voice = str(voice_dir / "alice.wav")
+    turbo_engine.prepare_voice(voice)
+    before = turbo_engine.info()["voice_cache_hits"]
+    audio = joined(speak(turbo_engine, "Hello there, robot.", voice=voice, seed=1))
+    assert audio.size > 0 and np.isfinite(audio).all()
+    assert turbo_engine.info()["voice_cache_hits"] == before + 1  # conditioning was computed once
+    builtin = joined(speak(turbo_engine, "Hello there, robot.", seed=1))
+    assert not (builtin.size == audio.size and np.allclose(builtin, audio))
+
+
+def test_same_seed_same_audio_different_seed_different_audio(turbo_engine):
+    a = joined(speak(turbo_engine, "Testing one two three.", seed=7))
+    b = joined(speak(turbo_engine, "Testing one two three.", seed=7))
+    c = joined(speak(turbo_engine, "Testing one two three.", seed=8))
+    assert np.array_equal(a, b)
+    assert not (a.size == c.size and np.array_equal(a, c))
+
+
+def test_seed_zero_is_random(turbo_engine):
+    runs = [joined(speak(turbo_engine, "Testing.", seed=0)) for _ in range(2)]
+    assert not (runs[0].size == runs[1].size and np.array_equal(runs[0], runs[1]))
+
+
+def test_settings_change_the_output(turbo_engine):
+    a = joined(speak(turbo_engine, "Testing one two three.", seed=7))
+    b = joined(speak(turbo_engine, "Testing one two three.", seed=7, temperature=0.3, top_k=5))
+    c = joined(speak(turbo_engine, "Testing one two three.", seed=7, watermark=False))
+    assert not (a.size == b.size and np.array_equal(a, b))
+    assert a.size == c.size and not np.array_equal(a, c)  # same tokens, no watermark
+
+
+def test_tags_are_single_tokenizer_tokens(turbo_engine):
+    tok = turbo_engine._model.tokenizer
+    for tag in ("[laugh]", "[sigh]", "[clear throat]"):
+        ids = turbo_engine.tokenize(f"Well {tag} okay.")[0].tolist()
+        tag_id = tok.convert_tokens_to_ids(tag)
+        assert tag_id in ids and tok.convert_ids_to_tokens([tag_id]) == [tag]
+    assert joined(speak(turbo_engine, "Ha [laugh] that is funny [chuckle].", seed=2)).size > 0
+
+
+# ---------------------------------------------------------------------------------------------------- voices
+def test_bad_references_are_rejected_with_reasons(turbo_engine, tmp_path):
+    import soundfile as sf
+    short = write_voice(tmp_path / "short.wav", seconds=3.0)
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), np.zeros(24000 * 6, dtype=np.float32), 24000)
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF not really a wave file" * 100)
+    cases = {short: "longer than|more than", silent: "silent", garbage: "readable",
+             tmp_path / "missing.wav": "cannot be read"}
+    for path, reason in cases.items():
+        with pytest.raises(VoiceError, match=reason):
+            turbo_engine.prepare_voice(str(path))
+        with pytest.raises(VoiceError):
+            speak(turbo_engine, "Hello.", voice=str(path))
+    assert not any(str(p) in turbo_engine.cached_voices() for p in cases)
+
+
+def test_cache_is_bounded_by_count_lru_and_refreshes_on_change(turbo_engine, tmp_path):
+    engine = turbo_engine
+    cfg = engine.config
+    saved = cfg["voice_cache.max_voices"]
+    paths = [write_voice(tmp_path / f"v{i}.wav", f0=120.0 + 15 * i, seed=i) for i in range(3)]
+    try:
+        cfg["voice_cache.max_voices"] = 2
+        engine.free_memory()
+        engine.prepare_voice(str(paths[0]))
+        engine.prepare_voice(str(paths[1]))
+        engine.prepare_voice(str(paths[0]))          # v0 is now the most recently used
+        engine.prepare_voice(str(paths[2]))          # evicts v1, the least recently used
+        cached = engine.cached_voices()
+        assert cached == [str(paths[0].resolve()), str(paths[2].resolve())]
+        old = engine._voice_conds(str(paths[0]))
+        assert engine._voice_conds(str(paths[0])) is old           # a hit
+        write_voice(paths[0], f0=200.0, seed=9, seconds=5.8)        # the recording changes
+        new = engine._voice_conds(str(paths[0]))
+        assert new is not old
+        assert not np.array_equal(new.t3.speaker_emb.float().numpy(), old.t3.speaker_emb.float().numpy())
+        assert engine.info()["voice_cache_voices"] == 2
+    finally:
+        cfg["voice_cache.max_voices"] = saved
+        engine.free_memory()
+
+
+def test_cache_is_bounded_by_memory(turbo_engine, tmp_path):
+    engine = turbo_engine
+    cfg = engine.config
+    saved = cfg["voice_cache.max_mb"]
+    paths = [write_voice(tmp_path / f"m{i}.wav", f0=130.0 + 20 * i, seed=10 + i) for i in range(2)]
+    try:
+        engine.free_memory()
+        engine.prepare_voice(str(paths[0]))
+        one_voice_mb = engine.info()["voice_cache_mb"]
+        assert one_voice_mb > 0
+        cfg["voice_cache.max_mb"] = one_voice_mb * 1.5   # room for one voice, not two
+        evictions = engine.info()["voice_cache_evictions"]
+        engine.prepare_voice(str(paths[1]))
+        info = engine.info()
+        assert engine.cached_voices() == [str(paths[1].resolve())]
+        assert info["voice_cache_evictions"] == evictions + 1 and info["voice_cache_mb"] <= one_voice_mb * 1.5
+        cfg["voice_cache.max_mb"] = one_voice_mb / 10   # a voice larger than the whole cache: used, not kept
+        assert joined(speak(engine, "Hi.", voice=str(paths[0]), seed=1)).size > 0
+        assert engine.cached_voices() == []
+    finally:
+        cfg["voice_cache.max_mb"] = saved
+        engine.free_memory()
+
+
+def test_free_memory_keeps_the_builtin_voice(turbo_engine, voice_dir):
+    turbo_engine.prepare_voice(str(voice_dir / "alice.wav"))
+    turbo_engine.free_memory()
+    assert turbo_engine.cached_voices() == [] and turbo_engine.loaded
+    assert joined(speak(turbo_engine, "Still here.", seed=4)).size > 0
+
+
+# ---------------------------------------------------------------------------------------------------- streaming
+def test_streams_a_long_piece_in_parts_that_join_seamlessly(turbo_engine):
+    engine = turbo_engine
+    with long_generation(engine, max_tokens=60):
+        engine.stream_first_tokens = 0
+        whole = speak(engine, "A long piece of text.", seed=11, watermark=False)
+        assert len(whole) == 1 and engine.last_tokens == 60
+        engine.stream_first_tokens, engine.stream_max_tokens = 12, 16
+        parts = speak(engine, "A long piece of text.", seed=11, watermark=False)
+        first_chunk_s = engine.last_first_chunk_s
+    assert len(parts) >= 3, [len(p) for p in parts]
+    a, b = joined(whole), joined(parts)
+    assert a.size == b.size and a.size >= 60 * 2 * 480  # no sample dropped or repeated at the joins
+    rel = np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(a ** 2))
+    assert rel < 0.05, rel                          # the joins are cross-faded, not cut
+    assert first_chunk_s is not None and first_chunk_s >= 0
+
+
+def test_streaming_with_watermark_matches_whole_signal_watermark(turbo_engine):
+    """_WatermarkStream gives (nearly) what watermarking the whole signal at once gives, without seams."""
+    from ros2_chatterbox.engines.chatterbox_turbo import _WatermarkStream
+    wm = turbo_engine._model.watermarker
+    rng = np.random.default_rng(0)
+    t = np.arange(24000 * 3) / 24000
+    x = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t)) +
+         0.02 * rng.standard_normal(t.size)).astype(np.float32)
+    whole = np.asarray(wm.apply_watermark(x, sample_rate=24000), dtype=np.float32)[: x.size]
+    stream = _WatermarkStream(lambda s: wm.apply_watermark(s, sample_rate=24000), 24000)
+    out, pos = [], 0
+    for size in (9000, 4000, 20000, 15000, 24000):
+        out.append(stream.push(x[pos:pos + size], final=False))
+        pos += size
+    out.append(stream.push(x[pos:], final=True))
+    got = np.concatenate(out)
+    assert got.size == x.size
+    rel = np.sqrt(np.mean((got - whole) ** 2)) / np.sqrt(np.mean(whole ** 2))
+    assert rel < 0.05, rel
+
+
+def test_cancel_stops_promptly(turbo_engine):
+    engine = turbo_engine
+    cancel = threading.Event()
+    cancel.set()
+    assert speak(engine, "Never spoken.", cancel=cancel, seed=1) == []
+    with long_generation(engine, max_tokens=200):
+        engine.stream_first_tokens, engine.stream_max_tokens = 10, 10
+        cancel = threading.Event()
+        gen = engine.synthesize("A long piece.", None, GenerationSettings(seed=5, watermark=False), cancel)
+        first = next(gen)
+        assert first.size > 0
+        cancel.set()
+        t0 = time.monotonic()
+        rest = list(gen)
+        assert rest == [] and time.monotonic() - t0 < 5
+        # cancel noticed between T3 steps (every token, or every few with the fast path): set from the 5th look on
+        cancel = CountdownEvent(5)
+        engine.stream_first_tokens = 0
+        parts = list(engine.synthesize("A long piece.", None, GenerationSettings(seed=5), cancel))
+        assert parts == [] and engine.last_tokens == 0 and cancel.looks <= 6
+    assert joined(speak(engine, "Fine again.", seed=2)).size > 0  # the engine is usable after a cancel
+
+
+# ---------------------------------------------------------------------------------------------------- fidelity
+def test_steps_equal_upstream(turbo_engine):
+    """T3 sampling, the flow and the vocoder give upstream's exact numbers for the same random draws."""
+    import torch
+    from ros2_chatterbox.engines.chatterbox_turbo import _StreamDecoder, _TokenSampler
+    engine = turbo_engine
+    model, conds = engine._model, engine._builtin
+    text_tokens = engine.tokenize("Hello there [laugh], testing.")
+    torch.manual_seed(123)
+    with torch.inference_mode():
+        upstream = model.t3.inference_turbo(t3_cond=conds.t3, text_tokens=text_tokens)
+    sampler = _TokenSampler(engine, model, conds.t3, text_tokens, GenerationSettings(), 1, 1001)
+    sampler.generator = torch.Generator().manual_seed(123)
+    sampler.run(until=1001, cancel=threading.Event())
+    mine = torch.cat(sampler.tokens, dim=1)
+    if int(mine[0, -1]) == model.t3.hp.stop_speech_token:
+        mine = mine[:, :-1]
+    assert torch.equal(upstream, mine)
+
+    tokens = upstream[upstream < 6561]
+    n, prompt = tokens.numel(), conds.gen["prompt_feat"].shape[1]
+    decoder = _StreamDecoder(engine, model, conds.gen, 7, False)
+    torch.manual_seed(11)
+    noise = torch.randn(1, 80, 2 * n)
+    torch.manual_seed(12)
+    z = torch.randn(1, 80, prompt + 2 * n)
+    z[..., prompt:] = noise
+    ref = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in conds.gen.items()}
+    with torch.inference_mode():
+        torch.manual_seed(12)
+        up_mel, _ = model.s3gen.flow.inference(token=tokens[None], token_len=torch.tensor([n]), finalize=True,
+                                               noised_mels=noise, n_timesteps=2, meanflow=True, **ref)
+    assert torch.equal(up_mel, decoder.flow_mel(tokens, True, z=z))
+
+    torch.manual_seed(21)
+    with torch.inference_mode():
+        up_wav, _ = model.s3gen.mel2wav.inference(speech_feat=up_mel, cache_source=torch.zeros(1, 1, 0))
+    torch.manual_seed(21)
+    harmonics = model.s3gen.mel2wav.m_source.l_sin_gen.harmonic_num + 1
+    phase = torch.tensor(-math.pi) + torch.rand(1, harmonics, 1) * (torch.tensor(math.pi) - torch.tensor(-math.pi))
+    phase[:, 0, :] = 0
+    decoder.phase_vec = phase
+    wav, _ = decoder.vocode(up_mel, 0, noise=torch.randn(1, harmonics, up_mel.shape[-1] * 480))
+    assert np.array_equal(up_wav[0].numpy(), wav)
+
+
+def test_fast_path_state_is_reported(turbo_engine):
+    info = turbo_engine.info()
+    assert info["fast_path"] is True
+    assert info["fast_path_active"] == (turbo_engine.fast is not None)
+    assert info["fast_path_state"]
+
+
+# ---------------------------------------------------------------------------------------------------- bf16, no conds.pt, jetson, unload
+def test_bfloat16_without_builtin_voice_then_unload(tiny_ckpt, voice_dir, tmp_path):
+    """Another load: T3 in bfloat16 with its conditioning cast, reference loop, Jetson patches on, a checkpoint
+    without conds.pt; then unload frees the model."""
+    import torch
+    from ros2_chatterbox import jetson_patches
+    folder = copy_checkpoint(tiny_ckpt, tmp_path / "noconds", skip=("conds.pt",))
+    engine = create_engine("chatterbox_turbo", turbo_config(folder, dtype="bfloat16", fast_path=False,
+                                                            jetson_patches="on"))
+    try:
+        engine.load()
+        info = engine.info()
+        assert info["dtype"] == "bfloat16" and not info["builtin_voice"] and not info["fast_path_active"]
+        assert info["jetson_patches_active"] and jetson_patches.is_applied()
+        assert engine._model.t3.speech_head.weight.dtype == torch.bfloat16
+        assert engine._model.s3gen.mel2wav.conv_pre.weight.dtype == torch.float32  # HiFT stays fp32
+        with pytest.raises(VoiceError, match="no built-in voice"):
+            speak(engine, "Hello.")
+        voice = str(voice_dir / "alice.wav")
+        audio = joined(speak(engine, "Hello there.", voice=voice, seed=3))
+        assert audio.size > 0 and np.isfinite(audio).all()
+        assert engine._voice_conds(voice).t3.speaker_emb.dtype == torch.bfloat16
+        model_ref = weakref.ref(engine._model)
+    finally:
+        engine.unload()
+    assert not jetson_patches.is_applied()
+    gc.collect()
+    assert model_ref() is None, "the model is still referenced after unload"
+    assert not engine.loaded and engine.cached_voices() == []
+    assert engine.info()["loaded"] is False
+    with pytest.raises(EngineError):
+        speak(engine, "Hello.")

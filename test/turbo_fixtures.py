@@ -1,0 +1,109 @@
+"""Shared pieces of the Chatterbox Turbo tests: a tiny random checkpoint in the real file layout, built once per
+test session, reference recordings, and an engine loaded from it through upstream's real `from_local`.
+
+Import the fixtures into a test module (`from turbo_fixtures import tiny_ckpt, turbo_engine`) so pytest sees them.
+Everything is skipped with the reason when chatterbox-tts is not installed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ros2_chatterbox.config import defaults  # noqa: E402
+
+
+def require_chatterbox() -> None:
+    pytest.importorskip("torch", reason="torch is not installed (make setup)")
+    pytest.importorskip("chatterbox.tts_turbo", reason="chatterbox-tts is not installed (make setup)")
+
+
+def turbo_config(model_dir: Path, **overrides: Any) -> Dict[str, Any]:
+    """Default settings for the chatterbox_turbo engine on `model_dir` (CPU, float32)."""
+    cfg = defaults()
+    cfg.update({"engine": "chatterbox_turbo", "model_dir": str(model_dir), "device": "cpu", "dtype": "float32",
+                "jetson_patches": "off"})
+    cfg.update(overrides)
+    return cfg
+
+
+def write_voice(path: Path, seconds: float = 5.6, f0: float = 140.0, seed: int = 0, sr: int = 24_000) -> Path:
+    """A speech-like synthetic reference recording (passes the > 5 s and not-silent checks)."""
+    from ros2_chatterbox.engines.tiny_turbo import write_reference_wav
+    return write_reference_wav(path, seconds=seconds, sr=sr, f0=f0, seed=seed)
+
+
+def copy_checkpoint(src: Path, dst: Path, skip: tuple = (), link_big: bool = True) -> Path:
+    """A copy of a checkpoint folder (large weight files symlinked), leaving out the names in `skip`."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in src.iterdir():
+        if p.name in skip:
+            continue
+        if link_big and p.suffix == ".safetensors":
+            os.symlink(p, dst / p.name)
+        else:
+            shutil.copy2(p, dst / p.name)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A tiny random Chatterbox Turbo checkpoint (with conds.pt), built once per session."""
+    require_chatterbox()
+    import torch
+    # One intra-op thread: on this 2-core machine shared with other work, torch's OpenMP threads spin against each
+    # other and the tiny model runs ~20x slower with 2 threads than with 1.
+    torch.set_num_threads(1)
+    from ros2_chatterbox.engines.tiny_turbo import build_tiny_checkpoint
+    folder = tmp_path_factory.mktemp("tiny_turbo")
+    build_tiny_checkpoint(folder, seed=0, with_conds=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def voice_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("turbo_voices")
+    write_voice(folder / "alice.wav", f0=140.0, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def turbo_engine(tiny_ckpt):
+    """A ChatterboxTurboEngine loaded from the tiny checkpoint through the real from_local (shared: tests that change
+    its state restore it)."""
+    import chatterbox.tts_turbo as tts_turbo
+    from ros2_chatterbox.engines.chatterbox_turbo import ChatterboxTurboEngine
+    calls = []
+    real = tts_turbo.ChatterboxTurboTTS.from_local.__func__
+
+    def spy(cls, ckpt_dir, device):
+        calls.append((str(ckpt_dir), device))
+        return real(cls, ckpt_dir, device)
+
+    tts_turbo.ChatterboxTurboTTS.from_local = classmethod(spy)
+    try:
+        engine = ChatterboxTurboEngine(turbo_config(tiny_ckpt))
+        engine.load()
+    finally:
+        tts_turbo.ChatterboxTurboTTS.from_local = classmethod(real)
+    engine.from_local_calls = calls
+    yield engine
+    engine.unload()
+
+
+def speak(engine, text: str, voice: Optional[str] = None, cancel=None, **settings: Any) -> list:
+    """All parts `engine.synthesize` yields for one piece."""
+    import threading
+    from ros2_chatterbox.engine import GenerationSettings
+    return list(engine.synthesize(text, voice, GenerationSettings(**settings), cancel or threading.Event()))
+
+
+def joined(parts) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
