@@ -160,6 +160,18 @@ def _sdpa_backends(cudnn: bool):
         return contextlib.nullcontext()
 
 
+_SIDE_STREAMS: Dict[Any, Any] = {}
+
+
+def side_stream(device):
+    """One capture stream per device for the whole process. cuBLAS keeps a workspace (32 MiB on Hopper) for every
+    stream it ever ran on, for the life of the process: a fresh stream per load would leak it on every reload."""
+    key = torch.device(device)
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(key)
+    return _SIDE_STREAMS[key]
+
+
 def release_text_head(t3) -> int:
     """Free T3's text head (50276 x 1024, ~100 MB in fp16): Turbo inference never uses it (upstream's
     `inference_turbo` and `generate` neither; only training's `T3.forward`/`loss` do). Returns the bytes freed."""
@@ -584,7 +596,7 @@ class FastT3:
     # -- weight layout ----------------------------------------------------------------------------------------------
     def _time_addmm(self, b, x, w, reps: int = 20) -> float:
         """GPU time (ms) of one addmm(b, x, w), from a captured graph of `reps` calls (launch gaps excluded)."""
-        stream = torch.cuda.Stream(self.device)
+        stream = side_stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(3):
@@ -656,7 +668,7 @@ class FastT3:
 
     def _time_graph(self, n: int, kernels: str, reps: int = 20) -> float:
         """GPU ms of one greedy decode step with these kernels (captured, replayed)."""
-        stream = torch.cuda.Stream(self.device)
+        stream = side_stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream), _sdpa_backends(cudnn=True):
             for _ in range(2):
@@ -730,7 +742,7 @@ class FastT3:
         if self.use_compile and glue is _glue and kernels == "torch":
             glue = torch.compile(_glue, dynamic=False, fullgraph=True)
             self._glue_fn = glue
-        stream = torch.cuda.Stream(self.device)
+        stream = side_stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream), _sdpa_backends(cudnn=True):
             for _ in range(2):
