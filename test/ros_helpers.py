@@ -173,6 +173,13 @@ class RosClient:
         from lifecycle_msgs.srv import GetState
         return self.call(GetState, f"{node}/get_state", GetState.Request(), timeout).current_state.label
 
+    def try_state(self, node: str = "/tts_node") -> str:
+        """The node's lifecycle state, or '' while it is not reachable yet."""
+        try:
+            return self.get_state(node, timeout=5)
+        except TimeoutError:
+            return ""
+
     def wait_until(self, predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
         end = time.monotonic() + timeout
         while time.monotonic() < end:

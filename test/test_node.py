@@ -98,7 +98,7 @@ def test_lifecycle_walk_and_inactive_requests(client):
     ns, lc = "/lifecycle", "/lifecycle/tts_node"  # a namespace of its own: the shared node also runs
     proc = NodeProcess(FAST, autostart=False, name="lifecycle", namespace=ns)
     try:
-        assert client.wait_until(lambda: _state(client, lc) == "unconfigured", 60), proc.output()
+        assert client.wait_until(lambda: client.try_state(lc) == "unconfigured", 60), proc.output()
         res = client.speak("Not yet.", ns=ns)
         assert not res.success and "not active" in res.message
         assert client.change_state("configure", lc), proc.output()
@@ -121,18 +121,12 @@ def test_lifecycle_walk_and_inactive_requests(client):
         proc.stop()
 
 
-def _state(client, node="/tts_node"):
-    try:
-        return client.get_state(node, timeout=5)
-    except TimeoutError:
-        return ""
-
 
 def test_configure_fails_cleanly_without_fallback(client):
     proc = NodeProcess({**FAST, "engine": "chatterbox_turbo", "model_dir": "/nonexistent/model"},
                        autostart=False, name="badmodel", namespace="/bad")
     try:
-        assert client.wait_until(lambda: _state(client, "/bad/tts_node") == "unconfigured", 60)
+        assert client.wait_until(lambda: client.try_state("/bad/tts_node") == "unconfigured", 60)
         assert not client.change_state("configure", "/bad/tts_node")
         assert client.get_state("/bad/tts_node") == "unconfigured"
         assert "configure failed" in proc.output() and "/nonexistent/model" in proc.output()

@@ -71,7 +71,7 @@ def test_corrupt_model_dir_fails_configure_and_node_stays_up(client, tiny_ckpt, 
                         "http.enabled": False}, autostart=False, name="cbx_bad", namespace="/cbxbad")
     try:
         lc = "/cbxbad/tts_node"
-        assert client.wait_until(lambda: _state(client, lc) == "unconfigured", 60)
+        assert client.wait_until(lambda: client.try_state(lc) == "unconfigured", 60)
         assert not client.change_state("configure", lc, timeout=180)
         assert client.get_state(lc) == "unconfigured"
         assert "configure failed" in proc.output() and "t3_turbo_v1.safetensors" in proc.output()
@@ -80,9 +80,3 @@ def test_corrupt_model_dir_fails_configure_and_node_stays_up(client, tiny_ckpt, 
     finally:
         proc.stop()
 
-
-def _state(client, node):
-    try:
-        return client.get_state(node, timeout=5)
-    except TimeoutError:
-        return ""

@@ -54,7 +54,7 @@ def test_taken_port_fails_activate_with_a_readable_reason(client):
     port = blocker.getsockname()[1]
     proc = NodeProcess({"http.port": port}, autostart=False, name="http_taken", namespace="/ht")
     try:
-        assert client.wait_until(lambda: _state(client, "/ht/tts_node") == "unconfigured", 60)
+        assert client.wait_until(lambda: client.try_state("/ht/tts_node") == "unconfigured", 60)
         assert client.change_state("configure", "/ht/tts_node")
         assert not client.change_state("activate", "/ht/tts_node")
         assert client.get_state("/ht/tts_node") == "inactive"
@@ -66,12 +66,6 @@ def test_taken_port_fails_activate_with_a_readable_reason(client):
         blocker.close()
         proc.stop()
 
-
-def _state(client, node):
-    try:
-        return client.get_state(node, timeout=5)
-    except TimeoutError:
-        return ""
 
 
 def test_fifty_http_and_ros_requests_share_the_queue(client):
