@@ -44,6 +44,8 @@ SETTINGS: List[Setting] = [
     _s("device", "auto", "auto (CUDA when available), cuda, cuda:N or cpu.", read_only=True),
     _s("dtype", "auto", "auto (float16 on CUDA, float32 on CPU), float16, bfloat16 or float32.", read_only=True,
        choices=("auto", "float16", "bfloat16", "float32")),
+    _s("cpu_threads", 0, "Torch CPU threads for the chatterbox engine (0 = torch's default). On a robot whose CPU "
+       "is busy with other nodes, 1-2 threads are often faster than many.", read_only=True, min=0, max=256),
     _s("fast_path", True, "Use the project's fast Turbo decode loop where its equality test passed.",
        read_only=True),
     _s("jetson_patches", "auto", "Jetson workarounds (FFT sizes cuFFT rejects on Orin go to the CPU): "

@@ -30,7 +30,7 @@ def client():
 @pytest.fixture(scope="module")
 def node(client, tiny_ckpt, voices):  # noqa: F811
     proc = NodeProcess({"engine": "chatterbox_turbo", "model_dir": str(tiny_ckpt), "voices_dir": str(voices),
-                        "device": "cpu", "http.enabled": False, "audio.realtime": False},
+                        "device": "cpu", "cpu_threads": 1, "http.enabled": False, "audio.realtime": False},
                        name="cbx", namespace="/cbx")
     assert proc.wait_for_log("active: ready to speak", 240), proc.output()
     yield proc

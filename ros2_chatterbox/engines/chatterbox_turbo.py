@@ -386,6 +386,9 @@ class ChatterboxTurboEngine(Engine):
                                       f"chatterbox-tts and its dependencies into .venv)") from exc
             except Exception as exc:  # noqa: BLE001 - e.g. perth without pkg_resources
                 raise EngineLoadError(f"Chatterbox could not be imported: {type(exc).__name__}: {exc}") from exc
+            threads = int(self._cfg("cpu_threads", 0) or 0)
+            if threads > 0:
+                torch.set_num_threads(threads)
             device = self.resolve_device(str(self._cfg("device", "auto")))
             dtype = self.resolve_dtype(str(self._cfg("dtype", "auto")), device)
             repo = str(self._cfg("hub_repo", HUB_REPO_DEFAULT)) or HUB_REPO_DEFAULT
