@@ -27,15 +27,31 @@ def from_pcm16(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
 
 
-def fade_edges(samples: np.ndarray, sample_rate: int, ms: float = FADE_MS) -> np.ndarray:
-    """Short raised-cosine fade in and out, so consecutive pieces join without clicks."""
+def _ramp(samples: np.ndarray, sample_rate: int, ms: float) -> np.ndarray:
+    n = min(int(sample_rate * ms / 1000.0), len(samples) // 2)
+    return (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, n))).astype(np.float32) if n > 1 else np.ones(0, np.float32)
+
+
+def fade_in(samples: np.ndarray, sample_rate: int, ms: float = FADE_MS) -> np.ndarray:
+    """Short raised-cosine fade at the start (a copy)."""
     a = to_float32(samples).copy()
-    n = min(int(sample_rate * ms / 1000.0), len(a) // 2)
-    if n > 1:
-        ramp = (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, n))).astype(np.float32)
-        a[:n] *= ramp
-        a[-n:] *= ramp[::-1]
+    ramp = _ramp(a, sample_rate, ms)
+    a[:len(ramp)] *= ramp
     return a
+
+
+def fade_out(samples: np.ndarray, sample_rate: int, ms: float = FADE_MS) -> np.ndarray:
+    """Short raised-cosine fade at the end (a copy)."""
+    a = to_float32(samples).copy()
+    ramp = _ramp(a, sample_rate, ms)
+    if len(ramp):
+        a[-len(ramp):] *= ramp[::-1]
+    return a
+
+
+def fade_edges(samples: np.ndarray, sample_rate: int, ms: float = FADE_MS) -> np.ndarray:
+    """Fade in and out, so consecutive pieces join without clicks."""
+    return fade_out(fade_in(samples, sample_rate, ms), sample_rate, ms)
 
 
 def silence(sample_rate: int, ms: float) -> np.ndarray:

@@ -175,7 +175,6 @@ class SpeechCore:
             note = f" (engine '{engine.name}' cannot clone voices: spoke voice '{job.voice}' with its own voice)"
             voice_path = None
         produced = 0
-        fade_ms = audio.FADE_MS
         pause = audio.silence(sr, float(self.config["audio.sentence_pause_ms"]))
         chunk_ms = float(self.config["audio.chunk_ms"])
         pending = np.zeros(0, dtype=np.float32)
@@ -207,16 +206,14 @@ class SpeechCore:
                     if job.cancelled:
                         raise Cancelled()
                     part = audio.to_float32(part)
-                    if first and part.size:
-                        n = min(int(sr * fade_ms / 1000), part.size)
-                        part = part.copy()
-                        part[:n] *= np.linspace(0.0, 1.0, n, dtype=np.float32)
+                    if first and part.size:  # only the piece's edges are faded: its parts join seamlessly
+                        part = audio.fade_in(part, sr)
                         first = False
                     if held is not None:
                         emit(held)
                     held = part
                 if held is not None:
-                    emit(audio.fade_edges(held, sr, fade_ms) if held.size > 4 else held)
+                    emit(audio.fade_out(held, sr))
                 if index < len(job.pieces) - 1 and pause.size:
                     emit(pause)
             job.piece_index = len(job.pieces)

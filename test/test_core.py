@@ -212,3 +212,20 @@ def test_generation_settings_from_config_and_overrides():
     assert s.top_k == 1000 and s.watermark is True
     t = s.with_overrides({"temperature": 1, "seed": 7})
     assert t.temperature == 1.0 and isinstance(t.temperature, float) and t.seed == 7
+
+
+def test_parts_of_one_piece_join_without_a_dip(core):
+    """Only a piece's outer edges are faded; the joins between its streamed parts are left untouched."""
+    class Keep(JobListener):
+        def __init__(self):
+            self.parts = []
+
+        def on_audio(self, job, samples):
+            self.parts.append(samples.copy())
+
+    keep = Keep()
+    assert core.submit("one piece of text in several parts", listener=keep).wait(10).success  # 3 parts of 0.1 s
+    x = np.concatenate(keep.parts)
+    edge = int(SR * 0.005)
+    assert x[0] == 0.0 and x[-1] == 0.0
+    assert np.allclose(x[edge:-edge], 0.1)

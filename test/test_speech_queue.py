@@ -129,3 +129,11 @@ def test_fade_edges_removes_clicks():
     y = audio.fade_edges(x, sr)
     assert y[0] == 0.0 and y[-1] == 0.0 and y[len(y) // 2] == 1.0
     assert np.max(np.abs(np.diff(y))) < 0.02
+
+
+def test_fade_in_and_out_touch_only_their_edge():
+    sr = 24000
+    x = np.ones(sr // 10, dtype=np.float32)
+    a, b = audio.fade_in(x, sr), audio.fade_out(x, sr)
+    assert a[0] == 0.0 and a[-1] == 1.0 and b[0] == 1.0 and b[-1] == 0.0
+    assert np.array_equal(audio.fade_edges(x, sr), audio.fade_out(a, sr))
