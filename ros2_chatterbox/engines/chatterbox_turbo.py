@@ -1079,14 +1079,7 @@ class _TokenSampler:
                 out = t3.tfmr(inputs_embeds=embeds, use_cache=True)
                 self.past = out.past_key_values
                 logits = t3.speech_head(out[0][:, -1:])
-                token = self._sample(start, logits[:, -1, :])
-                if token is None:
-                    self._finish()
-                    return
-                self.tokens.append(token)
-                self.current = token
-                if int(token) == self.stop:
-                    self._finish()
+                if not self._accept(self._sample(start, logits[:, -1, :])):
                     return
             while not self.done and len(self.tokens) < until:
                 if cancel.is_set():
@@ -1094,17 +1087,22 @@ class _TokenSampler:
                 out = t3.tfmr(inputs_embeds=t3.speech_emb(self.current), past_key_values=self.past, use_cache=True)
                 self.past = out.past_key_values
                 logits = t3.speech_head(out[0])
-                token = self._sample(torch.cat(self.tokens, dim=1), logits[:, -1, :])
-                if token is None:
-                    self._finish()
-                    return
-                self.tokens.append(token)
-                self.current = token
-                if int(token) == self.stop:
-                    self._finish()
+                if not self._accept(self._sample(torch.cat(self.tokens, dim=1), logits[:, -1, :])):
                     return
             if len(self.tokens) >= self.cap:
                 self._finish()
+
+    def _accept(self, token) -> bool:
+        """Record a sampled token; False (and done) when sampling found nothing or the stop token came."""
+        if token is None:
+            self._finish()
+            return False
+        self.tokens.append(token)
+        self.current = token
+        if int(token) == self.stop:
+            self._finish()
+            return False
+        return True
 
     def _finish(self) -> None:
         self.done = True
