@@ -8,16 +8,19 @@ import time
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("chatterbox")
-pytest.importorskip("transformers")
+from optional import optional_import, requires
 
-from ros2_chatterbox.engines import tiny_turbo  # noqa: E402
-from ros2_chatterbox.engines.turbo_fast import FastT3, SamplingSettings  # noqa: E402
+NEEDS = ("torch", "chatterbox", "transformers")
+pytestmark = requires(*NEEDS, hint="make setup")
+torch = optional_import("torch")
+if all(optional_import(name) is not None for name in NEEDS):
+    from ros2_chatterbox.engines import tiny_turbo
+    from ros2_chatterbox.engines.turbo_fast import FastT3, SamplingSettings
+
+    GREEDY = SamplingSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
 
 STOP = 6562
 START = 6561
-GREEDY = SamplingSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
 TEXTS = ["Hello world.", "The quick brown fox jumps over the lazy dog. Testing one two three.",
          "Hi there [laugh] how are you today?"]
 
