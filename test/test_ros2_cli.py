@@ -7,6 +7,7 @@ other test runs). The ros2 daemon that these commands use (as they do for a user
 """
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 
@@ -178,6 +179,26 @@ def test_launch_without_autostart_then_ctrl_c_while_inactive(daemon, params_file
         assert ended_cleanly(launched), launched.output()[-3000:]
     finally:
         launched.stop()
+
+
+def test_launch_reports_a_failed_activate_once_and_leaves_the_node_inactive(daemon, tmp_path):
+    """The first round's bug: a failed activate re-fired the activation 224 times in 8 s, and Ctrl-C hung."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        params = write_params(tmp_path / "port_taken.yaml", {"http.enabled": True, "http.port": taken.getsockname()[1]})
+        launched = Background(readme_launch(f"params_file:={PLACEHOLDER}", "namespace:=robot1", "log_level:=warn")
+                              .replace(PLACEHOLDER, str(params)), "cli-launch-activate-fails")
+        try:
+            assert launched.wait_for("tts_node: activate failed", timeout=240), launched.output()[-3000:]
+            assert state("/robot1/tts_node") == "inactive [2]"
+            ros2_ok(readme_command("ros2 service call /speak", "Hello").replace("/speak", "/robot1/speak"),
+                    "success=False")  # a round trip through the node after the failure: no retry meanwhile
+            out = launched.output()
+            assert out.count("tts_node: activate failed") == 1 and out.count("activate failed: HTTP server") == 1, out
+            assert ended_cleanly(launched), launched.output()[-3000:]
+        finally:
+            launched.stop()
 
 
 def test_shutdown_transition_then_ctrl_c(node):
