@@ -149,14 +149,14 @@ def build_full_checkpoint(folder: Path, seed: int = 0, model: str = "turbo") -> 
     from chatterbox.models.t3 import T3
     from chatterbox.models.voice_encoder import VoiceEncoder
     from safetensors.torch import save_file
-    from ros2_chatterbox.engines import nano, tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import models, tiny_checkpoint as tiny_turbo
 
-    spec = nano.model_spec(model)
+    spec = models.model_spec(model)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     params = {}
-    for name, make in (("ve.safetensors", VoiceEncoder), (spec.t3_file, lambda: nano.build_t3(spec)),
+    for name, make in (("ve.safetensors", VoiceEncoder), (spec.t3_file, lambda: models.build_t3(spec)),
                        ("s3gen_meanflow.safetensors", lambda: S3Gen(meanflow=True))):
         module = make()
         params[name] = int(sum(p.numel() for p in module.parameters()))
@@ -169,16 +169,16 @@ def build_full_checkpoint(folder: Path, seed: int = 0, model: str = "turbo") -> 
 
 
 def load_model(folder: Path, device: str, tiny: bool, model: str = "turbo"):
-    """Turbo through upstream's from_local, Nano through nano.load_local (the engine's two paths)."""
+    """Turbo through upstream's from_local, Nano through models.load_local (the engine's two paths)."""
     import contextlib
     from chatterbox.tts_turbo import ChatterboxTurboTTS
-    from ros2_chatterbox.engines import nano, tiny_turbo
-    spec = nano.model_spec(model)
+    from ros2_chatterbox.engines.chatterbox import models, tiny_checkpoint as tiny_turbo
+    spec = models.model_spec(model)
     arch = tiny_turbo.read_arch(folder) if tiny else None
     with tiny_turbo.tiny_patches(arch) if tiny else contextlib.nullcontext():
         if spec.name == "turbo":
             return ChatterboxTurboTTS.from_local(folder, device)
-        return nano.load_local(folder, device, spec, arch["t3"] if arch else None)
+        return models.load_local(folder, device, spec, arch["t3"] if arch else None)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def set_t3_dtype(model, dtype, t3_state, cond0) -> None:
     """T3 in `dtype` from the pristine fp32 weights (text head restored if a fast config released it);
     conditioning cast to match (upstream needs it for fp16)."""
     import torch
-    from ros2_chatterbox.engines.turbo_fast import cast_cond
+    from ros2_chatterbox.engines.fast_t3 import cast_cond
     t3 = model.t3
     if getattr(t3, "text_head", None) is None:
         t3.text_head = torch.nn.Linear(t3.cfg.hidden_size, t3.hp.text_tokens_dict_size, bias=False,
@@ -380,7 +380,7 @@ def add_row(b: Bench, row: Dict[str, Any]) -> None:
 def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs: bool, compile_: bool,
              greedy_ref: Dict[int, List[int]], kernels: str = "torch") -> None:
     torch = b.torch
-    from ros2_chatterbox.engines.turbo_fast import FastT3, SamplingSettings, release_text_head
+    from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings, release_text_head
     cond = model.conds.t3
     released = release_text_head(model.t3) if b.args.release_text_head else 0
     b.reset_peak(model)
@@ -686,11 +686,11 @@ def main(argv=None) -> int:
     if ckpt is None:
         tmp = tempfile.TemporaryDirectory(prefix="cbx-bench-")
         ckpt = Path(tmp.name) / "ckpt"
-    from ros2_chatterbox.engines import nano
-    if not (ckpt / nano.model_spec(args.model).t3_file).exists():
+    from ros2_chatterbox.engines.chatterbox import models
+    if not (ckpt / models.model_spec(args.model).t3_file).exists():
         t0 = time.perf_counter()
         if args.tiny:
-            from ros2_chatterbox.engines import tiny_turbo
+            from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
             facts = tiny_turbo.build_tiny_checkpoint(ckpt, with_conds=False, model=args.model)
         else:
             facts = build_full_checkpoint(ckpt, model=args.model)
@@ -706,7 +706,7 @@ def main(argv=None) -> int:
     norm = model.norm_loudness
     model.norm_loudness = lambda wav, sr, *a, **k: np.asarray(norm(wav, sr, *a, **k), dtype=np.float32)  # numpy 2
 
-    from ros2_chatterbox.engines import tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
     ref_dir = tempfile.TemporaryDirectory(prefix="cbx-ref-")
     ref_wav = Path(ref_dir.name) / "reference.wav"
     tiny_turbo.write_reference_wav(ref_wav, seconds=16.0)

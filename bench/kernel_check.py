@@ -46,7 +46,7 @@ def graph_us(fn, calls: int = 100, reps: int = 5) -> float:
 def timings(D: int, dtype):
     import torch
     import torch.nn.functional as F
-    from ros2_chatterbox.engines import turbo_fast_kernels as tk
+    from ros2_chatterbox.engines.fast_t3 import kernels as tk
     rows = []
     for N, K, ln, act, res in tk.step_shapes(D):
         x = torch.randn(1, K, device="cuda", dtype=dtype)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     import torch
-    from ros2_chatterbox.engines import turbo_fast_kernels as tk
+    from ros2_chatterbox.engines.fast_t3 import kernels as tk
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": "python " + " ".join(sys.argv), "gpu": torch.cuda.get_device_name(0),

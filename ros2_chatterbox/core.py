@@ -16,8 +16,8 @@ import numpy as np
 
 from . import audio, text as text_mod
 from .config import ConfigError, package_share
-from .engine import Cancelled, Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError, \
-    create_engine
+from .engine import Cancelled, Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError
+from .engines import create_engine
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
     JobResult, QueueFull, SpeechQueue
 from .voices import VoiceLibrary, resolve_request_voice

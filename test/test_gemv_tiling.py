@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ros2_chatterbox.engines import turbo_fast_kernels as tk
+from ros2_chatterbox.engines.fast_t3 import kernels as tk
 
 GPT2_WIDTHS = (768, 1024, 1280, 1600)  # small (Nano), medium (Turbo), large, xl
 ODD = (1, 5, 48, 96, 100, 257, 1000, 6563)

@@ -1,6 +1,6 @@
-"""FastT3 (ros2_chatterbox/engines/turbo_fast.py) against upstream `T3.inference_turbo`, on a tiny random T3 (CPU).
+"""FastT3 (ros2_chatterbox/engines/fast_t3/) against upstream `T3.inference_turbo`, on a tiny random T3 (CPU).
 
-The tiny T3 is upstream's class at small widths (ros2_chatterbox.engines.tiny_turbo). Random weights at their init
+The tiny T3 is upstream's class at small widths (ros2_chatterbox.engines.chatterbox.tiny_checkpoint). Random weights at their init
 scale barely look at the text, so the attention and MLP weights are scaled up: then different texts and voices
 give different tokens and the comparison means something.
 """
@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("chatterbox")
 pytest.importorskip("transformers")
 
-from ros2_chatterbox.engines import tiny_turbo  # noqa: E402
-from ros2_chatterbox.engines.turbo_fast import FastT3, SamplingSettings  # noqa: E402
+from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo  # noqa: E402
+from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings  # noqa: E402
 
 STOP = 6562
 START = 6561
@@ -24,10 +24,10 @@ TEXTS = ["Hello world.", "The quick brown fox jumps over the lazy dog. Testing o
 
 def _tiny(tmp_path_factory, model):
     """A tiny T3 in `model`'s shape (turbo: GPT-2-medium-shaped, 64 wide; nano: GPT-2-small-shaped, 96 = 3 x 32
-    wide like 768 = 3 x 256), built like the engine builds it (nano.build_t3), with test voices and texts."""
+    wide like 768 = 3 x 256), built like the engine builds it (models.build_t3), with test voices and texts."""
     from transformers import AutoTokenizer
     from chatterbox.models.t3.modules.cond_enc import T3Cond
-    from ros2_chatterbox.engines import nano
+    from ros2_chatterbox.engines.chatterbox import models
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to a busy machine
@@ -35,7 +35,7 @@ def _tiny(tmp_path_factory, model):
     tiny_turbo.write_tokenizer(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
-    t3 = nano.build_t3(nano.model_spec(model), tiny_turbo.arch_for(model)["t3"])
+    t3 = models.build_t3(models.model_spec(model), tiny_turbo.arch_for(model)["t3"])
     del t3.tfmr.wte  # as from_local does
     t3.eval()
     with torch.no_grad():

@@ -4,7 +4,7 @@ Real weights (~3 GB) cannot be downloaded on machines without internet, yet the 
 the real loader. `build_tiny_checkpoint(dir)` writes the same files as the hub snapshot of
 `ResembleAI/chatterbox-turbo` (ve.safetensors, t3_turbo_v1.safetensors, s3gen_meanflow.safetensors, GPT-2 tokenizer
 files, conds.pt) with the real module classes at small widths, plus `tiny_arch.json`, which records those widths.
-With `model="nano"` the layout is Chatterbox-Nano's (`t3_nano_v1.safetensors`, a GPT-2-small-shaped T3: see nano.py).
+With `model="nano"` the layout is Chatterbox-Nano's (`t3_nano_v1.safetensors`, a GPT-2-small-shaped T3: see models.py).
 
 `ChatterboxTurboTTS.from_local` hard-codes the GPT-2 medium config and the S3Gen sizes, so loading needs
 `tiny_patches(arch)`: while it is active, `LLAMA_CONFIGS["GPT2_medium"]` (Nano: "GPT2_small") is the tiny config and
@@ -14,7 +14,8 @@ conds.pt, perth watermarker) is upstream code. The engine detects `tiny_arch.jso
 The speech is noise, of course. Random weights never choose the stop token on their own, so its bias in the speech
 head is raised (`eos_bias`) and generation ends after a few to a few dozen tokens.
 
-    python -m ros2_chatterbox.engines.tiny_turbo DIR [--model turbo|nano] [--seed N] [--no-conds] [--voice-wav FILE]
+    python -m ros2_chatterbox.engines.chatterbox.tiny_checkpoint DIR [--model turbo|nano] [--seed N] [--no-conds]
+        [--voice-wav FILE]
 """
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
-from . import nano
+from . import models
 
 ARCH_FILE = "tiny_arch.json"
 ARCH_FORMAT = "ros2_chatterbox-tiny-turbo-1"
-TEXT_VOCAB = nano.TEXT_VOCAB      # ChatterboxTurboTTS.from_local hard-codes the text embedding size
-SPEECH_VOCAB = nano.SPEECH_VOCAB  # 6561 S3 codes + start + stop
+TEXT_VOCAB = models.TEXT_VOCAB      # ChatterboxTurboTTS.from_local hard-codes the text embedding size
+SPEECH_VOCAB = models.SPEECH_VOCAB  # 6561 S3 codes + start + stop
 STOP_SPEECH = 6562
 PARALINGUISTIC_TAGS = ("[laugh]", "[chuckle]", "[cough]", "[sigh]", "[gasp]", "[groan]", "[sniff]", "[shush]",
                        "[clear throat]")
@@ -66,12 +67,12 @@ _PATCH_LOCK = threading.RLock()
 
 def arch_for(model: str = "turbo") -> Dict[str, Any]:
     """The default tiny architecture of a model ("turbo" or "nano")."""
-    return copy.deepcopy(NANO_ARCH if nano.model_spec(model).name == "nano" else DEFAULT_ARCH)
+    return copy.deepcopy(NANO_ARCH if models.model_spec(model).name == "nano" else DEFAULT_ARCH)
 
 
-def arch_spec(arch: Optional[Dict[str, Any]]) -> "nano.ModelSpec":
+def arch_spec(arch: Optional[Dict[str, Any]]) -> "models.ModelSpec":
     """Which model a tiny architecture is laid out as (files written before Nano existed: Turbo)."""
-    return nano.model_spec((arch or {}).get("model", "turbo"))
+    return models.model_spec((arch or {}).get("model", "turbo"))
 
 
 def read_arch(model_dir: Path) -> Optional[Dict[str, Any]]:
@@ -152,7 +153,7 @@ def _tiny_s3gen_class(s3: Dict[str, Any]):
 
 @contextlib.contextmanager
 def tiny_patches(arch: Optional[Dict[str, Any]] = None) -> Iterator[None]:
-    """While active, `ChatterboxTurboTTS.from_local` / `nano.load_local` (and `T3(hp)`, `S3Gen()`) build the tiny
+    """While active, `ChatterboxTurboTTS.from_local` / `models.load_local` (and `T3(hp)`, `S3Gen()`) build the tiny
     architecture: the model's GPT-2 config name (GPT2_medium, or GPT2_small for Nano) maps to the tiny config and
     `chatterbox.tts_turbo.S3Gen` is the tiny S3Gen. Restored on exit; one patch at a time per process.
     """
@@ -160,7 +161,7 @@ def tiny_patches(arch: Optional[Dict[str, Any]] = None) -> Iterator[None]:
 
     arch = arch or DEFAULT_ARCH
     spec = arch_spec(arch)
-    with _PATCH_LOCK, nano.gpt2_configs({spec.gpt2_name: nano.gpt2_config(spec, arch["t3"])}):
+    with _PATCH_LOCK, models.gpt2_configs({spec.gpt2_name: models.gpt2_config(spec, arch["t3"])}):
         saved_s3gen = tts_turbo.S3Gen
         tts_turbo.S3Gen = _tiny_s3gen_class(arch["s3gen"])
         try:
@@ -171,7 +172,7 @@ def tiny_patches(arch: Optional[Dict[str, Any]] = None) -> Iterator[None]:
 
 def turbo_hp():
     """The T3 hyper-parameters exactly as ChatterboxTurboTTS.from_local sets them (0.1.6/0.1.7)."""
-    return nano.t3_hp(nano.MODELS["turbo"])
+    return models.t3_hp(models.MODELS["turbo"])
 
 
 def write_tokenizer(folder: Path) -> None:
@@ -242,14 +243,14 @@ def build_tiny_checkpoint(folder, seed: int = 0, with_conds: bool = True,
         torch.manual_seed(seed)
         try:
             ve = VoiceEncoder()
-            t3 = T3(nano.t3_hp(spec))
+            t3 = T3(models.t3_hp(spec))
             with torch.no_grad():
                 t3.speech_head.bias[STOP_SPEECH] += float(arch.get("eos_bias", 0.0))
             s3 = tts_turbo.S3Gen(meanflow=True)
         finally:
             torch.random.set_rng_state(saved_rng)
     _save(ve, folder / "ve.safetensors")
-    for other in nano.MODELS.values():  # a folder holds one model's T3
+    for other in models.MODELS.values():  # a folder holds one model's T3
         (folder / other.t3_file).unlink(missing_ok=True)
     _save(t3, folder / spec.t3_file)  # includes tfmr.wte, which from_local deletes, as upstream's does
     _save(s3, folder / "s3gen_meanflow.safetensors")
@@ -280,7 +281,7 @@ def write_reference_wav(path, seconds: float = 6.0, sr: int = 24_000, f0: float 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write a tiny random Chatterbox checkpoint (real file layout).")
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--model", choices=sorted(nano.MODELS), default="turbo", help="file layout (default turbo)")
+    ap.add_argument("--model", choices=sorted(models.MODELS), default="turbo", help="file layout (default turbo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-conds", action="store_true", help="leave out conds.pt (no built-in voice)")
     ap.add_argument("--voice-wav", type=Path, default=None, help="also write a synthetic 6 s reference recording")
