@@ -33,6 +33,10 @@ SETTINGS: List[Setting] = [
        "(embedded default voice, no download).", read_only=True, choices=("chatterbox_turbo", "piper")),
     _s("fallback_engine", "", "Engine to use when `engine` cannot load ('' = none: configure fails).",
        read_only=True, choices=("", "chatterbox_turbo", "piper")),
+    _s("model", "turbo", "Chatterbox model: turbo (GPT-2 medium T3, t3_turbo_v1.safetensors, hub "
+       "ResembleAI/chatterbox-turbo) or nano (Chatterbox-Nano: GPT-2 small T3, ~2x faster per token, "
+       "t3_nano_v1.safetensors, hub ResembleAI/chatterbox-nano). hub_repo set to either official repository "
+       "follows this choice.", read_only=True, choices=("turbo", "nano")),
     _s("model_dir", "", "Local Chatterbox Turbo folder in the hub snapshot layout (ve.safetensors, "
        "t3_turbo_v1.safetensors, s3gen_meanflow.safetensors, tokenizer files, optional conds.pt). "
        "'' = download `hub_repo` into `hub_cache_dir`.", read_only=True),

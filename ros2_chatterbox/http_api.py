@@ -42,7 +42,8 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 OPENAI_MAX_INPUT = 4096
 MAX_JSON_BODY = 1 << 20           # 1 MiB: far above any valid request (4096 characters of text)
 MULTIPART_OVERHEAD = 64 << 10     # boundaries and form fields around an uploaded file
-MODEL_IDS = ("chatterbox-turbo", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # all accepted, all the same engine
+MODEL_IDS = ("chatterbox", "chatterbox-turbo", "chatterbox-nano", "tts-1", "tts-1-hd",
+             "gpt-4o-mini-tts")  # all accepted, all the same engine (parameter `model` chooses turbo or nano)
 PUBLIC_PATHS = frozenset({"/", "/health", "/health/live", "/health/ready", "/docs", "/docs/oauth2-redirect",
                           "/openapi.json", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
@@ -247,6 +248,7 @@ class Health(BaseModel):
     speaking: bool
     lifecycle_state: str = "standalone"
     device: str = ""
+    model: str = ""
     last_error: str = ""
     last_latency_s: Optional[float] = None
     last_first_audio_s: Optional[float] = None
@@ -734,6 +736,7 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
                 "speaking": q is not None and q.current is not None,
                 "lifecycle_state": getattr(core, "lifecycle_state", "standalone"),
                 "device": str(core.engine.info().get("device", "")) if core.engine is not None else "",
+                "model": str(core.engine.info().get("model", "")) if core.engine is not None else "",
                 "last_error": core.last_error, "last_latency_s": core.last_latency_s,
                 "last_first_audio_s": core.last_first_audio_s}
 
