@@ -84,7 +84,8 @@ def test_renamed_t3_file_of_the_other_width_is_named(tmp_path):
     import torch
     from safetensors.torch import save_file
     from ros2_chatterbox.engines.chatterbox import models
-    save_file({"speech_emb.weight": torch.zeros(6563, 768, dtype=torch.int8)}, str(tmp_path / "t3_turbo_v1.safetensors"))
+    save_file({"speech_emb.weight": torch.zeros(6563, 768, dtype=torch.int8)},
+              str(tmp_path / "t3_turbo_v1.safetensors"))
     msg = models.wrong_model_message(tmp_path, models.MODELS["turbo"])
     assert "Chatterbox-Nano's T3 (768 wide" in msg and "rename it to t3_nano_v1.safetensors" in msg
     assert "set the parameter model to 'nano'" in msg
