@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import secrets
 import threading
@@ -40,6 +41,8 @@ from .checkpoint import HUB_REPO_DEFAULT, check_checkpoint, explain_load_error, 
 from .s3gen_stream import SAMPLE_RATE, StreamDecoder
 from .tokens import MAX_SPEECH_TOKENS, FastTokenSource, TokenSampler
 from .voice_cache import VoiceCache, compute_conds, prepare_t3_cond
+
+log = logging.getLogger("ros2_chatterbox")
 
 
 def _rss_bytes() -> int:
@@ -82,6 +85,7 @@ class ChatterboxTurboEngine(Engine):
     CROSSFADE_FRAMES = 8      # vocoder overlap between chunks (160 ms), as CosyVoice's streaming HiFT cache
     CONTEXT_FRAMES = 4        # extra mel frames of left context for the vocoder's convolutions
     NOISE_BLOCK_FRAMES = 50   # vocoder noise is drawn in blocks seeded by absolute position
+    SELF_CHECK_TOKENS = 64    # greedy tokens compared with upstream at load (stop held down for the check)
     CFM_STEPS = 2             # upstream generate() uses n_cfm_timesteps=2 with the meanflow decoder
 
     def __init__(self, config: Dict[str, Any]):
@@ -101,6 +105,7 @@ class ChatterboxTurboEngine(Engine):
         self._jetson_applied_by_us = False
         self.fast = None              # fast_t3.FastT3 when the fast decode path is active
         self.fast_reason = "not loaded"
+        self.fast_fallback = False    # the fast path was asked for and is not running normally
         self.last_tokens = 0          # speech tokens of the last piece (for tests and the bench)
         self.last_chunks = 0          # decode steps of the last piece
         self.last_first_chunk_s: Optional[float] = None
@@ -166,6 +171,7 @@ class ChatterboxTurboEngine(Engine):
             if threads > 0:
                 torch.set_num_threads(threads)
             device = self.resolve_device(str(self._cfg("device", "auto")))
+            self.check_allocator(device, bool(self._cfg("fast_path", True)))
             dtype = self.resolve_dtype(str(self._cfg("dtype", "auto")), device)
             repo = str(self._cfg("hub_repo", HUB_REPO_DEFAULT)) or HUB_REPO_DEFAULT
             folder, self.model_source = locate_checkpoint(self._cfg, repo)
@@ -228,41 +234,72 @@ class ChatterboxTurboEngine(Engine):
             pass
 
     def _setup_fast_path(self) -> None:
-        """Use fast_t3.FastT3 for T3 sampling when asked for, supported, and equal to upstream on a greedy check."""
+        """Use fast_t3.FastT3 for T3 sampling when asked for, supported, and equal to upstream on a greedy check.
+        Anything short of that while the fast path was asked for is a fallback, and a fallback is loud: a warning
+        in the configure log and `fast_path.fallback` / `fast_path_warning` in info() (diagnostics, health, doctor)."""
         self.fast = None
         if not bool(self._cfg("fast_path", True)):
-            self.fast_reason = "off (parameter fast_path)"
+            self._fast_state("off (parameter fast_path)", fallback=False)
             return
         try:
             from ..fast_t3 import FastT3
         except Exception as exc:  # noqa: BLE001 - the reference loop always works
-            self.fast_reason = f"unavailable ({type(exc).__name__}: {exc})"
+            self._fast_state(f"unavailable ({type(exc).__name__}: {exc}); using the reference loop")
             return
         try:
             model = self._model
             ok, why = FastT3.supported(model.t3)
             if not ok:
-                self.fast_reason = f"unsupported: {why}"
+                self._fast_state(f"unsupported: {why}; using the reference loop")
                 return
             fast = FastT3(model.t3, max_voices=int(self._cfg("voice_cache.max_voices", 8)))
             cond = self._builtin.t3 if self._builtin is not None else self._dummy_t3_cond()
             text = self.tokenize("The quick brown fox jumps over the lazy dog.")
-            check = fast.self_check(cond, text, n_tokens=32)
+            check = fast.self_check(cond, text, n_tokens=self.SELF_CHECK_TOKENS)
             fast.clear()
             if not check.get("ok"):
-                self.fast_reason = f"greedy equality check failed ({check}); using the reference loop"
+                self._fast_state(f"greedy equality check against upstream failed ({check}); using the reference "
+                                 f"loop")
                 return
             if not self._fast_path_reproducible(fast, cond, text) or not self._speaks_reproducibly(fast):
                 fast.clear()
-                self.fast_reason = ("sampling with a fixed seed was not reproducible (the seed contract); using the "
-                                    "reference loop")
+                self._fast_state("sampling with a fixed seed was not reproducible (the seed contract); using the "
+                                 "reference loop")
                 return
             fast.clear()
             self.fast = fast
-            self.fast_reason = f"active (greedy check: {check.get('n')} tokens equal; seeded sampling reproducible)"
+            agreed = (f"{check.get('n')} tokens equal" if "diverged_at" not in check else
+                      f"{check['match']} tokens equal, then a rounding tie (margin {check['margin']})")
+            if fast.device.type == "cuda" and not fast.use_graphs:
+                failures = "; ".join(fast.info().get("graph_failures", []))[:400]
+                self._fast_state(f"active WITHOUT CUDA graphs (capture failed: {failures or 'unknown'}): several "
+                                 f"times slower than it should be")
+                self.fast = fast
+                return
+            self._fast_state(f"active (greedy check: {agreed}; seeded sampling reproducible)", fallback=False)
         except Exception as exc:  # noqa: BLE001
             self.fast = None
-            self.fast_reason = f"failed to start ({type(exc).__name__}: {str(exc)[:200]}); using the reference loop"
+            self._fast_state(f"failed to start ({type(exc).__name__}: {str(exc)[:200]}); using the reference loop")
+
+    def _fast_state(self, reason: str, fallback: bool = True) -> None:
+        """Record why the fast path runs or not; a fallback from it is a warning, never silent."""
+        self.fast_reason = reason
+        self.fast_fallback = fallback
+        if fallback:
+            log.warning("Chatterbox Turbo: the fast path was asked for but is not running normally: %s", reason)
+
+    @staticmethod
+    def check_allocator(device: str, fast_path: bool) -> None:
+        """Refuse CUDA + fast path under PYTORCH_NO_CUDA_MEMORY_CACHING: torch turns its caching allocator off
+        when the variable is set to anything, CUDA graphs cannot be captured without it, and the engine would
+        otherwise run the reference loop, ~18x slower, without anyone asking for that."""
+        if device.startswith("cuda") and fast_path and "PYTORCH_NO_CUDA_MEMORY_CACHING" in os.environ:
+            raise EngineLoadError(
+                "PYTORCH_NO_CUDA_MEMORY_CACHING is set, which turns off PyTorch's caching allocator; the fast path's "
+                "CUDA graphs need it, and without them speech is ~18x slower. Unset the variable (the engine "
+                "allocates its working memory at configure, so Jetson no longer needs it; remove it from your "
+                "container/compose environment), or set the parameter fast_path to false to run the slow "
+                "reference loop on purpose")
 
     def _fast_path_reproducible(self, fast, cond, text) -> bool:
         """Same seed, same tokens: two sampled runs with other random draws in between (as decoding does)."""
@@ -364,6 +401,7 @@ class ChatterboxTurboEngine(Engine):
             self._builtin = None
             self.fast = None
             self.fast_reason = "not loaded"
+            self.fast_fallback = False
             self._voices.clear()
             self._remove_jetson_patches()
             gc.collect()
@@ -410,9 +448,12 @@ class ChatterboxTurboEngine(Engine):
             "voice_cache_hits": self._voices.stats["hits"],
             "voice_cache_misses": self._voices.stats["misses"],
             "voice_cache_evictions": self._voices.stats["evictions"],
-            "fast_path": bool(self._cfg("fast_path", True)),
+            "fast_path": {"requested": bool(self._cfg("fast_path", True)), "active": self.fast is not None,
+                          "cuda_graphs": bool(self.fast is not None and self.fast.use_graphs),
+                          "fallback": self.fast_fallback, "reason": self.fast_reason},
             "fast_path_active": self.fast is not None,
             "fast_path_state": self.fast_reason,
+            "fast_path_warning": self.fast_reason if self.fast_fallback else "",
             "jetson_patches": str(self._cfg("jetson_patches", "auto")),
             "jetson_patches_active": self.jetson_active,
             "stream_first_tokens": self.stream_first_tokens,
@@ -529,7 +570,8 @@ class ChatterboxTurboEngine(Engine):
                 raise
             # the fast path failed before any audio left: switch it off and speak with the reference loop
             self.fast = None
-            self.fast_reason = f"disabled after an error ({type(exc).__name__}: {str(exc)[:200]})"
+            self._fast_state(f"disabled after an error ({type(exc).__name__}: {str(exc)[:200]}); using the "
+                             f"reference loop")
             yield from self.synthesize(text, voice_path, settings, cancel)
             return
         finally:
