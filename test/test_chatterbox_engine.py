@@ -474,6 +474,26 @@ def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch, caplog):
         engine.unload()
 
 
+def test_working_memory_is_planned_and_taken_at_configure(tiny_ckpt):
+    """The memory plan sizes everything for the longest allowed piece (text.chunk_chars) and configure takes it with
+    one worst-case pass (on CUDA; switched on here for the CPU): the engine then speaks as before."""
+    engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt, **{"text.chunk_chars": 60}))
+    engine.WARM_ON_CPU = True
+    engine.load()
+    try:
+        mem = engine.info()["memory"]
+        assert mem["state"] == "taken at configure" and mem["warm_s"] > 0, mem
+        plan = mem["plan"]
+        assert plan["chunk_chars"] == 60 and plan["max_speech_tokens"] == 150 + 6 * 60
+        assert engine.fast.capacity >= plan["kv_positions"] - plan["bucket"] + 1  # the fast path's cache is sized
+        assert mem["rss_mb"] > 0 and mem["rss_plus_device_mb"] >= mem["rss_mb"]
+        assert joined(speak(engine, "Still speaking after the warm-up.", seed=5)).size > 0
+        assert set(engine.info()["memory"]["last_piece"]) == {"device_allocs", "block_allocations", "reserved_bytes"}
+    finally:
+        engine.unload()
+    assert engine.info()["memory_state"] == "not loaded"
+
+
 def test_allocator_off_with_the_fast_path_is_refused(monkeypatch):
     """PYTORCH_NO_CUDA_MEMORY_CACHING (any value) turns torch's caching allocator off; CUDA graphs cannot be captured
     then. On CUDA with the fast path asked for, configure refuses with the reason and both ways out."""

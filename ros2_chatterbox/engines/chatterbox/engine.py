@@ -39,19 +39,11 @@ import numpy as np
 from ...engine import Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError
 from .checkpoint import HUB_REPO_DEFAULT, check_checkpoint, explain_load_error, locate_checkpoint
 from .s3gen_stream import SAMPLE_RATE, StreamDecoder
-from .tokens import MAX_SPEECH_TOKENS, FastTokenSource, TokenSampler
-from .voice_cache import VoiceCache, compute_conds, prepare_t3_cond
+from .tokens import MAX_SPEECH_TOKENS, SPEECH_VOCAB, FastTokenSource, TokenSampler
+from .voice_cache import DEC_COND_SAMPLES, VoiceCache, compute_conds, prepare_t3_cond
+from . import gpu_memory, memory_plan
 
 log = logging.getLogger("ros2_chatterbox")
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 _LIBC_TRIM = None
@@ -106,6 +98,12 @@ class ChatterboxTurboEngine(Engine):
         self.fast = None              # fast_t3.FastT3 when the fast decode path is active
         self.fast_reason = "not loaded"
         self.fast_fallback = False    # the fast path was asked for and is not running normally
+        self.plan: Optional[memory_plan.MemoryPlan] = None
+        self.memory_state = "not loaded"
+        self.warm_seconds = 0.0
+        self.sync_mode = "n/a"
+        self._alloc_base: Dict[str, int] = {}   # allocator counters right after configure
+        self.last_alloc: Dict[str, int] = {}    # allocator work of the last piece (deltas)
         self.last_tokens = 0          # speech tokens of the last piece (for tests and the bench)
         self.last_chunks = 0          # decode steps of the last piece
         self.last_first_chunk_s: Optional[float] = None
@@ -172,6 +170,7 @@ class ChatterboxTurboEngine(Engine):
                 torch.set_num_threads(threads)
             device = self.resolve_device(str(self._cfg("device", "auto")))
             self.check_allocator(device, bool(self._cfg("fast_path", True)))
+            self.sync_mode = gpu_memory.blocking_sync(device) if device.startswith("cuda") else "n/a"
             dtype = self.resolve_dtype(str(self._cfg("dtype", "auto")), device)
             repo = str(self._cfg("hub_repo", HUB_REPO_DEFAULT)) or HUB_REPO_DEFAULT
             folder, self.model_source = locate_checkpoint(self._cfg, repo)
@@ -191,6 +190,7 @@ class ChatterboxTurboEngine(Engine):
             self.tiny = arch is not None
             self._warm_up()
             self._setup_fast_path()
+            self._take_working_memory()
             self.load_seconds = time.monotonic() - t0
 
     def _load_model(self, tts_turbo, tiny_checkpoint, folder: Path, arch, device: str, dtype, repo: str) -> None:
@@ -301,6 +301,94 @@ class ChatterboxTurboEngine(Engine):
                 "container/compose environment), or set the parameter fast_path to false to run the slow "
                 "reference loop on purpose")
 
+    WARM_ON_CPU = False   # the configure-time warm-up runs on CUDA (tests switch it on for the CPU)
+
+    def _take_working_memory(self) -> None:
+        """The static memory plan (memory_plan.py): size everything for the longest allowed piece and take that
+        memory now, at configure: the fast path's KV cache and buffers and a graph for every bucket, then one
+        worst-case pass (longest text prefill; longest piece through S3Gen with a 10 s voice prompt) whose blocks
+        the caching allocator keeps. Afterwards no allowed text needs a new device allocation. Running out of
+        memory here fails configure, with the fix, instead of a request later."""
+        model = self._model
+        t3 = model.t3
+        cfg = t3.cfg
+        fast = self.fast
+        chunk_chars = int(self._cfg("text.chunk_chars", 250))
+        limit = getattr(model.tokenizer, "model_max_length", 1024) or 1024
+        try:
+            self.plan = memory_plan.make_plan(
+                chunk_chars, n_layer=int(cfg.n_layer), n_head=int(cfg.num_attention_heads),
+                head_dim=int(cfg.hidden_size) // int(cfg.num_attention_heads),
+                dtype_bytes=int(t3.speech_head.weight.element_size()), max_positions=int(t3.tfmr.wpe.weight.shape[0]),
+                bucket=fast.bucket if fast is not None else 256, tokenizer_limit=int(min(limit, 10 ** 6)),
+                stream_first=int(self.stream_first_tokens), stream_max=int(self.stream_max_tokens),
+                crossfade_frames=self.CROSSFADE_FRAMES, context_frames=self.CONTEXT_FRAMES)
+        except ValueError as exc:
+            self.plan = None
+            self.memory_state = f"no plan: {exc}"
+            log.info("Chatterbox Turbo memory plan: %s", exc)
+            return
+        if not (self.device.startswith("cuda") or self.WARM_ON_CPU):
+            self.memory_state = "planned (taken at configure on CUDA only)"
+            return
+        t0 = time.monotonic()
+        try:
+            self._warm_worst_case(self.plan)
+        except Exception as exc:  # noqa: BLE001
+            if "out of memory" in str(exc).lower():
+                raise EngineLoadError(
+                    f"out of memory while taking the working memory for pieces of up to {chunk_chars} characters "
+                    f"({exc}); lower text.chunk_chars, use dtype float16, or start this node before other GPU "
+                    f"services") from exc
+            self.memory_state = f"warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); memory grows on demand"
+            log.warning("Chatterbox Turbo: %s", self.memory_state)
+            return
+        finally:
+            self.warm_seconds = time.monotonic() - t0
+        if self.device.startswith("cuda"):
+            import torch
+            torch.cuda.synchronize(torch.device(self.device))
+        self._alloc_base = gpu_memory.allocator_stats(self.device)
+        self.memory_state = "taken at configure"
+
+    def _warm_worst_case(self, plan: "memory_plan.MemoryPlan") -> None:
+        import torch
+        model = self._model
+        dev = torch.device(self.device)
+        fast = self.fast
+        if fast is not None:
+            fast.warmup(None, text_len=plan.max_text_tokens, max_new_tokens=plan.max_speech_tokens - 1,
+                        settings=(None, "greedy"), all_buckets=True)
+            cond = self._builtin.t3 if self._builtin is not None else self._dummy_t3_cond()
+            g = torch.Generator(device=dev).manual_seed(1)
+            text = torch.randint(0, 256, (1, plan.max_text_tokens), generator=g, device=dev)
+            fast.generate(cond, text, GenerationSettings(), generator=g, max_new_tokens=8)  # longest prefill
+        t = np.arange(DEC_COND_SAMPLES, dtype=np.float64) / SAMPLE_RATE
+        wav = (0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+        with torch.inference_mode():
+            ref = model.s3gen.embed_ref(wav, SAMPLE_RATE, device=self.device)  # a 10 s voice: the longest prompt
+            tokens = torch.randint(0, SPEECH_VOCAB, (plan.max_speech_tokens,), device=dev,
+                                   generator=torch.Generator(device=dev).manual_seed(2))
+        decoder = StreamDecoder(self, model, ref, 1, bool(self._cfg("generation.watermark", True)))
+        for at in plan.decode_points[:-1]:
+            decoder.step(tokens[:at], final=False)
+        decoder.step(tokens, final=True)
+
+    def memory_info(self) -> Dict[str, Any]:
+        """The memory plan, what configure took, and the allocator's work since (what the static plan is judged by:
+        no device allocation after configure, flat reserved memory, few block allocations per piece)."""
+        out: Dict[str, Any] = {"state": self.memory_state, "plan": self.plan.as_dict() if self.plan else None,
+                               "warm_s": round(self.warm_seconds, 3), "host_sync": self.sync_mode}
+        out.update(gpu_memory.memory_report(self.device))
+        now = gpu_memory.allocator_stats(self.device)
+        mb = 1024.0 * 1024.0
+        out["reserved_mb"] = round(now["reserved_bytes"] / mb, 1)
+        if self._alloc_base:
+            out["reserved_at_configure_mb"] = round(self._alloc_base["reserved_bytes"] / mb, 1)
+            out["device_allocs_since_configure"] = now["num_device_alloc"] - self._alloc_base["num_device_alloc"]
+        out["last_piece"] = dict(self.last_alloc)
+        return out
+
     def _fast_path_reproducible(self, fast, cond, text) -> bool:
         """Same seed, same tokens: two sampled runs with other random draws in between (as decoding does)."""
         import torch
@@ -402,6 +490,9 @@ class ChatterboxTurboEngine(Engine):
             self.fast = None
             self.fast_reason = "not loaded"
             self.fast_fallback = False
+            self.plan = None
+            self.memory_state = "not loaded"
+            self._alloc_base = {}
             self._voices.clear()
             self._remove_jetson_patches()
             gc.collect()
@@ -440,7 +531,7 @@ class ChatterboxTurboEngine(Engine):
             "tiny_checkpoint": self.tiny,
             "builtin_voice": self._builtin is not None,
             "load_seconds": round(self.load_seconds, 3),
-            "rss_mb": round(_rss_bytes() / mb, 1),
+            "rss_mb": round(gpu_memory.rss_bytes() / mb, 1),
             "voice_cache_voices": n_voices,
             "voice_cache_mb": round(cache_bytes / mb, 3),
             "voice_cache_max_voices": int(self._cfg("voice_cache.max_voices", 8)),
@@ -459,6 +550,13 @@ class ChatterboxTurboEngine(Engine):
             "stream_first_tokens": self.stream_first_tokens,
             "last_first_chunk_s": self.last_first_chunk_s,
         })
+        try:  # the memory plan and allocator counters; flat copies of the headline figures for /diagnostics
+            memory = self.memory_info()
+            out.update({"memory": memory, "memory_state": memory["state"],
+                        "rss_plus_device_mb": memory["rss_plus_device_mb"],
+                        "device_allocs_since_configure": memory.get("device_allocs_since_configure")})
+        except Exception as exc:  # noqa: BLE001 - status must never fail
+            out["memory_state"] = f"unknown ({type(exc).__name__}: {exc})"
         if self.device.startswith("cuda"):
             try:
                 import torch
@@ -536,6 +634,7 @@ class ChatterboxTurboEngine(Engine):
         self.last_first_chunk_s = None
         self.last_chunks = 0
         self.last_tokens = 0
+        alloc0 = gpu_memory.allocator_stats(self.device)
         text_tokens = self.tokenize(text)
         cap = self.max_tokens_for(text)
         first = int(self.stream_first_tokens)
@@ -583,6 +682,10 @@ class ChatterboxTurboEngine(Engine):
         self.last_chunks += 1
         del tokens, decoder
         trim_host_memory()
+        alloc1 = gpu_memory.allocator_stats(self.device)
+        self.last_alloc = {"device_allocs": alloc1["num_device_alloc"] - alloc0["num_device_alloc"],
+                           "block_allocations": alloc1["block_allocations"] - alloc0["block_allocations"],
+                           "reserved_bytes": alloc1["reserved_bytes"]}
         if part.size:
             if self.last_first_chunk_s is None:
                 self.last_first_chunk_s = time.monotonic() - t_start

@@ -291,10 +291,12 @@ class FastT3(StepMixin, GraphsMixin):
 
     # -- graphs ------------------------------------------------------------------------------------------------------
     def warmup(self, t3_cond=None, text_len: int = 64, max_new_tokens: int = 1000,
-               settings: Tuple[Any, ...] = (None, "greedy")) -> Dict[str, Any]:
+               settings: Tuple[Any, ...] = (None, "greedy"), all_buckets: bool = False) -> Dict[str, Any]:
         """Allocate buffers for `text_len` text tokens and `max_new_tokens`, capture the graphs for each of
         `settings` (None = upstream's defaults, "greedy" = top_k 1) and, with `t3_cond`, prefill that voice.
-        Returns timings. Optional: everything happens lazily on the first request otherwise."""
+        all_buckets: capture every attention-length bucket from the first (any voice prefix, however short), not
+        only those a 376-position prefix reaches. Returns timings. Optional: everything happens lazily on the first
+        request otherwise (the engine's memory plan calls it at configure)."""
         t0 = time.perf_counter()
         with self._lock:
             self._check_weights()
@@ -307,7 +309,7 @@ class FastT3(StepMixin, GraphsMixin):
             self._tune_layouts()
             for s in settings:
                 s = SamplingSettings(1.0, 1, 1.0, 1.0) if s == "greedy" else SamplingSettings.coerce(s)
-                self._ensure_graphs(lc + 2, n_max, s)
+                self._ensure_graphs(1 if all_buckets else lc + 2, n_max, s)
         return {"seconds": time.perf_counter() - t0, "graphs": len(self._graphs), "use_graphs": self.use_graphs,
                 "capacity": self.capacity}
 
@@ -353,7 +355,7 @@ class FastT3(StepMixin, GraphsMixin):
         cuda = self.device.type == "cuda"
         ev0 = None
         if cuda:
-            ev0 = torch.cuda.Event(enable_timing=True)
+            ev0 = torch.cuda.Event(enable_timing=True, blocking=True)
             ev0.record()
         N = self.check_every
         checks = set(range(N, total, N))
@@ -384,7 +386,7 @@ class FastT3(StepMixin, GraphsMixin):
             ev = None
             if cuda:
                 self.out_host[lo:end].copy_(self.out[lo:end], non_blocking=True)
-                ev = torch.cuda.Event(enable_timing=True)
+                ev = torch.cuda.Event(enable_timing=True, blocking=True)  # the host sleeps while it waits
                 ev.record()
             state["i"] = end
             marks.append((end, ev))
