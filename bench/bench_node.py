@@ -136,6 +136,14 @@ def main(argv=None) -> int:
     voices.mkdir()
     tiny.write_reference_wav(voices / "alice.wav", seconds=16.0)
 
+    if cuda:  # what the CUDA runtime and its libraries alone hold in host RAM (before the model)
+        x = torch.randn(64, 64, device=device)
+        torch.nn.functional.conv1d(x[None], x[:, :, None])
+        (x @ x).sum().item()
+        doc["rss_cuda_runtime_mb"] = round(gpu_memory.rss_bytes() / 2**20, 1)
+        own = process_device_mb()
+        doc["device_cuda_runtime_mb"] = own
+
     values = cfgmod.defaults()
     values.update({"engine": "chatterbox_turbo", "model_dir": str(ckpt), "voices_dir": str(voices),
                    "device": device, "dtype": doc["dtype"], "default_voice": "alice",

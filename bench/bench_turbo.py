@@ -673,7 +673,8 @@ def node_markdown(d: Dict[str, Any]) -> List[str]:
         ("reserved MiB: configure / first / last / max", lambda n: " / ".join(
             cell(n, "mixed", k) for k in ("reserved_at_configure_mb", "reserved_mb_first", "reserved_mb_last",
                                           "reserved_mb_max"))),
-        ("host RSS MiB", lambda n: cell(n, "memory_after", "rss_mb")),
+        ("host RSS MiB (of it: CUDA runtime + libraries before the model)", lambda n: cell(
+            n, "memory_after", "rss_mb") + " (" + cell(n, "rss_cuda_runtime_mb") + ")"),
         ("device MiB (this process, nvidia-smi)", lambda n: cell(n, "memory_after", "process_device_mb")),
         ("RSS + device MiB", lambda n: cell(n, "memory_after", "rss_plus_process_device_mb")),
         ("peak allocated MiB", lambda n: cell(n, "memory_after", "max_allocated_mb")),
