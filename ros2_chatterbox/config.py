@@ -97,6 +97,19 @@ SETTINGS: List[Setting] = [
     _s("http.api_key", "", "Bearer token required on every endpoint except /health ('' = none).",
        read_only=True),
     _s("http.max_upload_mb", 20.0, "Largest voice upload accepted (MiB).", min=0.1, max=1024.0),
+    _s("http.api_key_file", "", "File holding the API key (first line; '' = none). Keeps the key off the command "
+       "line; the environment variables CHATTERBOX_API_KEY and CHATTERBOX_API_KEY_FILE work too.", read_only=True),
+    _s("http.allowed_hosts", "", "Comma-separated host names (optionally name:port) the server answers to besides "
+       "localhost and IP addresses, e.g. 'robot.local' for a LAN name; other Host headers get a 400 (DNS "
+       "rebinding).", read_only=True),
+    _s("http.allow_unauthenticated_lan", False, "Serve beyond loopback without an API key. Without it, a "
+       "non-loopback http.host and no key refuse to start.", read_only=True),
+    _s("http.max_concurrent_uploads", 2, "Voice uploads processed at once; more get 503 with Retry-After.",
+       read_only=True, min=1, max=64),
+    _s("http.max_connections", 64, "Open HTTP connections at most; more are answered 503 and closed.",
+       read_only=True, min=2, max=10000),
+    _s("http.header_timeout_s", 10.0, "Seconds a client has to send a complete request header; slower "
+       "connections are closed.", read_only=True, min=0.1, max=600.0),
     # start-up
     _s("autostart", False, "Configure and activate at start (for setups without a lifecycle manager).",
        read_only=True),

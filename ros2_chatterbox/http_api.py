@@ -33,6 +33,7 @@ from . import encoding
 from .config import SETTINGS_BY_NAME
 from .core import RequestError, SpeechCore
 from .engine import VoiceError
+from .http.security import SecurityMiddleware, document_responses
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, QUEUE_FULL, UNAVAILABLE, Job, JobListener, JobResult
 from .voices import OPENAI_VOICES, check_reference, clean_name
 
@@ -426,6 +427,7 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
                     "`POST /tts` with the generation settings, voice management, and a web page at `/`. Requests "
                     "share one queue with the ROS requests.",
         redoc_url=None,
+        docs_url=None,  # /docs is the packaged page below: Swagger UI would load a CDN script on this origin
     )
     app.state.core = core
 
@@ -454,6 +456,7 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
         return error_response(500, f"internal error: {type(exc).__name__}", "server_error", None, "internal_error")
 
     app.add_middleware(_AccessMiddleware, api_key=api_key, upload_limit=upload_limit)
+    app.add_middleware(SecurityMiddleware, settings=settings)  # outermost: Host, Origin, content types, headers
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def sample_rate() -> int:
@@ -638,9 +641,10 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
                                 f"http.max_upload_mb)", code="request_too_large")
         try:
             duration = check_reference(data)
-            if stem in lib.names() and not overwrite:
-                raise ApiError(409, f"voice '{stem}' already exists; send overwrite=true or choose another name",
-                               param="name", code="voice_exists")
+            existing = lib.find(stem)  # names are unique case-insensitively
+            if existing is not None and not overwrite:
+                raise ApiError(409, f"voice '{existing}' already exists; send overwrite=true or choose another "
+                                    f"name", param="name", code="voice_exists")
             path = lib.add(stem, data, overwrite=overwrite)
         except VoiceError as exc:
             raise ApiError(400, str(exc), param="file", code="invalid_audio") from None
@@ -763,6 +767,10 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
             raise ApiError(404, f"no such file: {name}", code="not_found")
         return FileResponse(WEB_DIR / path[0], media_type=path[1], headers={"Cache-Control": "no-cache"})
 
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return FileResponse(WEB_DIR / "docs.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon():
         return Response(status_code=204)
@@ -781,6 +789,7 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
                     op["security"] = [{"bearer": []}]
                     responses.setdefault("401", {"description": "Missing or wrong API key", "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+        document_responses(schema)
         schemas = components.get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
@@ -793,7 +802,8 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
     return app
 
 
-STATIC_FILES = {"app.js": ("app.js", "text/javascript"), "style.css": ("style.css", "text/css")}
+STATIC_FILES = {"app.js": ("app.js", "text/javascript"), "style.css": ("style.css", "text/css"),
+                "docs.js": ("docs.js", "text/javascript")}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]+")
 
 

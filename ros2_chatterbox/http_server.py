@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import logging
 import signal
 import socket
@@ -24,15 +23,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 log = logging.getLogger("ros2_chatterbox.http")
 
 LogFn = Callable[[str, str], None]
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _ForwardHandler(logging.Handler):
@@ -93,6 +83,7 @@ class HttpServer:
         self._sock: Optional[socket.socket] = None
         self._error: Optional[BaseException] = None
         self._handler: Optional[_ForwardHandler] = None
+        self._api_key = ""
 
     def log(self, level: str, msg: str) -> None:
         if self._log is not None:
@@ -113,7 +104,23 @@ class HttpServer:
         """Reserve the address now (optional: start() binds when this was not called). Lets a program fail on a
         taken port before it spends time loading a model."""
         if self._sock is None:
+            self._api_key = self._checked_api_key()
             self._sock = self._bind()
+
+    def _checked_api_key(self) -> str:
+        """The API key from parameters, key file or environment; RuntimeError when serving would be unsafe."""
+        from .http import security
+        try:
+            api_key = security.resolve_api_key(self.settings)
+            warning = security.check_exposure(self.host, self.settings, api_key)
+        except security.SecurityError as exc:
+            raise RuntimeError(f"HTTP: {exc}") from None
+        if warning:
+            self.log("warning", f"HTTP: {warning}")
+        if security.key_on_command_line(api_key):
+            self.log("warning", "HTTP: the API key is on this process's command line, where every user of the "
+                                "machine can read it; use CHATTERBOX_API_KEY_FILE or http.api_key_file instead")
+        return api_key
 
     def _bind(self) -> socket.socket:
         try:
@@ -140,16 +147,17 @@ class HttpServer:
         if self.running:
             return
         import uvicorn
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+        from .http import security
         from .http_api import create_app
 
-        api_key = str(self.settings.get("http.api_key", "") or "")
-        if not is_loopback(self.host) and not api_key:
-            self.log("warning", f"HTTP: listening on {self.host} beyond loopback without an API key: anyone who "
-                                f"can reach this host can make the robot speak; set http.api_key")
-        app = create_app(self.core, self.settings)
         self.bind()
+        app = create_app(self.core, dict(self.settings, **{"http.api_key": self._api_key}))
+        protocol = security.guarded_protocol(AutoHTTPProtocol, float(self.settings.get("http.header_timeout_s", 10.0)),
+                                             int(self.settings.get("http.max_connections", 64)))
         config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-                                ws="none", timeout_graceful_shutdown=self.graceful_s)
+                                ws="none", http=protocol, timeout_graceful_shutdown=self.graceful_s)
         self._server = _server_class()(config)
         if self._log is not None:
             self._handler = _ForwardHandler(self._log)
@@ -215,15 +223,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "config/params.yaml")
     parser.add_argument("--host", help="bind address (parameter http.host)")
     parser.add_argument("--port", type=int, help="port (parameter http.port)")
-    parser.add_argument("--api-key", help="bearer token required on every endpoint but /health "
-                                          "(parameter http.api_key)")
+    parser.add_argument("--api-key-file", help="file holding the bearer token required on every endpoint but "
+                                               "/health (parameter http.api_key_file; or set CHATTERBOX_API_KEY)")
+    parser.add_argument("--api-key", help=argparse.SUPPRESS)  # refused below: it would show in the process list
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="[%(levelname)s] %(name)s: %(message)s")
     logger = logging.getLogger("ros2_chatterbox")
+    if args.api_key is not None:
+        logger.error("--api-key would show the key to every user in the process list: put it in a file "
+                     "(--api-key-file FILE, or CHATTERBOX_API_KEY_FILE) or in CHATTERBOX_API_KEY")
+        return 2
     try:
         config = load_params_file(args.params or None)
-        for name, value in (("http.host", args.host), ("http.port", args.port), ("http.api_key", args.api_key)):
+        for name, value in (("http.host", args.host), ("http.port", args.port),
+                            ("http.api_key_file", args.api_key_file)):
             if value is not None:
                 config[name] = check(name, value)
     except (OSError, ConfigError, ValueError) as exc:
@@ -232,8 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     core = SpeechCore(config)
     server = HttpServer(core, config)
     try:
-        server.bind()  # a taken port fails now, not after loading the model
-    except OSError as exc:
+        server.bind()  # a taken port or an unsafe bind fails now, not after loading the model
+    except (OSError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1
     stop = threading.Event()

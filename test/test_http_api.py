@@ -278,7 +278,8 @@ def test_api_key(http_core):
                             {"Authorization": "Basic s3cret-key"}, {"Authorization": "Bearer s3cret-key-and-more"}):
                 err = assert_error(c.get("/v1/models", headers=headers), 401)
                 assert err["type"] == "authentication_error"
-            r = c.post("/v1/audio/speech", content=b"{bad", headers={"Authorization": "Bearer nope"})
+            r = c.post("/v1/audio/speech", content=b"{bad", headers={"Authorization": "Bearer nope",
+                                                                     "Content-Type": "application/json"})
             assert_error(r, 401)  # the key is checked before the body is read
             assert r.headers["www-authenticate"] == "Bearer"
             ok = {"Authorization": "Bearer s3cret-key"}
@@ -426,15 +427,21 @@ def test_stop_during_a_stream_ends_it_and_cancels_the_job(http_core):
     assert not port_open(server.port)
 
 
-def test_non_loopback_bind_without_key_warns(http_core):
+def test_non_loopback_bind_without_key_refuses_to_start(http_core):
+    """Attack 5: 0.0.0.0 without a key used to serve with a warning; now it refuses before binding, unless the user
+    opts out explicitly (then it warns)."""
     messages = []
-    server = HttpServer(http_core, dict(http_core.config, **{"http.host": "0.0.0.0"}), port=0,
-                        log=lambda level, msg: messages.append((level, msg)))
-    # binding 0.0.0.0 would expose the port: check the warning, then stop before binding by using a bad port
-    server.port = -1
-    with pytest.raises((OSError, OverflowError)):
+    cfg = dict(http_core.config, **{"http.host": "0.0.0.0"})
+    server = HttpServer(http_core, cfg, port=0, log=lambda level, msg: messages.append((level, msg)))
+    with pytest.raises(RuntimeError, match="allow_unauthenticated_lan"):
         server.start()
-    assert any(level == "warning" and "api_key" in msg for level, msg in messages)
+    assert server._sock is None  # refused before binding: nothing listens
+    opted_out = HttpServer(http_core, dict(cfg, **{"http.allow_unauthenticated_lan": True}), port=0,
+                           log=lambda level, msg: messages.append((level, msg)))
+    opted_out.port = -1  # stop before binding 0.0.0.0 for real: the warning comes first
+    with pytest.raises((OSError, OverflowError)):
+        opted_out.start()
+    assert any(level == "warning" and "WITHOUT an API key" in msg for level, msg in messages)
 
 
 def test_runs_without_ros_as_a_program(tmp_path):
