@@ -338,16 +338,22 @@ def guarded_protocol(base: type, header_timeout_s: float, max_connections: int) 
     """
     class GuardedProtocol(base):  # type: ignore[misc, valid-type]
         _header_timer: Optional[asyncio.TimerHandle] = None
+        _busy = False
 
         def connection_made(self, transport):
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                transport.write(BUSY_RESPONSE)
-                transport.close()
-                return
             self._arm_header_timer()
+            if len(self.connections) > max_connections:
+                # Answer, then half-close: closing outright with the request unread would reset the connection
+                # and lose the answer. The client's request is discarded; the header timer ends it for sure.
+                self._busy = True
+                transport.write(BUSY_RESPONSE)
+                if transport.can_write_eof():
+                    transport.write_eof()
 
         def data_received(self, data: bytes) -> None:
+            if self._busy:
+                return
             super().data_received(data)
             if self._waiting_for_header():
                 self._arm_header_timer()
