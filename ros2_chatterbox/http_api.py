@@ -33,7 +33,7 @@ from . import encoding
 from .config import SETTINGS_BY_NAME
 from .core import RequestError, SpeechCore
 from .engine import VoiceError
-from .http.security import SecurityMiddleware, document_responses
+from .http.security import document_responses, install as install_security
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, QUEUE_FULL, UNAVAILABLE, Job, JobListener, JobResult
 from .voices import OPENAI_VOICES, check_reference, clean_name
 
@@ -456,7 +456,7 @@ def create_app(core: SpeechCore, settings: Optional[Dict[str, Any]] = None) -> F
         return error_response(500, f"internal error: {type(exc).__name__}", "server_error", None, "internal_error")
 
     app.add_middleware(_AccessMiddleware, api_key=api_key, upload_limit=upload_limit)
-    app.add_middleware(SecurityMiddleware, settings=settings)  # outermost: Host, Origin, content types, headers
+    install_security(app, settings)  # outermost: Host, Origin, content types, upload bound, headers
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def sample_rate() -> int:

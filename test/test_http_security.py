@@ -548,3 +548,20 @@ def test_program_refuses_an_unauthenticated_lan_bind(tmp_path):
     proc = program("--host", "0.0.0.0", "--port", "1", env={security.API_KEY_ENV: ""})
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "allow_unauthenticated_lan" in out and "Traceback" not in out
+
+
+def test_headers_even_on_unexpected_errors():
+    """install() puts the middleware outside the app's error handler: a 500 carries the headers too."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    app = FastAPI()
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("bug")
+    security.install(app, {})
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost:8004") as c:
+        r = c.get("/boom")
+        assert r.status_code == 500
+        assert r.headers["content-security-policy"] == security.CONTENT_SECURITY_POLICY
+        assert c.get("/boom", headers={"Host": "evil.example"}).status_code == 400

@@ -305,6 +305,13 @@ class SecurityMiddleware:
                 self.uploads -= 1
 
 
+def install(app: Any, settings: Optional[Mapping[str, Any]] = None) -> None:
+    """Wrap a Starlette/FastAPI app's whole middleware stack in SecurityMiddleware: outside its error handler too,
+    so that refusals come before anything else and every answer, 500s included, carries the headers."""
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: SecurityMiddleware(build(), settings)
+
+
 def document_responses(schema: Dict[str, Any], error_ref: str = "#/components/schemas/ErrorResponse") -> None:
     """Add the refusals of SecurityMiddleware to every operation of an OpenAPI schema."""
     for path, ops in schema.get("paths", {}).items():
