@@ -111,6 +111,7 @@ class HttpServer:
         """The API key from parameters, key file or environment; RuntimeError when serving would be unsafe."""
         from .http import security
         try:
+            security.parse_allowed_hosts(self.settings.get("http.allowed_hosts", ""))
             api_key = security.resolve_api_key(self.settings)
             warning = security.check_exposure(self.host, self.settings, api_key)
         except security.SecurityError as exc:

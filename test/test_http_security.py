@@ -326,6 +326,9 @@ def test_allowed_hosts_serves_a_lan_name(http_core):
         r = httpx.get(server.url + "/v1/models", headers={"Host": f"robot.local:{server.port}"}, timeout=10)
         assert r.status_code == 200
         assert httpx.get(server.url + "/v1/models", headers={"Host": "kiosk.local"}, timeout=10).status_code == 400
+    with pytest.raises(RuntimeError, match="allowed_hosts"):
+        with serving(http_core, http__allowed_hosts="robot.local:http"):
+            pass
 
 
 @pytest.mark.parametrize("origin", [EVIL, "null", "http://localhost:1"])
