@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from . import audio, text as text_mod
-from .config import ConfigError, package_share
+from .settings import ConfigError, package_share
 from .engine import Cancelled, Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError, \
     create_engine
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
@@ -135,7 +135,7 @@ class SpeechCore:
         except VoiceError as exc:
             raise RequestError(INVALID, str(exc), "voice") from None
         try:
-            settings = GenerationSettings.from_config(cfg).with_overrides(overrides)
+            settings = GenerationSettings.from_values(cfg).with_overrides(overrides)
         except ConfigError as exc:
             raise RequestError(INVALID, str(exc), "settings") from None
         interrupt = bool(interrupt) or cfg["queue.policy"] == "interrupt"

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import encoding
-from .config import SETTINGS_BY_NAME
+from .settings import SETTINGS_BY_NAME
 from .core import RequestError, SpeechCore
 from .engine import VoiceError
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, QUEUE_FULL, UNAVAILABLE, Job, JobListener, JobResult

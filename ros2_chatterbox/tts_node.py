@@ -28,7 +28,7 @@ from std_srvs.srv import Trigger
 from ros2_chatterbox.srv import Speak
 
 from . import audio
-from .config import SETTINGS, SETTINGS_BY_NAME, ConfigError, check
+from .settings import SETTINGS, SETTINGS_BY_NAME, ConfigError, check
 from .core import RequestError, SpeechCore
 from .engine import EngineLoadError
 from .speech_queue import Job, JobListener, JobResult
@@ -114,8 +114,6 @@ class TtsNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for s in SETTINGS:
             self.declare_parameter(s.name, s.default, _descriptor(s))
-        self.declare_parameter("frame_id", "", ParameterDescriptor(
-            description="frame_id in the header of tts/audio messages."))
         self.core: Optional[SpeechCore] = None
         self.frame_id = ""
         self.audio_pub = self.info_pub = self.speaking_pub = self.diag_pub = None

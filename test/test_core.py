@@ -208,7 +208,7 @@ def test_queue_full_is_reported(core):
 
 
 def test_generation_settings_from_config_and_overrides():
-    s = GenerationSettings.from_config(cfgmod.defaults())
+    s = GenerationSettings.from_values(cfgmod.defaults())
     assert s.top_k == 1000 and s.watermark is True
     t = s.with_overrides({"temperature": 1, "seed": 7})
     assert t.temperature == 1.0 and isinstance(t.temperature, float) and t.seed == 7
