@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from . import audio, text as text_mod
-from .engine import Cancelled, Engine, EngineError, EngineLoadError, VoiceError, create_engine
+from .engine import Cancelled, Engine, EngineError, EngineLoadError, VoiceError
+from .engines import create_engine
 from .settings import ConfigError, Settings, default_voices_dir
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
     JobResult, QueueFull, SpeechQueue

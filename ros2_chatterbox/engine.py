@@ -1,13 +1,14 @@
 """The engine interface: text piece + voice + settings in, float32 mono audio out. Knows nothing of ROS or HTTP.
 
 Two engines implement it (ros2_chatterbox/engines/): Chatterbox Turbo (cloned voices) and Piper (the embedded
-default voice that needs no download). `create_engine` picks one by name.
+default voice that needs no download). The registry, `ros2_chatterbox.engines.create_engine`, picks one by name; this
+module imports no engine.
 """
 from __future__ import annotations
 
 import abc
 import threading
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
@@ -69,19 +70,3 @@ class Engine(abc.ABC):
     def free_memory(self) -> None:
         """Drop caches after an out-of-memory error (the model stays loaded)."""
 
-
-ENGINES = ("chatterbox_turbo", "piper")
-
-
-def create_engine(name: str, config: Dict[str, Any]) -> Engine:
-    try:
-        if name == "chatterbox_turbo":
-            from .engines.chatterbox_turbo import ChatterboxTurboEngine
-            return ChatterboxTurboEngine(config)
-        if name == "piper":
-            from .engines.piper import PiperEngine
-            return PiperEngine(config)
-    except ImportError as exc:
-        raise EngineLoadError(f"engine '{name}' cannot be imported ({exc}); install its dependencies "
-                              f"(`make setup`, or see README 'Installation')") from exc
-    raise EngineLoadError(f"unknown engine '{name}' (choose one of: {', '.join(ENGINES)})")
