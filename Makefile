@@ -29,7 +29,7 @@ run: setup
 	$(PY) -m ros2_chatterbox.tts_node --autostart --ros-args --params-file $(PARAMS)
 
 http: setup
-	$(PY) -m ros2_chatterbox.http_server --params $(PARAMS)
+	$(PY) -m ros2_chatterbox.http --params $(PARAMS)
 
 test: setup-test
 	$(PY) -m pytest test $(PYTEST_ARGS)

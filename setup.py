@@ -27,7 +27,7 @@ setup(
                        "pyloudnorm", "omegaconf", "einops", "diffusers==0.29.0", "setuptools<81"],
     },
     entry_points={"console_scripts": [
-        "ros2-chatterbox-http = ros2_chatterbox.http_server:main",
+        "ros2-chatterbox-http = ros2_chatterbox.http.server:main",
         "ros2-chatterbox-doctor = ros2_chatterbox.doctor:main",
     ]},
 )

@@ -148,7 +148,7 @@ def build_full_checkpoint(folder: Path, seed: int = 0) -> Dict[str, Any]:
     from chatterbox.models.t3 import T3
     from chatterbox.models.voice_encoder import VoiceEncoder
     from safetensors.torch import save_file
-    from ros2_chatterbox.engines import tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
 
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -168,7 +168,7 @@ def build_full_checkpoint(folder: Path, seed: int = 0) -> Dict[str, Any]:
 
 def load_model(folder: Path, device: str, tiny: bool):
     from chatterbox.tts_turbo import ChatterboxTurboTTS
-    from ros2_chatterbox.engines import tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
     if tiny:
         with tiny_turbo.tiny_patches(tiny_turbo.read_arch(folder)):
             return ChatterboxTurboTTS.from_local(folder, device)
@@ -240,7 +240,7 @@ def set_t3_dtype(model, dtype, t3_state, cond0) -> None:
     """T3 in `dtype` from the pristine fp32 weights (text head restored if a fast config released it);
     conditioning cast to match (upstream needs it for fp16)."""
     import torch
-    from ros2_chatterbox.engines.turbo_fast import cast_cond
+    from ros2_chatterbox.engines.fast_t3 import cast_cond
     t3 = model.t3
     if getattr(t3, "text_head", None) is None:
         t3.text_head = torch.nn.Linear(t3.cfg.hidden_size, t3.hp.text_tokens_dict_size, bias=False,
@@ -373,7 +373,7 @@ def add_row(b: Bench, row: Dict[str, Any]) -> None:
 def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs: bool, compile_: bool,
              greedy_ref: Dict[int, List[int]], kernels: str = "torch") -> None:
     torch = b.torch
-    from ros2_chatterbox.engines.turbo_fast import FastT3, SamplingSettings, release_text_head
+    from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings, release_text_head
     cond = model.conds.t3
     released = release_text_head(model.t3) if b.args.release_text_head else 0
     b.reset_peak(model)
@@ -680,7 +680,7 @@ def main(argv=None) -> int:
     if not (ckpt / "t3_turbo_v1.safetensors").exists():
         t0 = time.perf_counter()
         if args.tiny:
-            from ros2_chatterbox.engines import tiny_turbo
+            from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
             facts = tiny_turbo.build_tiny_checkpoint(ckpt, with_conds=False)
         else:
             facts = build_full_checkpoint(ckpt)
@@ -696,7 +696,7 @@ def main(argv=None) -> int:
     norm = model.norm_loudness
     model.norm_loudness = lambda wav, sr, *a, **k: np.asarray(norm(wav, sr, *a, **k), dtype=np.float32)  # numpy 2
 
-    from ros2_chatterbox.engines import tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
     ref_dir = tempfile.TemporaryDirectory(prefix="cbx-ref-")
     ref_wav = Path(ref_dir.name) / "reference.wav"
     tiny_turbo.write_reference_wav(ref_wav, seconds=16.0)

@@ -18,7 +18,8 @@ import pytest
 from turbo_fixtures import (copy_checkpoint, joined, require_chatterbox, speak, tiny_ckpt, turbo_config,  # noqa: F401
                             turbo_engine, voice_dir, write_voice)
 
-from ros2_chatterbox.engine import EngineError, EngineLoadError, GenerationSettings, VoiceError, create_engine
+from ros2_chatterbox.engine import EngineError, EngineLoadError, GenerationSettings, VoiceError
+from ros2_chatterbox.engines import create_engine
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -323,7 +324,7 @@ def test_streams_a_long_piece_in_parts_that_join_seamlessly(turbo_engine):
 
 def test_streaming_with_watermark_matches_whole_signal_watermark(turbo_engine):
     """_WatermarkStream gives (nearly) what watermarking the whole signal at once gives, without seams."""
-    from ros2_chatterbox.engines.chatterbox_turbo import _WatermarkStream
+    from ros2_chatterbox.engines.chatterbox.s3gen_stream import WatermarkStream as _WatermarkStream
     wm = turbo_engine._model.watermarker
     rng = np.random.default_rng(0)
     t = np.arange(24000 * 3) / 24000
@@ -369,7 +370,8 @@ def test_cancel_stops_promptly(turbo_engine):
 def test_steps_equal_upstream(turbo_engine):
     """T3 sampling, the flow and the vocoder give upstream's exact numbers for the same random draws."""
     import torch
-    from ros2_chatterbox.engines.chatterbox_turbo import _StreamDecoder, _TokenSampler
+    from ros2_chatterbox.engines.chatterbox.s3gen_stream import StreamDecoder as _StreamDecoder
+    from ros2_chatterbox.engines.chatterbox.tokens import TokenSampler as _TokenSampler
     engine = turbo_engine
     model, conds = engine._model, engine._builtin
     text_tokens = engine.tokenize("Hello there [laugh], testing.")

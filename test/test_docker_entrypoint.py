@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ros2_chatterbox.config import load_params_file
 from ros2_chatterbox.http import security
-from ros2_chatterbox.http_server import HttpServer
+from ros2_chatterbox.http.server import HttpServer
+from ros2_chatterbox.settings import load_params_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -71,10 +71,9 @@ def test_a_given_key_or_an_explicit_opt_out_generates_nothing(tmp_path):
 
 def test_container_defaults_refuse_an_open_lan_bind(tmp_path, monkeypatch):
     """docker/params.yaml with the images' http.host and no key: the node's HTTP server does not start."""
-    settings = load_params_file(str(ROOT / "docker" / "params.yaml"))
-    assert settings["http.api_key"] == "" and settings["http.allow_unauthenticated_lan"] is False
-    settings["http.host"] = "0.0.0.0"
-    server = HttpServer(core=None, settings=settings, port=0)
+    settings = load_params_file(str(ROOT / "docker" / "params.yaml")).http
+    assert settings.api_key == "" and settings.allow_unauthenticated_lan is False
+    server = HttpServer(core=None, settings=settings, host="0.0.0.0", port=0)  # the images' -p http.host:=0.0.0.0
     monkeypatch.delenv(security.API_KEY_ENV, raising=False)
     monkeypatch.delenv(security.API_KEY_FILE_ENV, raising=False)
     with pytest.raises(RuntimeError, match="without an API key"):

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from http_fixtures import REFERENCE_VOICE, http_core, reference_wav, serving  # noqa: F401
+from test_http_api import voices_folder
 from test_web_page import By, chromium, speak, wait
 
 pytestmark = pytest.mark.timeout(120)
@@ -93,7 +94,7 @@ def browser():
 
 
 def voice_files(core):
-    return sorted(p.name for p in core.voices.folder.iterdir())
+    return sorted(p.name for p in voices_folder(core).iterdir())
 
 
 def async_fetch(driver, url: str, method: str) -> str:
@@ -121,12 +122,12 @@ def test_rebinding_page_cannot_read_or_delete_voices(browser, victim, http_core)
                          ids=["foreign-origin", "origin-null"])
 def test_cross_origin_page_cannot_plant_or_overwrite_voices(browser, victim, http_core, page, title):
     """Attack 2: a no-cors multipart upload (no preflight) from any other origin planted and overwrote voices."""
-    before = (http_core.voices.folder / f"{REFERENCE_VOICE}.wav").read_bytes()
+    before = (voices_folder(http_core) / f"{REFERENCE_VOICE}.wav").read_bytes()
     with AttackerSite(attacker_pages(victim.url)) as site:
         browser.get(site.url + page)
         wait(browser, lambda d: d.title == title)
     assert voice_files(http_core) == [f"{REFERENCE_VOICE}.wav"]
-    assert (http_core.voices.folder / f"{REFERENCE_VOICE}.wav").read_bytes() == before
+    assert (voices_folder(http_core) / f"{REFERENCE_VOICE}.wav").read_bytes() == before
 
 
 def test_robot_page_cannot_be_framed(browser, victim):

@@ -23,7 +23,7 @@ from ros2_chatterbox.engine import VoiceError
 from ros2_chatterbox.http import security
 from ros2_chatterbox.http.security import SecurityMiddleware
 from ros2_chatterbox.voices import VoiceLibrary, check_reference
-from test_http_api import wait_until
+from test_http_api import voices_folder, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_api_key_sources(tmp_path):
 
 def test_key_on_command_line_is_detected(tmp_path):
     cmdline = tmp_path / "cmdline"
-    cmdline.write_bytes(b"python\0-m\0ros2_chatterbox.http_server\0--api-key\0hunter2\0")
+    cmdline.write_bytes(b"python\0-m\0ros2_chatterbox.http\0--api-key\0hunter2\0")
     assert security.key_on_command_line("hunter2", str(cmdline))
     assert not security.key_on_command_line("other", str(cmdline))
     assert not security.key_on_command_line("", str(cmdline))
@@ -302,7 +302,7 @@ def assert_refused(response: httpx.Response, status: int, code: str) -> None:
 
 
 def voice_files(core):
-    return sorted(p.name for p in core.voices.folder.iterdir())
+    return sorted(p.name for p in voices_folder(core).iterdir())
 
 
 def test_rebinding_host_is_refused_before_any_handler(http_server, http_core):
@@ -334,7 +334,7 @@ def test_allowed_hosts_serves_a_lan_name(http_core):
 @pytest.mark.parametrize("origin", [EVIL, "null", "http://localhost:1"])
 def test_cross_origin_writes_are_refused(http_server, http_core, origin):
     """Attack 2: a multipart upload from any other origin (no preflight needed) planted and overwrote voices."""
-    before = (http_core.voices.folder / f"{REFERENCE_VOICE}.wav").read_bytes()
+    before = (voices_folder(http_core) / f"{REFERENCE_VOICE}.wav").read_bytes()
     with httpx.Client(base_url=http_server.url, timeout=30, headers={"Origin": origin}) as c:
         assert_refused(c.post("/v1/audio/voices", files={"file": ("x.wav", reference_wav(6.0), "audio/wav")},
                               data={"name": "planted"}), 403, "cross_origin_refused")
@@ -345,7 +345,7 @@ def test_cross_origin_writes_are_refused(http_server, http_core, origin):
                        "cross_origin_refused")
         assert_refused(c.post("/tts", json={"text": "Hi."}), 403, "cross_origin_refused")
     assert voice_files(http_core) == [f"{REFERENCE_VOICE}.wav"]
-    assert (http_core.voices.folder / f"{REFERENCE_VOICE}.wav").read_bytes() == before
+    assert (voices_folder(http_core) / f"{REFERENCE_VOICE}.wav").read_bytes() == before
 
 
 def test_same_origin_and_originless_writes_pass(http_server, http_core):
@@ -421,7 +421,7 @@ def test_case_colliding_upload_is_a_conflict(http_server, http_core):
 def test_symlink_planted_in_the_voices_folder_is_not_followed(http_server, http_core, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    planted = http_core.voices.folder / ".eve.upload.wav"
+    planted = voices_folder(http_core) / ".eve.upload.wav"
     planted.symlink_to(victim)
     try:
         r = httpx.post(http_server.url + "/v1/audio/voices", data={"name": "eve"}, timeout=30,
@@ -510,7 +510,7 @@ def test_api_key_from_the_environment(http_core, monkeypatch, tmp_path):
 
 
 def program(*args: str, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ros2_chatterbox.http_server", *args], cwd=str(ROOT),
+    return subprocess.Popen([sys.executable, "-m", "ros2_chatterbox.http", *args], cwd=str(ROOT),
                             env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

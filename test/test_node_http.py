@@ -34,7 +34,7 @@ def test_deactivate_closes_the_port_and_activate_opens_it(client):
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert health.status_code == 200
         h = health.json()  # liveness and readiness, lifecycle, engine, device, queue, last error, latency
-        assert h["ready"] and h["lifecycle_state"] == "active" and h["engine"] == "piper" and h["device"] == "cpu"
+        assert h["ready"] and h["accepting"] and h["engine"] == "piper" and h["device"] == "cpu"
         assert {"queue_depth", "last_error", "last_latency_s"} <= set(h)
         assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10).status_code == 200
         assert client.change_state("deactivate", "/hl/tts_node")

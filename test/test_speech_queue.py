@@ -1,6 +1,5 @@
 """The speech queue and audio chunking, without ROS or torch."""
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -33,10 +32,10 @@ def test_jobs_run_in_order_and_each_is_answered_once():
 
 
 def test_full_queue_refuses_with_reason():
-    gate = threading.Event()
-    q = make_queue(lambda job: (gate.wait(5), JobResult(True, OK, "ok"))[1], max_size=2)
+    gate, started = threading.Event(), threading.Event()
+    q = make_queue(lambda job: (started.set(), gate.wait(5), JobResult(True, OK, "ok"))[2], max_size=2)
     first = q.submit(Job("running"))
-    time.sleep(0.1)  # the worker takes it, so two more fit
+    assert started.wait(5)  # the worker took it, so two more fit
     q.submit(Job("a"))
     q.submit(Job("b"))
     with pytest.raises(QueueFull, match="full"):
@@ -97,14 +96,56 @@ def test_worker_survives_a_failing_job():
     q.shutdown()
 
 
-def test_shutdown_answers_pending_jobs():
-    gate = threading.Event()
-    q = make_queue(lambda job: (gate.wait(0.5), JobResult(True, OK, "ok"))[1])
+def test_shutdown_answers_pending_jobs_and_joins_the_worker():
+    def work(job):
+        job.cancel_event.wait(5)
+        return JobResult(False, CANCELLED, "cancelled")
+
+    q = make_queue(work)
     jobs = [q.submit(Job(str(i))) for i in range(3)]
-    q.shutdown("bye")
-    for j in jobs:
-        r = j.wait(5)
-        assert r is not None
+    assert q.shutdown("bye")
+    assert all(j.done and j.result.kind == CANCELLED for j in jobs)
+
+
+def test_a_listener_failing_on_done_is_logged_and_the_job_still_ends():
+    logged = []
+
+    class Broken(JobListener):
+        def on_done(self, job, result):
+            raise ValueError("listener broke")
+
+    q = SpeechQueue(lambda job: JobResult(True, OK, "ok"), log=lambda level, msg: logged.append((level, msg)))
+    q.start()
+    job = q.submit(Job("x", listener=Broken()))
+    assert job.wait(5).success and job.done
+    assert q.submit(Job("after")).wait(5).success  # the worker survived
+    q.shutdown()
+    assert any(level == "error" and "listener broke" in msg for level, msg in logged)
+
+
+def test_cancelled_waiting_jobs_are_answered_outside_the_queue_lock():
+    """A listener may look at the queue while it is answered (the node's status does): no deadlock."""
+    started = threading.Event()
+    seen = []
+
+    class Peek(JobListener):
+        def on_done(self, job, result):
+            seen.append(q.depth)
+
+    def work(job):
+        started.set()
+        job.cancel_event.wait(5)
+        return JobResult(False, CANCELLED, "cancelled")
+
+    q = make_queue(work)
+    q.submit(Job("running"))
+    assert started.wait(5)
+    waiting = [q.submit(Job(f"w{i}", listener=Peek())) for i in range(2)]
+    answered = threading.Thread(target=q.cancel_all, args=("stop",))
+    answered.start()
+    answered.join(10)
+    assert not answered.is_alive() and seen == [0, 0] and all(j.done for j in waiting)
+    q.shutdown()
 
 
 def test_chunks_cover_the_audio_exactly():

@@ -1,6 +1,6 @@
-"""FastT3 (ros2_chatterbox/engines/turbo_fast.py) against upstream `T3.inference_turbo`, on a tiny random T3 (CPU).
+"""FastT3 (ros2_chatterbox/engines/fast_t3/) against upstream `T3.inference_turbo`, on a tiny random T3 (CPU).
 
-The tiny T3 is upstream's class at small widths (ros2_chatterbox.engines.tiny_turbo). Random weights at their init
+The tiny T3 is upstream's class at small widths (ros2_chatterbox.engines.chatterbox.tiny_checkpoint). Random weights at their init
 scale barely look at the text, so the attention and MLP weights are scaled up: then different texts and voices
 give different tokens and the comparison means something.
 """
@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("chatterbox")
 pytest.importorskip("transformers")
 
-from ros2_chatterbox.engines import tiny_turbo  # noqa: E402
-from ros2_chatterbox.engines.turbo_fast import FastT3, SamplingSettings  # noqa: E402
+from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo  # noqa: E402
+from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings  # noqa: E402
 
 STOP = 6562
 START = 6561

@@ -64,6 +64,17 @@ class SecurityError(ValueError):
     """A security setting cannot be honoured (unreadable key file, unauthenticated LAN bind): do not serve."""
 
 
+def _get(settings: Any, name: str, default: Any) -> Any:
+    """A setting by parameter name from HttpSettings, a callable returning them, or a flat mapping."""
+    if callable(settings):
+        settings = settings()
+    if settings is None:
+        return default
+    if isinstance(settings, Mapping):
+        return settings.get(name, default)
+    return getattr(settings, name.split(".", 1)[1].replace(".", "_"), default)
+
+
 # -- Host and Origin ------------------------------------------------------------------------------------------------
 def split_host(value: str) -> Tuple[str, Optional[int]]:
     """'Name:8004' -> ('name', 8004); '[::1]:80' -> ('::1', 80); 'name' -> ('name', None). ValueError if malformed."""
@@ -162,14 +173,14 @@ def _read_key_file(path: str, source: str) -> str:
     return key
 
 
-def resolve_api_key(settings: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> str:
+def resolve_api_key(settings: Any, environ: Optional[Mapping[str, str]] = None) -> str:
     """The API key ('' = none), from the first of: http.api_key, http.api_key_file, $CHATTERBOX_API_KEY,
     $CHATTERBOX_API_KEY_FILE. SecurityError when a named key file cannot be read or is empty."""
     env = os.environ if environ is None else environ
-    key = str(settings.get("http.api_key", "") or "").strip()
+    key = str(_get(settings, "http.api_key", "") or "").strip()
     if key:
         return key
-    path = str(settings.get("http.api_key_file", "") or "").strip()
+    path = str(_get(settings, "http.api_key_file", "") or "").strip()
     if path:
         return _read_key_file(path, "parameter http.api_key_file")
     key = str(env.get(API_KEY_ENV, "") or "").strip()
@@ -201,12 +212,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, settings: Mapping[str, Any], api_key: str) -> Optional[str]:
+def check_exposure(host: str, settings: Any, api_key: str) -> Optional[str]:
     """Refuse (SecurityError) to serve beyond loopback without a key unless http.allow_unauthenticated_lan is
     true; returns a warning to log when serving anyway, else None."""
     if is_loopback(host) or api_key:
         return None
-    if not settings.get("http.allow_unauthenticated_lan", False):
+    if not _get(settings, "http.allow_unauthenticated_lan", False):
         raise SecurityError(
             f"refusing to listen on {host} (beyond loopback) without an API key: anyone who can reach this host "
             f"could make the robot speak and replace its voices. Set an API key ({API_KEY_ENV} or "
@@ -231,16 +242,16 @@ def _error_messages(status: int, message: str, code: str,
 class SecurityMiddleware:
     """Host allow-list, Origin policy, content types, upload bound and hardening headers, around an ASGI app.
 
-    SecurityMiddleware(app, settings): settings is the flat configuration (http.allowed_hosts,
-    http.max_concurrent_uploads). Put it outermost, so that every answer (refusals too) gets the headers.
+    SecurityMiddleware(app, settings): settings is HttpSettings (or a callable returning them, or a flat mapping);
+    http.allowed_hosts and http.max_concurrent_uploads are read once. Put it outermost (see install), so that every
+    answer, refusals too, gets the headers.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]], settings: Optional[Mapping[str, Any]] = None,
+    def __init__(self, app: Callable[..., Awaitable[None]], settings: Any = None,
                  form_paths: Iterable[str] = FORM_PATHS):
-        settings = settings or {}
         self.app = app
-        self.allowed = parse_allowed_hosts(settings.get("http.allowed_hosts", ""))
-        self.max_uploads = int(settings.get("http.max_concurrent_uploads", 2))
+        self.allowed = parse_allowed_hosts(_get(settings, "http.allowed_hosts", ""))
+        self.max_uploads = int(_get(settings, "http.max_concurrent_uploads", 2))
         self.form_paths = frozenset(form_paths)
         self.uploads = 0
 
@@ -305,9 +316,10 @@ class SecurityMiddleware:
                 self.uploads -= 1
 
 
-def install(app: Any, settings: Optional[Mapping[str, Any]] = None) -> None:
+def install(app: Any, settings: Any = None) -> None:
     """Wrap a Starlette/FastAPI app's whole middleware stack in SecurityMiddleware: outside its error handler too,
-    so that refusals come before anything else and every answer, 500s included, carries the headers."""
+    so that refusals come before anything else (the API key check included) and every answer, 500s included,
+    carries the headers. `settings`: HttpSettings or a callable returning the current ones."""
     build = app.build_middleware_stack
     app.build_middleware_stack = lambda: SecurityMiddleware(build(), settings)
 

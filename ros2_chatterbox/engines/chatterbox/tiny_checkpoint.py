@@ -13,7 +13,7 @@ conds.pt, perth watermarker) is upstream code. The engine detects `tiny_arch.jso
 The speech is noise, of course. Random weights never choose the stop token on their own, so its bias in the speech
 head is raised (`eos_bias`) and generation ends after a few to a few dozen tokens.
 
-    python -m ros2_chatterbox.engines.tiny_turbo DIR [--seed N] [--no-conds] [--voice-wav FILE]
+    python -m ros2_chatterbox.engines.chatterbox.tiny_checkpoint DIR [--seed N] [--no-conds] [--voice-wav FILE]
 """
 from __future__ import annotations
 

@@ -1,0 +1,217 @@
+"""The Chatterbox Turbo checkpoint: which files it has, checking them one by one (a missing or damaged file fails
+with its name and what to do), explaining loader errors, and finding the folder (model_dir, or a hub snapshot: from
+the cache offline, else downloaded with timeouts).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ...engine import EngineLoadError
+
+HUB_REPO_DEFAULT = "ResembleAI/chatterbox-turbo"
+REQUIRED_FILES: Dict[str, str] = {
+    "ve.safetensors": "voice encoder weights",
+    "t3_turbo_v1.safetensors": "T3 speech-token model weights",
+    "s3gen_meanflow.safetensors": "S3Gen decoder and vocoder weights",
+    "vocab.json": "tokenizer vocabulary",
+    "merges.txt": "tokenizer merges",
+    "tokenizer_config.json": "tokenizer configuration",
+}
+OPTIONAL_FILES = ("added_tokens.json", "special_tokens_map.json", "conds.pt")
+HUB_PATTERNS = sorted(set(REQUIRED_FILES) | {"*.json", "conds.pt"})
+# the module whose weights a state-dict error is about -> the file that holds them
+_STATE_DICT_FILES = (("VoiceEncoder", "ve.safetensors"), ("T3", "t3_turbo_v1.safetensors"),
+                     ("S3Gen", "s3gen_meanflow.safetensors"), ("S3Token2Wav", "s3gen_meanflow.safetensors"))
+
+
+def fetch_hint(repo: str = HUB_REPO_DEFAULT) -> str:
+    return (f"fetch the weights once on a machine with internet: `huggingface-cli download {repo} --local-dir "
+            f"<folder>` (huggingface_hub >= 1.0: `hf download {repo} --local-dir <folder>`), copy <folder> to this "
+            f"machine and set the parameter model_dir to it")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint files
+def check_checkpoint(folder: Path, repo: str = HUB_REPO_DEFAULT) -> None:
+    """Raise EngineLoadError naming each missing file, or the first damaged one, of a Turbo checkpoint folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EngineLoadError(f"model_dir '{folder}' does not exist or is not a folder; {fetch_hint(repo)}")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        what = ", ".join(f"{name} ({REQUIRED_FILES[name]})" for name in missing)
+        raise EngineLoadError(f"the Chatterbox Turbo checkpoint in '{folder}' is missing {what}; {fetch_hint(repo)}")
+
+    def damaged(name: str, exc: BaseException) -> EngineLoadError:
+        return EngineLoadError(f"{name} in '{folder}' is damaged or incomplete ({type(exc).__name__}: "
+                               f"{str(exc)[:200]}); delete it and fetch it again: {fetch_hint(repo)}")
+
+    from safetensors import safe_open
+    for name in ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors"):
+        path = folder / name
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+            if not keys:
+                raise ValueError("the file holds no tensors")
+            # the header checks offsets against the file size; also make sure the data is really there
+            size = path.stat().st_size
+            if size < 1024:
+                raise ValueError(f"only {size} bytes")
+        except Exception as exc:  # noqa: BLE001 - any reader failure means "damaged"
+            raise damaged(name, exc) from exc
+    for name in ("vocab.json", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or (name == "vocab.json" and not data):
+                raise ValueError("not a JSON object with entries")
+        except Exception as exc:  # noqa: BLE001
+            raise damaged(name, exc) from exc
+    try:
+        text = (folder / "merges.txt").read_text(encoding="utf-8")
+        if not text.strip():
+            raise ValueError("the file is empty")
+    except Exception as exc:  # noqa: BLE001
+        raise damaged("merges.txt", exc) from exc
+    conds = folder / "conds.pt"
+    if conds.exists():
+        try:
+            import torch
+            data = torch.load(str(conds), map_location="cpu", weights_only=True)
+            if not isinstance(data, dict) or "t3" not in data or "gen" not in data:
+                raise ValueError("not a saved Conditionals (keys t3, gen)")
+        except Exception as exc:  # noqa: BLE001
+            raise damaged("conds.pt", exc) from exc
+
+
+def explain_load_error(exc: BaseException, folder: Path, repo: str) -> EngineLoadError:
+    """Turn an exception from from_local into a message that names the file involved."""
+    msg = str(exc)
+    for cls_name, filename in _STATE_DICT_FILES:
+        if f"state_dict for {cls_name}" in msg or f"state_dict for Tiny{cls_name}" in msg:
+            first = msg.splitlines()[0] if msg else type(exc).__name__
+            return EngineLoadError(
+                f"{filename} in '{folder}' does not match the Chatterbox Turbo architecture ({first[:300]}); is this "
+                f"the chatterbox-turbo checkpoint? {fetch_hint(repo)}")
+    if "tokenizer" in msg.lower() or type(exc).__name__ in ("OSError", "EnvironmentError"):
+        return EngineLoadError(f"the tokenizer files in '{folder}' could not be loaded ({type(exc).__name__}: "
+                               f"{msg[:300]}); {fetch_hint(repo)}")
+    return EngineLoadError(f"Chatterbox Turbo could not load from '{folder}': {type(exc).__name__}: {msg[:400]}")
+
+
+
+# ------------------------------------------------------------------------------------------------ finding the folder
+def locate_checkpoint(cfg, repo: str):
+    """(folder, source): model_dir when set, else a complete hub snapshot of `repo`. `cfg(key, default)` reads a
+    setting."""
+    model_dir = str(cfg("model_dir", "")).strip()
+    if model_dir:
+        return Path(model_dir).expanduser(), "model_dir"
+    return download(repo, float(cfg("hub_timeout_s", 30.0)), str(cfg("hub_cache_dir", "")).strip() or None), \
+        f"hub:{repo}"
+
+
+def download(repo: str, timeout: float, cache_dir: Optional[str]) -> Path:
+    """A complete hub snapshot: from the cache when there is one (offline), else downloaded with timeouts."""
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants as hf_constants
+    except ImportError as exc:
+        raise EngineLoadError(f"huggingface_hub is not installed, so hub_repo cannot be fetched; set model_dir "
+                              f"instead ({fetch_hint(repo)})") from exc
+    token = os.environ.get("HF_TOKEN") or None
+    kwargs = dict(repo_id=repo, cache_dir=cache_dir, token=token, allow_patterns=HUB_PATTERNS)
+    where = cache_dir or hf_constants.HF_HUB_CACHE
+    try:  # 1. a snapshot already in the cache loads without any network access
+        path = Path(huggingface_hub.snapshot_download(local_files_only=True, **kwargs))
+        if all((path / name).is_file() for name in REQUIRED_FILES):
+            return path
+    except Exception:  # noqa: BLE001 - not cached (or incomplete): go on to the network
+        pass
+    if hf_constants.HF_HUB_OFFLINE or str(os.environ.get("HF_HUB_OFFLINE", "")).lower() in ("1", "true", "yes"):
+        raise EngineLoadError(f"'{repo}' is not in the hub cache ({where}) and HF_HUB_OFFLINE is set, so it "
+                              f"cannot be downloaded; {fetch_hint(repo)}")
+    _probe_hub(huggingface_hub, repo, token, timeout)
+    return _snapshot_with_watchdog(huggingface_hub, hf_constants, kwargs, repo, timeout, where)
+
+
+def _probe_hub(huggingface_hub, repo: str, token: Optional[str], timeout: float) -> None:
+    """Fail within ~timeout when the hub is unreachable or the repository is not accessible."""
+    result: Dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            huggingface_hub.HfApi().model_info(repo, token=token, timeout=timeout)
+            result["ok"] = True
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 2.0)
+    if thread.is_alive():
+        raise EngineLoadError(f"the Hugging Face hub did not answer within {timeout:.0f} s (hub_timeout_s) while "
+                              f"looking up '{repo}'; check the network, or {fetch_hint(repo)}")
+    exc = result.get("error")
+    if exc is not None:
+        kind = type(exc).__name__
+        denied = kind in ("RepositoryNotFoundError", "GatedRepoError") or \
+            (kind == "HfHubHTTPError" and any(code in str(exc) for code in ("401", "403")))
+        if denied:
+            raise EngineLoadError(f"hub repository '{repo}' was not found or needs access: set HF_TOKEN to a "
+                                  f"token that can read it ({kind}: {str(exc)[:200]})") from exc
+        raise EngineLoadError(f"could not reach the Hugging Face hub for '{repo}' ({kind}: {str(exc)[:200]}); "
+                              f"{fetch_hint(repo)}") from exc
+
+
+def _snapshot_with_watchdog(huggingface_hub, hf_constants, kwargs: Dict[str, Any], repo: str, timeout: float,
+                            where: str) -> Path:
+    """snapshot_download in a thread; fail when no byte arrives for max(3 * timeout, 60) s."""
+    result: Dict[str, Any] = {}
+    repo_cache = Path(where) / ("models--" + repo.replace("/", "--"))
+
+    def download() -> None:
+        try:
+            result["path"] = huggingface_hub.snapshot_download(etag_timeout=timeout, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    def cache_bytes() -> int:
+        total = 0
+        for root, _dirs, files in os.walk(repo_cache):
+            for f in files:
+                try:
+                    total += os.stat(os.path.join(root, f)).st_size
+                except OSError:
+                    pass
+        return total
+
+    saved_timeout = hf_constants.HF_HUB_DOWNLOAD_TIMEOUT
+    hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = max(int(timeout), 1)  # per-read timeout, read at request time
+    try:
+        thread = threading.Thread(target=download, name="hub-download", daemon=True)
+        thread.start()
+        stall_limit = max(3.0 * timeout, 60.0)
+        last_size, last_change = -1, time.monotonic()
+        while thread.is_alive():
+            thread.join(1.0)
+            size = cache_bytes()
+            if size != last_size:
+                last_size, last_change = size, time.monotonic()
+            elif time.monotonic() - last_change > stall_limit:
+                raise EngineLoadError(f"downloading '{repo}' into {where} stalled for {stall_limit:.0f} s; "
+                                      f"check the network, or {fetch_hint(repo)}")
+    finally:
+        hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = saved_timeout
+    if "error" in result:
+        exc = result["error"]
+        raise EngineLoadError(f"downloading '{repo}' failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                              f"{fetch_hint(repo)}") from exc
+    return Path(result["path"])

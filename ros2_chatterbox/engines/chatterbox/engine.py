@@ -1,0 +1,548 @@
+"""Chatterbox Turbo (Resemble AI, PyPI `chatterbox-tts`): cloned voices, paralinguistic tags, 24 kHz.
+
+Loading goes through upstream's own `ChatterboxTurboTTS.from_local` (a hub snapshot is fetched first when no
+`model_dir` is given), after the folder has been checked file by file (checkpoint.py). Generation re-implements
+`ChatterboxTurboTTS.generate` step by step, because upstream's method has no seed, no cancel, no streaming and runs
+outside `inference_mode`:
+
+    punc_norm(text) -> GPT-2 tokenizer -> T3 sampling (tokens.py: upstream's loop, or fast_t3.FastT3)
+      -> S3Gen flow + HiFT vocoder on the tokens so far (s3gen_stream.py) -> Perth watermark
+
+Audio streams while T3 is still sampling: after `stream_first_tokens` speech tokens (25 = 1 s of audio) the tokens so
+far are decoded, then again after chunks that double up to `stream_max_tokens`.
+
+Seeds: T3 sampling uses a generator seeded with the request's seed; S3Gen noise comes from generators seeded with the
+seed and the absolute position, so the same seed, settings and text give identical audio (seed 0 = a fresh random
+seed per piece). The process-wide torch RNG is never touched.
+
+T3 sampling runs upstream's loop (`TokenSampler`), or `fast_t3.FastT3` when the parameter fast_path is on and that
+path passes, at load, its greedy equality check against upstream and a same-seed reproducibility check
+(`fast_path` in info() says which runs and why).
+
+Voices (voice_cache.py): a reference recording's conditioning is computed once and kept in an LRU cache bounded by
+count and by bytes. No voice = the checkpoint's built-in voice (conds.pt).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+
+from ...engine import Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError
+from .checkpoint import HUB_REPO_DEFAULT, check_checkpoint, explain_load_error, locate_checkpoint
+from .s3gen_stream import SAMPLE_RATE, StreamDecoder
+from .tokens import MAX_SPEECH_TOKENS, FastTokenSource, TokenSampler
+from .voice_cache import VoiceCache, compute_conds, prepare_t3_cond
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+_LIBC_TRIM = None
+
+
+def trim_host_memory() -> None:
+    """Give freed heap memory back to the OS (glibc malloc_trim). Decoding allocates large, differently sized
+    buffers per piece; glibc keeps the freed ones in its arenas, so without this RSS swings by hundreds of MB
+    between utterances although nothing leaks. No-op where glibc is absent."""
+    global _LIBC_TRIM
+    if _LIBC_TRIM is None:
+        try:
+            import ctypes
+            _LIBC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _LIBC_TRIM = False
+    if _LIBC_TRIM:
+        _LIBC_TRIM(0)
+
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+class ChatterboxTurboEngine(Engine):
+    name = "chatterbox_turbo"
+    can_clone = True
+
+    # streaming schedule (speech tokens): first decode after this many, then chunks doubling up to the max;
+    # stream_first_tokens <= 0 decodes each piece once, when T3 is done
+    stream_first_tokens = 25
+    stream_max_tokens = 200
+    CROSSFADE_FRAMES = 8      # vocoder overlap between chunks (160 ms), as CosyVoice's streaming HiFT cache
+    CONTEXT_FRAMES = 4        # extra mel frames of left context for the vocoder's convolutions
+    NOISE_BLOCK_FRAMES = 50   # vocoder noise is drawn in blocks seeded by absolute position
+    CFM_STEPS = 2             # upstream generate() uses n_cfm_timesteps=2 with the meanflow decoder
+
+    def __init__(self, config: Dict[str, Any]):
+        super().__init__(config)
+        self.sample_rate = SAMPLE_RATE
+        self._model = None
+        self._builtin = None          # Conditionals of conds.pt, prepared (T3 dtype, prompt embedding)
+        self._lock = threading.RLock()         # model work (T3 steps, decoding, conditioning)
+        self._voices = VoiceCache(self._voice_limits, self._forget_fast)  # its own lock, never held in model work
+        self.device = ""
+        self.dtype = ""
+        self.model_dir = ""
+        self.model_source = ""
+        self.tiny = False
+        self.load_seconds = 0.0
+        self.jetson_active = False
+        self._jetson_applied_by_us = False
+        self.fast = None              # fast_t3.FastT3 when the fast decode path is active
+        self.fast_reason = "not loaded"
+        self.last_tokens = 0          # speech tokens of the last piece (for tests and the bench)
+        self.last_chunks = 0          # decode steps of the last piece
+        self.last_first_chunk_s: Optional[float] = None
+
+    # -- configuration -------------------------------------------------------------------------------------------
+    def _cfg(self, key: str, default: Any) -> Any:
+        value = self.config.get(key, default)
+        return default if value is None else value
+
+    @staticmethod
+    def resolve_device(spec: str) -> str:
+        import torch
+        s = (spec or "auto").strip().lower()
+        if s == "auto":
+            return "cuda:0" if torch.cuda.is_available() else "cpu"
+        if s == "cpu":
+            return "cpu"
+        if s == "cuda" or s.startswith("cuda:"):
+            if not torch.cuda.is_available():
+                raise EngineLoadError(f"device '{spec}' was requested but CUDA is not available to torch "
+                                      f"{torch.__version__} (CUDA build: {torch.version.cuda or 'none'}); set "
+                                      f"device to auto or cpu, or install a CUDA build of torch")
+            try:
+                index = 0 if s == "cuda" else int(s.split(":", 1)[1])
+            except ValueError:
+                raise EngineLoadError(f"device '{spec}' is not valid: use auto, cpu, cuda or cuda:N") from None
+            count = torch.cuda.device_count()
+            if not 0 <= index < count:
+                raise EngineLoadError(f"device '{spec}' does not exist: this machine has {count} CUDA device(s)")
+            return f"cuda:{index}"
+        raise EngineLoadError(f"device '{spec}' is not valid: use auto, cpu, cuda or cuda:N")
+
+    @staticmethod
+    def resolve_dtype(spec: str, device: str):
+        import torch
+        s = (spec or "auto").strip().lower()
+        if s == "auto":
+            return torch.float16 if device.startswith("cuda") else torch.float32
+        table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+        if s not in table:
+            raise EngineLoadError(f"dtype '{spec}' is not valid: use auto, float16, bfloat16 or float32")
+        dtype = table[s]
+        if dtype is torch.bfloat16 and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+            raise EngineLoadError(f"dtype bfloat16 is not supported on {device}; use float16")
+        return dtype
+
+    # -- loading -------------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            t0 = time.monotonic()
+            try:
+                import torch  # noqa: F401
+                import chatterbox.tts_turbo as tts_turbo
+            except ImportError as exc:
+                raise EngineLoadError(f"Chatterbox is not installed ({exc}); run `make setup` (installs "
+                                      f"chatterbox-tts and its dependencies into .venv)") from exc
+            except Exception as exc:  # noqa: BLE001 - e.g. perth without pkg_resources
+                raise EngineLoadError(f"Chatterbox could not be imported: {type(exc).__name__}: {exc}") from exc
+            threads = int(self._cfg("cpu_threads", 0) or 0)
+            if threads > 0:
+                torch.set_num_threads(threads)
+            device = self.resolve_device(str(self._cfg("device", "auto")))
+            dtype = self.resolve_dtype(str(self._cfg("dtype", "auto")), device)
+            repo = str(self._cfg("hub_repo", HUB_REPO_DEFAULT)) or HUB_REPO_DEFAULT
+            folder, self.model_source = locate_checkpoint(self._cfg, repo)
+            check_checkpoint(folder, repo)
+            from . import tiny_checkpoint
+            try:
+                arch = tiny_checkpoint.read_arch(folder)
+            except Exception as exc:  # noqa: BLE001
+                raise EngineLoadError(f"{tiny_checkpoint.ARCH_FILE} in '{folder}' is damaged: {exc}") from exc
+            self._apply_jetson_patches()
+            try:
+                self._load_model(tts_turbo, tiny_checkpoint, folder, arch, device, dtype, repo)
+            except BaseException:
+                self._remove_jetson_patches()  # a failed configure leaves the process as it found it
+                raise
+            self.model_dir = str(folder)
+            self.tiny = arch is not None
+            self._warm_up()
+            self._setup_fast_path()
+            self.load_seconds = time.monotonic() - t0
+
+    def _load_model(self, tts_turbo, tiny_checkpoint, folder: Path, arch, device: str, dtype, repo: str) -> None:
+        patches = tiny_checkpoint.tiny_patches(arch) if arch is not None else contextlib.nullcontext()
+        try:
+            with patches:
+                model = tts_turbo.ChatterboxTurboTTS.from_local(folder, device)
+        except EngineLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._release_partial_load(device)
+            if "out of memory" in str(exc).lower():
+                raise EngineLoadError(f"out of memory while loading Chatterbox Turbo on {device}: {exc}; free "
+                                      f"GPU memory (start this node first) or use dtype float16") from exc
+            raise explain_load_error(exc, folder, repo) from exc
+        try:
+            self._finish_load(model, device, dtype)
+        except Exception:
+            self._model = None
+            self._builtin = None
+            del model
+            self._release_partial_load(device)
+            raise
+
+    @staticmethod
+    def _release_partial_load(device: str) -> None:
+        """After a failed load: whatever from_local had put on the GPU goes back before configure answers."""
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+            torch.cuda.empty_cache()
+
+    def _warm_up(self) -> None:
+        """The watermarker's first call costs ~1 s (resampler and network set-up): pay it at load, not in speech."""
+        try:
+            import torch
+            noise = np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2).astype(np.float32) * 0.01
+            with torch.inference_mode():
+                self._model.watermarker.apply_watermark(noise, sample_rate=SAMPLE_RATE)
+        except Exception:  # noqa: BLE001 - a failing watermarker shows up on the first request instead
+            pass
+
+    def _setup_fast_path(self) -> None:
+        """Use fast_t3.FastT3 for T3 sampling when asked for, supported, and equal to upstream on a greedy check."""
+        self.fast = None
+        if not bool(self._cfg("fast_path", True)):
+            self.fast_reason = "off (parameter fast_path)"
+            return
+        try:
+            from ..fast_t3 import FastT3
+        except Exception as exc:  # noqa: BLE001 - the reference loop always works
+            self.fast_reason = f"unavailable ({type(exc).__name__}: {exc})"
+            return
+        try:
+            model = self._model
+            ok, why = FastT3.supported(model.t3)
+            if not ok:
+                self.fast_reason = f"unsupported: {why}"
+                return
+            fast = FastT3(model.t3, max_voices=int(self._cfg("voice_cache.max_voices", 8)))
+            cond = self._builtin.t3 if self._builtin is not None else self._dummy_t3_cond()
+            text = self.tokenize("The quick brown fox jumps over the lazy dog.")
+            check = fast.self_check(cond, text, n_tokens=32)
+            fast.clear()
+            if not check.get("ok"):
+                self.fast_reason = f"greedy equality check failed ({check}); using the reference loop"
+                return
+            if not self._fast_path_reproducible(fast, cond, text) or not self._speaks_reproducibly(fast):
+                fast.clear()
+                self.fast_reason = ("sampling with a fixed seed was not reproducible (the seed contract); using the "
+                                    "reference loop")
+                return
+            fast.clear()
+            self.fast = fast
+            self.fast_reason = f"active (greedy check: {check.get('n')} tokens equal; seeded sampling reproducible)"
+        except Exception as exc:  # noqa: BLE001
+            self.fast = None
+            self.fast_reason = f"failed to start ({type(exc).__name__}: {str(exc)[:200]}); using the reference loop"
+
+    def _fast_path_reproducible(self, fast, cond, text) -> bool:
+        """Same seed, same tokens: two sampled runs with other random draws in between (as decoding does)."""
+        import torch
+        dev = torch.device(fast.device)
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):  # leave global RNG as is
+            return self._fast_runs_equal(fast, cond, text)
+
+    def _speaks_reproducibly(self, fast) -> bool:
+        """With the built-in voice: the same seed twice through synthesize (decoding interleaved) gives the same
+        audio. (Without a built-in voice only the token-level check runs.)"""
+        if self._builtin is None or not self.device.startswith("cuda"):
+            return True  # on CPU the token-level check already compares the exact same sampling
+        settings = GenerationSettings(seed=4321, watermark=False)
+        saved = self.fast
+        self.fast = fast
+        try:
+            for text in ("Hello there, this is a quick check.", "Hello there [laugh], robot."):
+                runs = [np.concatenate(list(self.synthesize(text, None, settings, threading.Event())) or
+                                       [np.zeros(0, np.float32)]) for _ in range(2)]
+                if self.fast is not fast or runs[0].size != runs[1].size or not np.array_equal(runs[0], runs[1]):
+                    return False
+            return True
+        finally:
+            self.fast = saved
+
+    def _fast_runs_equal(self, fast, cond, text) -> bool:
+        import torch
+        runs = []
+        for run in range(2):
+            source = FastTokenSource(self, fast, cond, text, GenerationSettings(seed=4321), 4321, 48, 8)
+            try:
+                while not source.done and source.count < source.cap:
+                    source.run(until=source.count + 8, cancel=threading.Event())
+                    other = torch.Generator(device=fast.device).manual_seed(run + 7)
+                    torch.randn(64, generator=other, device=fast.device)
+                    torch.randn(64, device=fast.device)
+            finally:
+                source.close()
+            runs.append(source.valid().tolist())
+        return runs[0] == runs[1]
+
+    def _dummy_t3_cond(self):
+        import torch
+        from chatterbox.models.t3.modules.cond_enc import T3Cond
+        from chatterbox.tts_turbo import Conditionals
+        model = self._model
+        with torch.inference_mode():
+            cond = T3Cond(speaker_emb=torch.zeros(1, 256), cond_prompt_speech_tokens=torch.zeros(1, 8, dtype=torch.long),
+                          emotion_adv=0.5 * torch.ones(1, 1, 1))
+            return self._prepare_t3_cond(model, Conditionals(cond, {})).t3
+
+    def _finish_load(self, model, device: str, dtype) -> None:
+        import torch
+        if dtype != torch.float32:
+            # T3 (most weights, all per-token time) in half precision. VoiceEncoder, S3Tokenizer, CAMPPlus and HiFT
+            # break under .half() (FACTS.md), so S3Gen and the voice encoder stay float32. Cast outside
+            # inference_mode: parameters made there become inference tensors that nothing may update later.
+            with torch.no_grad():
+                model.t3.to(dtype=dtype)
+        with torch.inference_mode():
+            builtin = None
+            if model.conds is not None:
+                builtin = self._prepare_t3_cond(model, model.conds)
+        # model.conds stays the (prepared) built-in voice, so upstream's generate() still works on this model
+        self._model = model
+        self._builtin = builtin
+        self.device = device
+        self.dtype = str(dtype).replace("torch.", "")
+
+
+    def _apply_jetson_patches(self) -> None:
+        mode = str(self._cfg("jetson_patches", "auto"))
+        try:
+            from ... import jetson_patches
+        except ImportError:
+            self.jetson_active = False
+            return
+        try:
+            self.jetson_active = bool(jetson_patches.apply(mode))
+        except Exception as exc:  # noqa: BLE001 - a bad mode must not hide behind a half-loaded engine
+            raise EngineLoadError(f"jetson_patches='{mode}': {exc}") from exc
+        self._jetson_applied_by_us = self.jetson_active
+
+    def _remove_jetson_patches(self) -> None:
+        if self._jetson_applied_by_us:
+            try:
+                from ... import jetson_patches
+                jetson_patches.remove()
+            except Exception:  # noqa: BLE001
+                pass
+            self._jetson_applied_by_us = False
+            self.jetson_active = False
+
+    def unload(self) -> None:
+        with self._lock:
+            was_cuda = self.device.startswith("cuda")
+            self._model = None
+            self._builtin = None
+            self.fast = None
+            self.fast_reason = "not loaded"
+            self._voices.clear()
+            self._remove_jetson_patches()
+            gc.collect()
+            if was_cuda:
+                import torch
+                torch.cuda.empty_cache()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def free_memory(self) -> None:
+        """After a CUDA out-of-memory error: drop cached voices (the built-in voice stays) and the allocator cache."""
+        self._voices.clear()
+        with self._lock:
+            if self.fast is not None:
+                self.fast.clear()
+        gc.collect()
+        with self._lock:
+            if self.device.startswith("cuda"):
+                import torch
+                torch.cuda.empty_cache()
+
+    # -- status --------------------------------------------------------------------------------------------------
+    def info(self) -> Dict[str, Any]:
+        out = super().info()
+        mb = 1024.0 * 1024.0
+        n_voices, cache_bytes = self._voices.size()
+        out.update({
+            "device": self.device or str(self._cfg("device", "auto")),
+            "dtype": self.dtype or str(self._cfg("dtype", "auto")),
+            "model": self.model_dir,
+            "model_dir": self.model_dir,
+            "model_source": self.model_source,
+            "hub_repo": str(self._cfg("hub_repo", HUB_REPO_DEFAULT)),
+            "tiny_checkpoint": self.tiny,
+            "builtin_voice": self._builtin is not None,
+            "load_seconds": round(self.load_seconds, 3),
+            "rss_mb": round(_rss_bytes() / mb, 1),
+            "voice_cache_voices": n_voices,
+            "voice_cache_mb": round(cache_bytes / mb, 3),
+            "voice_cache_max_voices": int(self._cfg("voice_cache.max_voices", 8)),
+            "voice_cache_max_mb": float(self._cfg("voice_cache.max_mb", 1024.0)),
+            "voice_cache_hits": self._voices.stats["hits"],
+            "voice_cache_misses": self._voices.stats["misses"],
+            "voice_cache_evictions": self._voices.stats["evictions"],
+            "fast_path": bool(self._cfg("fast_path", True)),
+            "fast_path_active": self.fast is not None,
+            "fast_path_state": self.fast_reason,
+            "jetson_patches": str(self._cfg("jetson_patches", "auto")),
+            "jetson_patches_active": self.jetson_active,
+            "stream_first_tokens": self.stream_first_tokens,
+            "last_first_chunk_s": self.last_first_chunk_s,
+        })
+        if self.device.startswith("cuda"):
+            try:
+                import torch
+                dev = torch.device(self.device)
+                out.update({
+                    "cuda_device_name": torch.cuda.get_device_name(dev),
+                    "cuda_allocated_mb": round(torch.cuda.memory_allocated(dev) / mb, 1),
+                    "cuda_reserved_mb": round(torch.cuda.memory_reserved(dev) / mb, 1),
+                    "cuda_peak_mb": round(torch.cuda.max_memory_allocated(dev) / mb, 1),
+                })
+            except Exception:  # noqa: BLE001 - status must never fail
+                pass
+        return out
+
+    # -- voices --------------------------------------------------------------------------------------------------
+    def _require_model(self):
+        model = self._model
+        if model is None:
+            raise EngineError("the Chatterbox Turbo engine is not loaded")
+        return model
+
+    _prepare_t3_cond = staticmethod(prepare_t3_cond)
+
+    def prepare_voice(self, voice_path: str) -> None:
+        self._voice_conds(voice_path)
+
+    def _voice_conds(self, voice_path: Optional[str]):
+        """The conditioning for a voice file (cached), or the built-in voice for None."""
+        model = self._require_model()
+        if not voice_path:
+            if self._builtin is None:
+                raise VoiceError("this checkpoint has no built-in voice (no conds.pt); name a voice")
+            return self._builtin
+
+        def compute(path: str):
+            with self._lock:
+                return compute_conds(model, path)
+        return self._voices.get(voice_path, compute)
+
+    def _voice_limits(self):
+        return (max(1, int(self._cfg("voice_cache.max_voices", 8))),
+                float(self._cfg("voice_cache.max_mb", 1024.0)) * 1024 * 1024)
+
+    def _forget_fast(self, conds) -> None:
+        fast = self.fast
+        if fast is not None:
+            try:
+                fast.forget_voice(conds.t3)
+            except Exception:  # noqa: BLE001 - its own LRU bounds it anyway
+                pass
+
+    def cached_voices(self) -> List[str]:
+        """Resolved paths of the cached voices, least recently used first."""
+        return self._voices.paths()
+
+    # -- generation ----------------------------------------------------------------------------------------------
+    def max_tokens_for(self, text: str) -> int:
+        """Speech-token cap for one piece: upstream's 1000, tighter for short text so a model that never stops
+        cannot babble for 40 s after 'Hi.' (~6 tokens per character is 3-4x normal speech)."""
+        return int(min(MAX_SPEECH_TOKENS, 150 + 6 * len(text)))
+
+    def tokenize(self, text: str):
+        """Upstream's text path: punc_norm, then the GPT-2 tokenizer (tags such as [laugh] are added tokens)."""
+        from chatterbox.tts_turbo import punc_norm
+        model = self._require_model()
+        norm = punc_norm(text)
+        return model.tokenizer(norm, return_tensors="pt", padding=True, truncation=True).input_ids.to(model.device)
+
+    def synthesize(self, text: str, voice_path: Optional[str], settings: GenerationSettings,
+                   cancel: threading.Event) -> Iterator[np.ndarray]:
+        model = self._require_model()
+        conds = self._voice_conds(voice_path)
+        seed = int(settings.seed) or secrets.randbits(62) + 1
+        t_start = time.monotonic()
+        self.last_first_chunk_s = None
+        self.last_chunks = 0
+        self.last_tokens = 0
+        text_tokens = self.tokenize(text)
+        cap = self.max_tokens_for(text)
+        first = int(self.stream_first_tokens)
+        fast = self.fast
+        if fast is not None:
+            tokens: Any = FastTokenSource(self, fast, conds.t3, text_tokens, settings, seed, cap, first)
+        else:
+            tokens = TokenSampler(self, model, conds.t3, text_tokens, settings, seed, cap)
+        decoder = StreamDecoder(self, model, conds.gen, seed, settings.watermark)
+        next_at = first if first > 0 else None
+        step = first
+        try:
+            while not tokens.done and tokens.count < tokens.cap:
+                if cancel.is_set():
+                    return
+                tokens.run(until=next_at if next_at is not None else tokens.cap, cancel=cancel)
+                if cancel.is_set():
+                    return
+                if tokens.done or tokens.count >= tokens.cap:
+                    break
+                if next_at is not None and tokens.count >= next_at:
+                    part = decoder.step(tokens.valid(), final=False)
+                    self.last_chunks += 1
+                    step = min(step * 2, max(int(self.stream_max_tokens), first))
+                    next_at = tokens.count + step
+                    if part.size:
+                        if self.last_first_chunk_s is None:
+                            self.last_first_chunk_s = time.monotonic() - t_start
+                        yield part
+        except Exception as exc:  # noqa: BLE001
+            if fast is None or decoder.emitted > 0 or "out of memory" in str(exc).lower():
+                raise
+            # the fast path failed before any audio left: switch it off and speak with the reference loop
+            self.fast = None
+            self.fast_reason = f"disabled after an error ({type(exc).__name__}: {str(exc)[:200]})"
+            yield from self.synthesize(text, voice_path, settings, cancel)
+            return
+        finally:
+            tokens.close()
+        if cancel.is_set():
+            return
+        self.last_tokens = tokens.count
+        part = decoder.step(tokens.valid(), final=True)
+        self.last_chunks += 1
+        del tokens, decoder
+        trim_host_memory()
+        if part.size:
+            if self.last_first_chunk_s is None:
+                self.last_first_chunk_s = time.monotonic() - t_start
+            yield part
+
