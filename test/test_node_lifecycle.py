@@ -186,3 +186,30 @@ def test_cleanup_and_shutdown_while_work_is_in_flight_never_crash(client):
         stop.set()
         action.destroy()
         proc.stop()
+
+
+def test_repeated_ctrl_c_during_shutdown_is_quiet(client):
+    """Ctrl-C pressed again and again while the node releases its model: exit code 0, no traceback."""
+    import os
+    import signal
+    ns = "/ctrlc"
+    proc = NodeProcess({"http.enabled": False, "audio.realtime": True}, autostart=True, name="ctrlc", namespace=ns)
+    try:
+        assert proc.wait_for_log("active: ready to speak", 90), proc.output()
+        client.subscribe_outputs(ns)
+        n0 = len(client.audio)
+        speaking = threading.Thread(target=lambda: client.speak(STORY, ns=ns, timeout=60), daemon=True)
+        speaking.start()
+        assert client.wait_until(lambda: len(client.audio) > n0, 30)
+        sent = 0
+        while proc.proc.poll() is None and sent < 200:  # until it has exited (bounded)
+            os.killpg(proc.proc.pid, signal.SIGINT)
+            sent += 1
+            client.wait_until(lambda: proc.proc.poll() is not None, 0.05)
+        rc = proc.proc.wait(30)
+        out = proc.output()
+        assert sent >= 2 and rc == 0, f"exit code {rc} after {sent} SIGINTs\n{out[-3000:]}"
+        assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+        assert "model released" in out
+    finally:
+        proc.stop()
