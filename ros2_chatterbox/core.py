@@ -25,9 +25,13 @@ from .engines import create_engine
 from .settings import ConfigError, Settings, default_voices_dir
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
     JobResult, QueueFull, SpeechQueue
-from .voices import AUDIO_SUFFIXES, VoiceLibrary, check_reference, clean_name, resolve_request_voice
+from .voices import AUDIO_SUFFIXES, OPENAI_VOICES, VoiceLibrary, check_reference, clean_name, \
+    resolve_request_voice
 
 log = logging.getLogger("ros2_chatterbox")
+
+__all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceAdded", "OPENAI_VOICES",
+           "VOICE_EXISTS", "VOICE_IN_USE", "VOICE_NOT_FOUND"]  # what the doors use: nothing below the core
 
 # RequestError kinds of voice management, beside the queue's (INVALID, QUEUE_FULL, UNAVAILABLE)
 VOICE_EXISTS = "voice_exists"
