@@ -363,20 +363,25 @@ class SpeechCore:
                 job.piece_index = index
                 if job.cancelled:
                     raise Cancelled()
-                held: Optional[np.ndarray] = None  # one part held back so the piece's last part gets a fade-out
+                # only the piece's edges are faded (its parts join seamlessly): the fade-out needs the piece's
+                # last samples, so only 2 x FADE_MS (a fade spans at most half its input) is held back, not a
+                # whole part: the first audio leaves as soon as the engine yields it
+                hold = 2 * max(1, int(sr * audio.FADE_MS / 1000.0))
+                tail = np.zeros(0, dtype=np.float32)
                 first = True
                 for part in engine.synthesize(piece, voice_path, job.settings, job.cancel_event):
                     if job.cancelled:
                         raise Cancelled()
                     part = audio.to_float32(part)
-                    if first and part.size:  # only the piece's edges are faded: its parts join seamlessly
+                    if first and part.size:
                         part = audio.fade_in(part, sr)
                         first = False
-                    if held is not None:
-                        emit(held)
-                    held = part
-                if held is not None:
-                    emit(audio.fade_out(held, sr))
+                    tail = np.concatenate([tail, part]) if tail.size else part
+                    if len(tail) > hold:
+                        emit(tail[:-hold])
+                        tail = tail[-hold:]
+                if tail.size:
+                    emit(audio.fade_out(tail, sr))
                 if index < len(job.pieces) - 1 and pause.size:
                     emit(pause)
             job.piece_index = len(job.pieces)
