@@ -5,11 +5,11 @@ import threading
 import pytest
 from std_srvs.srv import Trigger
 
+from optional import requires
 from ros_helpers import NodeProcess, RosClient
 from test_playback import ASOUNDRC
 
-pytestmark = pytest.mark.timeout(240)
-pytest.importorskip("sounddevice", reason="sounddevice is not installed (make setup)")
+pytestmark = [pytest.mark.timeout(240), requires("sounddevice", hint="make setup; Debian: apt install libportaudio2")]
 
 
 @pytest.fixture(scope="module")
