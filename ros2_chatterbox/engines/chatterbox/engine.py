@@ -1,7 +1,9 @@
-"""Chatterbox Turbo (Resemble AI, PyPI `chatterbox-tts`): cloned voices, paralinguistic tags, 24 kHz.
+"""Chatterbox Turbo (Resemble AI, PyPI `chatterbox-tts`): cloned voices, paralinguistic tags, 24 kHz; or
+Chatterbox-Nano, the same with a GPT-2 small T3 (parameter `model: nano`, models.py).
 
-Loading goes through upstream's own `ChatterboxTurboTTS.from_local` (a hub snapshot is fetched first when no
-`model_dir` is given), after the folder has been checked file by file (checkpoint.py). Generation re-implements
+Loading goes through upstream's own `ChatterboxTurboTTS.from_local` (Nano: models.load_local, the same steps with a
+GPT-2 small T3; a hub snapshot is fetched first when no `model_dir` is given), after the folder has been checked file
+by file (checkpoint.py). Generation re-implements
 `ChatterboxTurboTTS.generate` step by step, because upstream's method has no seed, no cancel, no streaming and runs
 outside `inference_mode`:
 
@@ -37,7 +39,8 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from ...engine import Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError
-from .checkpoint import HUB_REPO_DEFAULT, check_checkpoint, explain_load_error, locate_checkpoint
+from . import models
+from .checkpoint import check_checkpoint, explain_load_error, locate_checkpoint, resolve_repo
 from .s3gen_stream import SAMPLE_RATE, StreamDecoder
 from .tokens import MAX_SPEECH_TOKENS, SPEECH_VOCAB, FastTokenSource, TokenSampler
 from .voice_cache import DEC_COND_SAMPLES, VoiceCache, compute_conds, prepare_t3_cond
@@ -91,6 +94,7 @@ class ChatterboxTurboEngine(Engine):
         self.dtype = ""
         self.model_dir = ""
         self.model_source = ""
+        self.spec = models.MODELS[models.DEFAULT_MODEL]   # the model loaded (or to load)
         self.tiny = False
         self.load_seconds = 0.0
         self.jetson_active = False
@@ -172,9 +176,14 @@ class ChatterboxTurboEngine(Engine):
             self.check_allocator(device, bool(self._cfg("fast_path", True)))
             self.sync_mode = gpu_memory.blocking_sync(device) if device.startswith("cuda") else "n/a"
             dtype = self.resolve_dtype(str(self._cfg("dtype", "auto")), device)
-            repo = str(self._cfg("hub_repo", HUB_REPO_DEFAULT)) or HUB_REPO_DEFAULT
-            folder, self.model_source = locate_checkpoint(self._cfg, repo)
-            check_checkpoint(folder, repo)
+            try:
+                spec = models.model_spec(self._cfg("model", models.DEFAULT_MODEL))
+            except ValueError as exc:
+                raise EngineLoadError(f"parameter {exc}") from None
+            self.spec = spec
+            repo = resolve_repo(str(self._cfg("hub_repo", "")), spec)
+            folder, self.model_source = locate_checkpoint(self._cfg, repo, spec)
+            check_checkpoint(folder, repo, spec)
             from . import tiny_checkpoint
             try:
                 arch = tiny_checkpoint.read_arch(folder)
@@ -182,7 +191,7 @@ class ChatterboxTurboEngine(Engine):
                 raise EngineLoadError(f"{tiny_checkpoint.ARCH_FILE} in '{folder}' is damaged: {exc}") from exc
             self._apply_jetson_patches()
             try:
-                self._load_model(tts_turbo, tiny_checkpoint, folder, arch, device, dtype, repo)
+                self._load_model(tts_turbo, tiny_checkpoint, folder, arch, device, dtype, repo, spec)
             except BaseException:
                 self._remove_jetson_patches()  # a failed configure leaves the process as it found it
                 raise
@@ -193,19 +202,27 @@ class ChatterboxTurboEngine(Engine):
             self._take_working_memory()
             self.load_seconds = time.monotonic() - t0
 
-    def _load_model(self, tts_turbo, tiny_checkpoint, folder: Path, arch, device: str, dtype, repo: str) -> None:
+    def _load_model(self, tts_turbo, tiny_checkpoint, folder: Path, arch, device: str, dtype, repo: str,
+                    spec: models.ModelSpec) -> None:
         patches = tiny_checkpoint.tiny_patches(arch) if arch is not None else contextlib.nullcontext()
         try:
+            if arch is not None and tiny_checkpoint.arch_spec(arch) is not spec:
+                raise EngineLoadError(f"the tiny checkpoint in '{folder}' is laid out as "
+                                      f"{tiny_checkpoint.arch_spec(arch).name}, not {spec.name}: set the parameter "
+                                      f"model to '{tiny_checkpoint.arch_spec(arch).name}'")
             with patches:
-                model = tts_turbo.ChatterboxTurboTTS.from_local(folder, device)
+                if spec.name == "turbo":
+                    model = tts_turbo.ChatterboxTurboTTS.from_local(folder, device)
+                else:
+                    model = models.load_local(folder, device, spec, arch["t3"] if arch is not None else None)
         except EngineLoadError:
             raise
         except Exception as exc:  # noqa: BLE001
             self._release_partial_load(device)
             if "out of memory" in str(exc).lower():
-                raise EngineLoadError(f"out of memory while loading Chatterbox Turbo on {device}: {exc}; free "
+                raise EngineLoadError(f"out of memory while loading {spec.title} on {device}: {exc}; free "
                                       f"GPU memory (start this node first) or use dtype float16") from exc
-            raise explain_load_error(exc, folder, repo) from exc
+            raise explain_load_error(exc, folder, repo, spec) from exc
         try:
             self._finish_load(model, device, dtype)
         except Exception:
@@ -519,15 +536,19 @@ class ChatterboxTurboEngine(Engine):
     # -- status --------------------------------------------------------------------------------------------------
     def info(self) -> Dict[str, Any]:
         out = super().info()
+        spec = self.spec  # the loaded model; before loading, the configured one
+        if self._model is None:
+            spec = models.MODELS.get(str(self._cfg("model", "")).strip().lower(), spec)
         mb = 1024.0 * 1024.0
         n_voices, cache_bytes = self._voices.size()
         out.update({
             "device": self.device or str(self._cfg("device", "auto")),
             "dtype": self.dtype or str(self._cfg("dtype", "auto")),
-            "model": self.model_dir,
+            "model": spec.model_id,
+            "model_name": spec.title,
             "model_dir": self.model_dir,
             "model_source": self.model_source,
-            "hub_repo": str(self._cfg("hub_repo", HUB_REPO_DEFAULT)),
+            "hub_repo": resolve_repo(str(self._cfg("hub_repo", "")), spec),
             "tiny_checkpoint": self.tiny,
             "builtin_voice": self._builtin is not None,
             "load_seconds": round(self.load_seconds, 3),
