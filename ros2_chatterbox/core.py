@@ -25,9 +25,13 @@ from .engines import create_engine
 from .settings import ConfigError, Settings, default_voices_dir
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
     JobResult, QueueFull, SpeechQueue
-from .voices import AUDIO_SUFFIXES, VoiceLibrary, check_reference, clean_name, resolve_request_voice
+from .voices import AUDIO_SUFFIXES, OPENAI_VOICES, VoiceLibrary, check_reference, clean_name, \
+    resolve_request_voice
 
 log = logging.getLogger("ros2_chatterbox")
+
+__all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceAdded", "OPENAI_VOICES",
+           "VOICE_EXISTS", "VOICE_IN_USE", "VOICE_NOT_FOUND"]  # what the doors use: nothing below the core
 
 # RequestError kinds of voice management, beside the queue's (INVALID, QUEUE_FULL, UNAVAILABLE)
 VOICE_EXISTS = "voice_exists"
@@ -360,20 +364,25 @@ class SpeechCore:
                 job.piece_index = index
                 if job.cancelled:
                     raise Cancelled()
-                held: Optional[np.ndarray] = None  # one part held back so the piece's last part gets a fade-out
+                # only the piece's edges are faded (its parts join seamlessly): the fade-out needs the piece's
+                # last samples, so only 2 x FADE_MS (a fade spans at most half its input) is held back, not a
+                # whole part: the first audio leaves as soon as the engine yields it
+                hold = 2 * max(1, int(sr * audio.FADE_MS / 1000.0))
+                tail = np.zeros(0, dtype=np.float32)
                 first = True
                 for part in engine.synthesize(piece, voice_path, job.settings, job.cancel_event):
                     if job.cancelled:
                         raise Cancelled()
                     part = audio.to_float32(part)
-                    if first and part.size:  # only the piece's edges are faded: its parts join seamlessly
+                    if first and part.size:
                         part = audio.fade_in(part, sr)
                         first = False
-                    if held is not None:
-                        emit(held)
-                    held = part
-                if held is not None:
-                    emit(audio.fade_out(held, sr))
+                    tail = np.concatenate([tail, part]) if tail.size else part
+                    if len(tail) > hold:
+                        emit(tail[:-hold])
+                        tail = tail[-hold:]
+                if tail.size:
+                    emit(audio.fade_out(tail, sr))
                 if index < len(job.pieces) - 1 and pause.size:
                     emit(pause)
             job.piece_index = len(job.pieces)

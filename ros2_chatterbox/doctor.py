@@ -54,11 +54,20 @@ TROUBLESHOOTING: List[Tuple[str, str, str]] = [
      "on, or CHATTERBOX_JETSON_PATCHES=on): they compute those FFT sizes on the CPU"),
     ("out of memory",
      "the GPU (on Jetson: the shared system memory) has no room, or it is fragmented",
-     "start this node before other GPU services (docker/ros2-chatterbox.service or compose depends_on), keep "
-     "PYTORCH_NO_CUDA_MEMORY_CACHING=1 on Jetson, use dtype float16, and close desktop/browser processes"),
+     "start this node before other GPU services (docker/ros2-chatterbox.service or compose depends_on), use "
+     "dtype float16, and close desktop/browser processes (the engine takes its working memory at configure)"),
     ("NvMapMemAllocInternalTagged",
      "the Jetson memory allocator could not find room (unified memory exhausted or fragmented)",
-     "start this node before other GPU services, keep PYTORCH_NO_CUDA_MEMORY_CACHING=1, use dtype float16"),
+     "start this node before other GPU services, use dtype float16, close desktop/browser processes"),
+    ("PYTORCH_NO_CUDA_MEMORY_CACHING",
+     "PyTorch's caching allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING is set, to any value): CUDA graphs cannot "
+     "be captured, so the engine refuses its fast path (without it speech is ~18x slower)",
+     "unset PYTORCH_NO_CUDA_MEMORY_CACHING (remove it from the container environment / compose file); the engine "
+     "allocates its working memory at configure, so Jetson no longer needs it"),
+    ("previous error during capture",
+     "CUDA graph capture failed: PyTorch's caching allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING) or the "
+     "driver cannot capture",
+     "unset PYTORCH_NO_CUDA_MEMORY_CACHING; if it persists, report the doctor's output"),
     ("cannot open shared object file",
      "a CUDA library is missing in this environment",
      "on Jetson run the image with docker/start-gpu.sh (it checks every library it mounts); elsewhere install "
@@ -286,6 +295,22 @@ def gpu_checks(torch: Any) -> List[Dict[str, Any]]:
         gpu = torch.stft(x.to(dev), 400, 160, window=window.to(dev), return_complex=True)
         return close(gpu, torch.stft(x, 400, 160, window=window, return_complex=True))
 
+    def graph_capture() -> str:
+        # What the fast path does: capture a step as a CUDA graph (needs the caching allocator's private pools).
+        a = torch.randn(64, 64, generator=gen)
+        x = torch.randn(1, 64, generator=gen)
+        a_d, x_d = a.to(dev), x.to(dev)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            torch.relu(x_d @ a_d)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = torch.relu(x_d @ a_d)
+        graph.replay()
+        return close(y, torch.relu(x @ a))
+
     blas, dnn, fft = "CUBLAS_STATUS_ALLOC_FAILED", "unable to find an engine", "CUFFT_INTERNAL_ERROR"
     return [
         _check("cuBLAS matmul (fp32)", cublas, blas),
@@ -294,6 +319,7 @@ def gpu_checks(torch: Any) -> List[Dict[str, Any]]:
         _check("cuFFT rfft, n=512", cufft_pow2, fft),
         _check("cuFFT rfft, n=401 (odd)", cufft_odd, fft),
         _check("cuFFT stft, n_fft=400", cufft_stft, fft),
+        _check("CUDA graph capture (the fast path)", graph_capture, "previous error during capture"),
     ]
 
 
@@ -364,6 +390,12 @@ def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True) -> D
                                   else "CUFFT_INTERNAL_ERROR")
             report["problems"].append({"name": f"SBSA library loaded: {lib['path']}", "error": lib["note"],
                                        "cause": cause, "fix": fix})
+    if cuda and "PYTORCH_NO_CUDA_MEMORY_CACHING" in os.environ:
+        cause, fix = diagnose("PYTORCH_NO_CUDA_MEMORY_CACHING")
+        report["problems"].append({"name": "fast path refused",
+                                   "error": f"PYTORCH_NO_CUDA_MEMORY_CACHING="
+                                            f"{os.environ['PYTORCH_NO_CUDA_MEMORY_CACHING']}",
+                                   "cause": cause, "fix": fix})
     if not report["memory"]["verdict"]["ok"]:
         verdict = report["memory"]["verdict"]
         cause, fix = diagnose("out of memory")

@@ -64,6 +64,10 @@ SETTINGS: List[Setting] = [
     _s("fallback_engine", "core", "", "Engine to use when `engine` cannot load ('' = none: configure fails).",
        CONFIGURE, choices=("",) + _ENGINES),
     # -- the engine's own settings
+    _s("model", "engine", "turbo", "Chatterbox model: turbo (GPT-2 medium T3, t3_turbo_v1.safetensors, hub "
+       "ResembleAI/chatterbox-turbo) or nano (Chatterbox-Nano: GPT-2 small T3, ~2x faster per token, "
+       "t3_nano_v1.safetensors, hub ResembleAI/chatterbox-nano). hub_repo set to either official repository "
+       "follows this choice.", CONFIGURE, choices=("turbo", "nano")),
     _s("model_dir", "engine", "", "Local Chatterbox Turbo folder in the hub snapshot layout (ve.safetensors, "
        "t3_turbo_v1.safetensors, s3gen_meanflow.safetensors, tokenizer files, optional conds.pt). "
        "'' = download `hub_repo` into `hub_cache_dir`.", CONFIGURE),
@@ -238,6 +242,7 @@ class _Group:
 class EngineSettings(_Group):
     """What an engine needs to load and run; handed to `create_engine` at configure."""
     GROUP = "engine"
+    model: str = _default("model")
     model_dir: str = _default("model_dir")
     hub_repo: str = _default("hub_repo")
     hub_cache_dir: str = _default("hub_cache_dir")

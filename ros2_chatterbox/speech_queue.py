@@ -247,12 +247,6 @@ class SpeechQueue:
                 self._cond.wait(left)
         return True
 
-    def idle_seconds(self) -> float:
-        with self._cond:
-            if self._current is not None or self._jobs:
-                return 0.0
-            return time.monotonic() - self._idle_since
-
     # -- worker ----------------------------------------------------------------------------------------------
     def _work(self) -> None:
         while True:

@@ -34,8 +34,7 @@ from std_srvs.srv import Trigger
 
 from ros2_chatterbox.srv import AddVoice, DeleteVoice, ListVoices, Speak
 
-from .core import RequestError, SpeechCore
-from .engine import EngineLoadError
+from .core import EngineLoadError, RequestError, SpeechCore
 from .ros_audio import RosAudioOut
 from .say_action import SayActionServer
 from .settings import CONFIGURE, RUNTIME, SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, Settings, check, \
@@ -459,6 +458,10 @@ class TtsNode(LifecycleNode):
 
 
 def _interrupt(signum, frame):
+    """The first SIGINT/SIGTERM ends spin(); any later one only says that the node is already stopping (a second
+    Ctrl-C must not raise out of the release, e.g. from gc.collect() while the model is freed)."""
+    signal.signal(signal.SIGINT, _already_stopping)
+    signal.signal(signal.SIGTERM, _already_stopping)
     raise KeyboardInterrupt
 
 
@@ -505,14 +508,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # a second Ctrl-C while the model is released only says so (no traceback out of the release)
-        signal.signal(signal.SIGINT, _already_stopping)
+        signal.signal(signal.SIGINT, _already_stopping)  # also when spin() ended for another reason
         signal.signal(signal.SIGTERM, _already_stopping)
         node.release("the node is shutting down")
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
+        # Python puts the default handler back for finalization, where a late Ctrl-C would kill the process
+        # (exit -2); the node has released everything by now, so ignore it instead.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
 
 

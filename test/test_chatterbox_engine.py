@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(300)
 INFO_KEYS = {"engine", "sample_rate", "loaded", "can_clone", "device", "dtype", "model_dir", "model_source",
              "rss_mb", "voice_cache_voices", "voice_cache_mb", "voice_cache_max_voices", "voice_cache_max_mb",
              "voice_cache_hits", "voice_cache_misses", "voice_cache_evictions", "fast_path", "fast_path_active",
-             "fast_path_state", "jetson_patches", "jetson_patches_active", "builtin_voice", "tiny_checkpoint"}
+             "fast_path_state", "fast_path_warning", "jetson_patches", "jetson_patches_active", "builtin_voice", "tiny_checkpoint"}
 
 
 @contextlib.contextmanager
@@ -413,11 +413,99 @@ def test_steps_equal_upstream(turbo_engine):
     assert np.array_equal(up_wav[0].numpy(), wav)
 
 
+def test_first_token_is_kept_even_when_it_is_the_stop_token(turbo_engine):
+    """Upstream's inference_turbo appends the first sampled token without looking for the stop token; so does the
+    reference loop. Greedy on the tiny checkpoint makes stop the first token (its stop bias is raised)."""
+    import torch
+    from ros2_chatterbox.engines.chatterbox.tokens import TokenSampler
+    engine = turbo_engine
+    model, conds = engine._model, engine._builtin
+    stop = int(model.t3.hp.stop_speech_token)
+    text_tokens = engine.tokenize("Hello there.")
+    greedy = GenerationSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
+    with torch.inference_mode():
+        upstream = model.t3.inference_turbo(t3_cond=conds.t3, text_tokens=text_tokens, temperature=1.0, top_k=1,
+                                            top_p=1.0, repetition_penalty=1.0, max_gen_len=20)
+    sampler = TokenSampler(engine, model, conds.t3, text_tokens, greedy, 1, 21)
+    sampler.run(until=21, cancel=threading.Event())
+    mine = torch.cat(sampler.tokens, dim=1)
+    assert int(mine[0, 0]) == stop and mine.shape[1] >= 2  # the first stop did not end the piece
+    if int(mine[0, -1]) == stop:
+        mine = mine[:, :-1]  # upstream drops a final stop token
+    assert torch.equal(upstream, mine)
+    assert sampler.valid().numel() == int((mine < 6561).sum())  # no stop token reaches the decoder
+
+
+def test_load_time_self_check_compares_many_tokens(turbo_engine):
+    """The greedy check at load compares SELF_CHECK_TOKENS tokens with upstream (stop held down for it), not the
+    single token the tiny checkpoint's greedy stop would allow."""
+    info = turbo_engine.info()
+    assert info["fast_path"]["active"] and not info["fast_path"]["fallback"]
+    assert f"{turbo_engine.SELF_CHECK_TOKENS} tokens equal" in info["fast_path"]["reason"]
+    assert turbo_engine.SELF_CHECK_TOKENS >= 32
+    stop = int(turbo_engine._model.t3.hp.stop_speech_token)
+    assert float(turbo_engine._model.t3.speech_head.bias[stop]) > 0  # the check restored the stop bias
+
+
 def test_fast_path_state_is_reported(turbo_engine):
     info = turbo_engine.info()
-    assert info["fast_path"] is True
-    assert info["fast_path_active"] == (turbo_engine.fast is not None)
-    assert info["fast_path_state"]
+    fp = info["fast_path"]
+    assert fp["requested"] is True and fp["active"] == (turbo_engine.fast is not None)
+    assert fp["reason"] == info["fast_path_state"] and info["fast_path_warning"] == ""
+    assert info["fast_path_active"] == fp["active"]
+
+
+def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch, caplog):
+    """A fast path that fails its check falls back to the reference loop with a warning in the configure log and a
+    fallback flag + warning text in info() (which /diagnostics, /health/ready and the doctor show)."""
+    import logging
+    from ros2_chatterbox.engines.fast_t3 import FastT3
+    monkeypatch.setattr(FastT3, "self_check", lambda self, *a, **k: {"ok": False, "n": 64, "match": 3})
+    engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt))
+    with caplog.at_level(logging.WARNING, logger="ros2_chatterbox"):
+        engine.load()
+    try:
+        info = engine.info()
+        assert info["fast_path"]["requested"] and not info["fast_path"]["active"] and info["fast_path"]["fallback"]
+        assert "equality check" in info["fast_path_warning"] and "reference loop" in info["fast_path_warning"]
+        assert any("fast path" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        assert joined(speak(engine, "Still speaking.", seed=3)).size > 0  # the reference loop speaks
+    finally:
+        engine.unload()
+
+
+def test_working_memory_is_planned_and_taken_at_configure(tiny_ckpt):
+    """The memory plan sizes everything for the longest allowed piece (text.chunk_chars) and configure takes it with
+    one worst-case pass (on CUDA; switched on here for the CPU): the engine then speaks as before."""
+    engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt, **{"text.chunk_chars": 60}))
+    engine.WARM_ON_CPU = True
+    engine.load()
+    try:
+        mem = engine.info()["memory"]
+        assert mem["state"] == "taken at configure" and mem["warm_s"] > 0, mem
+        plan = mem["plan"]
+        assert plan["chunk_chars"] == 60 and plan["max_speech_tokens"] == 150 + 6 * 60
+        assert engine.fast.capacity >= plan["kv_positions"] - plan["bucket"] + 1  # the fast path's cache is sized
+        assert mem["rss_mb"] > 0 and mem["rss_plus_device_mb"] >= mem["rss_mb"]
+        assert joined(speak(engine, "Still speaking after the warm-up.", seed=5)).size > 0
+        assert set(engine.info()["memory"]["last_piece"]) == {"device_allocs", "block_allocations", "reserved_bytes"}
+    finally:
+        engine.unload()
+    assert engine.info()["memory_state"] == "not loaded"
+
+
+def test_allocator_off_with_the_fast_path_is_refused(monkeypatch):
+    """PYTORCH_NO_CUDA_MEMORY_CACHING (any value) turns torch's caching allocator off; CUDA graphs cannot be captured
+    then. On CUDA with the fast path asked for, configure refuses with the reason and both ways out."""
+    from ros2_chatterbox.engines.chatterbox.engine import ChatterboxTurboEngine
+    monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
+    with pytest.raises(EngineLoadError) as err:
+        ChatterboxTurboEngine.check_allocator("cuda:0", True)
+    assert "Unset the variable" in str(err.value) and "fast_path to false" in str(err.value)
+    ChatterboxTurboEngine.check_allocator("cuda:0", False)   # the slow loop on purpose
+    ChatterboxTurboEngine.check_allocator("cpu", True)       # no CUDA, no graphs
+    monkeypatch.delenv("PYTORCH_NO_CUDA_MEMORY_CACHING")
+    ChatterboxTurboEngine.check_allocator("cuda:0", True)
 
 
 # ---------------------------------------------------------------------------------------------------- bf16, no conds.pt, jetson, unload

@@ -499,3 +499,22 @@ def test_program_reports_a_taken_port(http_server):
                          cwd=str(root), capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "already in use" in out.stderr and "Traceback" not in out.stderr
+
+
+def _healthcheck(port: int):
+    import os
+    import subprocess
+    import sys
+    script = Path(__file__).resolve().parent.parent / "docker" / "healthcheck.py"
+    return subprocess.run([sys.executable, str(script)], env={**os.environ, "CHATTERBOX_HTTP_PORT": str(port)},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_container_healthcheck_is_readiness(http_server, http_core, monkeypatch):
+    assert _healthcheck(http_server.port).returncode == 0
+    # serving on the fallback engine: alive, but not ready, so GPU services that wait on it do not start yet
+    monkeypatch.setattr(http_core, "fallback_reason", "engine 'chatterbox_turbo' could not load: no weights")
+    assert httpx.get(f"{http_server.url}/health").status_code == 200
+    assert httpx.get(f"{http_server.url}/health/ready").status_code == 503
+    out = _healthcheck(http_server.port)
+    assert out.returncode == 1 and "fallback" in out.stderr

@@ -10,9 +10,10 @@ import pytest
 from http_fixtures import http_core, http_server  # noqa: F401
 from ros2_chatterbox import encoding
 
-openai = pytest.importorskip("openai")
+from optional import optional_import, requires
 
-pytestmark = pytest.mark.timeout(90)
+openai = optional_import("openai")
+pytestmark = [pytest.mark.timeout(90), requires("openai", hint="make setup-test")]
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 # pcm is headerless 16-bit mono: its rate comes from X-Sample-Rate (the engine's rate: piper 22050, Chatterbox 24000)

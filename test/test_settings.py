@@ -109,3 +109,16 @@ def test_user_places_follow_xdg(monkeypatch, tmp_path):
     assert st.user_data_dir() == tmp_path / "ros2_chatterbox"
     monkeypatch.setattr(st, "source_checkout", lambda: None)
     assert st.default_voices_dir() == tmp_path / "ros2_chatterbox" / "voices"
+
+
+def test_a_pip_install_finds_its_installed_parameter_file(monkeypatch, tmp_path):
+    """`pip install .` puts config/params.yaml under <prefix>/share/ros2_chatterbox (setup.py data_files)."""
+    import sys
+    share = tmp_path / "share" / "ros2_chatterbox" / "config"
+    share.mkdir(parents=True)
+    (share / "params.yaml").write_text(st.render_params_yaml())
+    monkeypatch.setattr(st, "source_checkout", lambda: None)
+    monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)  # no ROS on this host
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert st.default_params_file() == share / "params.yaml"
+    assert st.load_params_file(str(st.default_params_file())) == st.Settings()

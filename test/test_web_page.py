@@ -11,19 +11,23 @@ from pathlib import Path
 import pytest
 
 from http_fixtures import http_core, http_server, serving  # noqa: F401
+from optional import optional_import, requires
 
 pytestmark = pytest.mark.timeout(120)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver; "
-                ".ci/run installs them)", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+NO_BROWSER = "" if (CHROMIUM and CHROMEDRIVER) else (
+    "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver; "
+    ".ci/run installs them)")
+pytestmark = [pytestmark, pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER),
+              requires("selenium.webdriver", hint="make setup-test")]
+webdriver = optional_import("selenium.webdriver")
+if webdriver is not None:
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
 PLAYABLE_JS = ("const a = document.getElementById('player');"
                "return a.readyState >= 1 && isFinite(a.duration) && a.duration > 0 && !a.error;")

@@ -137,6 +137,8 @@ class Health(BaseModel):
     queue_max: int
     speaking: bool
     device: str = ""
+    model: str = Field("", description="The Chatterbox model serving (chatterbox-turbo or chatterbox-nano).")
+    fast_path_warning: str = Field("", description="Why the engine runs without its fast path ('' = fast).")
     last_error: str = ""
     last_latency_s: Optional[float] = None
     last_first_audio_s: Optional[float] = None

@@ -217,8 +217,7 @@ class HttpServer:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The HTTP API without ROS, on the same engine core and parameter file as the node."""
-    from ..core import SpeechCore
-    from ..engine import EngineLoadError
+    from ..core import EngineLoadError, SpeechCore
     from ..settings import ConfigError, default_params_file, load_params_file
 
     default_params = default_params_file()

@@ -1,7 +1,9 @@
-"""Chatterbox Turbo (Resemble AI, PyPI `chatterbox-tts`): cloned voices, paralinguistic tags, 24 kHz.
+"""Chatterbox Turbo (Resemble AI, PyPI `chatterbox-tts`): cloned voices, paralinguistic tags, 24 kHz; or
+Chatterbox-Nano, the same with a GPT-2 small T3 (parameter `model: nano`, models.py).
 
-Loading goes through upstream's own `ChatterboxTurboTTS.from_local` (a hub snapshot is fetched first when no
-`model_dir` is given), after the folder has been checked file by file (checkpoint.py). Generation re-implements
+Loading goes through upstream's own `ChatterboxTurboTTS.from_local` (Nano: models.load_local, the same steps with a
+GPT-2 small T3; a hub snapshot is fetched first when no `model_dir` is given), after the folder has been checked file
+by file (checkpoint.py). Generation re-implements
 `ChatterboxTurboTTS.generate` step by step, because upstream's method has no seed, no cancel, no streaming and runs
 outside `inference_mode`:
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import secrets
 import threading
@@ -36,19 +39,14 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from ...engine import Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError
-from .checkpoint import HUB_REPO_DEFAULT, check_checkpoint, explain_load_error, locate_checkpoint
+from . import models
+from .checkpoint import check_checkpoint, explain_load_error, locate_checkpoint, resolve_repo
 from .s3gen_stream import SAMPLE_RATE, StreamDecoder
-from .tokens import MAX_SPEECH_TOKENS, FastTokenSource, TokenSampler
-from .voice_cache import VoiceCache, compute_conds, prepare_t3_cond
+from .tokens import MAX_SPEECH_TOKENS, SPEECH_VOCAB, FastTokenSource, TokenSampler
+from .voice_cache import DEC_COND_SAMPLES, VoiceCache, compute_conds, prepare_t3_cond
+from . import gpu_memory, memory_plan
 
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+log = logging.getLogger("ros2_chatterbox")
 
 
 _LIBC_TRIM = None
@@ -82,6 +80,7 @@ class ChatterboxTurboEngine(Engine):
     CROSSFADE_FRAMES = 8      # vocoder overlap between chunks (160 ms), as CosyVoice's streaming HiFT cache
     CONTEXT_FRAMES = 4        # extra mel frames of left context for the vocoder's convolutions
     NOISE_BLOCK_FRAMES = 50   # vocoder noise is drawn in blocks seeded by absolute position
+    SELF_CHECK_TOKENS = 64    # greedy tokens compared with upstream at load (stop held down for the check)
     CFM_STEPS = 2             # upstream generate() uses n_cfm_timesteps=2 with the meanflow decoder
 
     def __init__(self, config: Dict[str, Any]):
@@ -95,12 +94,20 @@ class ChatterboxTurboEngine(Engine):
         self.dtype = ""
         self.model_dir = ""
         self.model_source = ""
+        self.spec = models.MODELS[models.DEFAULT_MODEL]   # the model loaded (or to load)
         self.tiny = False
         self.load_seconds = 0.0
         self.jetson_active = False
         self._jetson_applied_by_us = False
         self.fast = None              # fast_t3.FastT3 when the fast decode path is active
         self.fast_reason = "not loaded"
+        self.fast_fallback = False    # the fast path was asked for and is not running normally
+        self.plan: Optional[memory_plan.MemoryPlan] = None
+        self.memory_state = "not loaded"
+        self.warm_seconds = 0.0
+        self.sync_mode = "n/a"
+        self._alloc_base: Dict[str, int] = {}   # allocator counters right after configure
+        self.last_alloc: Dict[str, int] = {}    # allocator work of the last piece (deltas)
         self.last_tokens = 0          # speech tokens of the last piece (for tests and the bench)
         self.last_chunks = 0          # decode steps of the last piece
         self.last_first_chunk_s: Optional[float] = None
@@ -166,10 +173,17 @@ class ChatterboxTurboEngine(Engine):
             if threads > 0:
                 torch.set_num_threads(threads)
             device = self.resolve_device(str(self._cfg("device", "auto")))
+            self.check_allocator(device, bool(self._cfg("fast_path", True)))
+            self.sync_mode = gpu_memory.blocking_sync(device) if device.startswith("cuda") else "n/a"
             dtype = self.resolve_dtype(str(self._cfg("dtype", "auto")), device)
-            repo = str(self._cfg("hub_repo", HUB_REPO_DEFAULT)) or HUB_REPO_DEFAULT
-            folder, self.model_source = locate_checkpoint(self._cfg, repo)
-            check_checkpoint(folder, repo)
+            try:
+                spec = models.model_spec(self._cfg("model", models.DEFAULT_MODEL))
+            except ValueError as exc:
+                raise EngineLoadError(f"parameter {exc}") from None
+            self.spec = spec
+            repo = resolve_repo(str(self._cfg("hub_repo", "")), spec)
+            folder, self.model_source = locate_checkpoint(self._cfg, repo, spec)
+            check_checkpoint(folder, repo, spec)
             from . import tiny_checkpoint
             try:
                 arch = tiny_checkpoint.read_arch(folder)
@@ -177,7 +191,7 @@ class ChatterboxTurboEngine(Engine):
                 raise EngineLoadError(f"{tiny_checkpoint.ARCH_FILE} in '{folder}' is damaged: {exc}") from exc
             self._apply_jetson_patches()
             try:
-                self._load_model(tts_turbo, tiny_checkpoint, folder, arch, device, dtype, repo)
+                self._load_model(tts_turbo, tiny_checkpoint, folder, arch, device, dtype, repo, spec)
             except BaseException:
                 self._remove_jetson_patches()  # a failed configure leaves the process as it found it
                 raise
@@ -185,21 +199,30 @@ class ChatterboxTurboEngine(Engine):
             self.tiny = arch is not None
             self._warm_up()
             self._setup_fast_path()
+            self._take_working_memory()
             self.load_seconds = time.monotonic() - t0
 
-    def _load_model(self, tts_turbo, tiny_checkpoint, folder: Path, arch, device: str, dtype, repo: str) -> None:
+    def _load_model(self, tts_turbo, tiny_checkpoint, folder: Path, arch, device: str, dtype, repo: str,
+                    spec: models.ModelSpec) -> None:
         patches = tiny_checkpoint.tiny_patches(arch) if arch is not None else contextlib.nullcontext()
         try:
+            if arch is not None and tiny_checkpoint.arch_spec(arch) is not spec:
+                raise EngineLoadError(f"the tiny checkpoint in '{folder}' is laid out as "
+                                      f"{tiny_checkpoint.arch_spec(arch).name}, not {spec.name}: set the parameter "
+                                      f"model to '{tiny_checkpoint.arch_spec(arch).name}'")
             with patches:
-                model = tts_turbo.ChatterboxTurboTTS.from_local(folder, device)
+                if spec.name == "turbo":
+                    model = tts_turbo.ChatterboxTurboTTS.from_local(folder, device)
+                else:
+                    model = models.load_local(folder, device, spec, arch["t3"] if arch is not None else None)
         except EngineLoadError:
             raise
         except Exception as exc:  # noqa: BLE001
             self._release_partial_load(device)
             if "out of memory" in str(exc).lower():
-                raise EngineLoadError(f"out of memory while loading Chatterbox Turbo on {device}: {exc}; free "
+                raise EngineLoadError(f"out of memory while loading {spec.title} on {device}: {exc}; free "
                                       f"GPU memory (start this node first) or use dtype float16") from exc
-            raise explain_load_error(exc, folder, repo) from exc
+            raise explain_load_error(exc, folder, repo, spec) from exc
         try:
             self._finish_load(model, device, dtype)
         except Exception:
@@ -228,41 +251,160 @@ class ChatterboxTurboEngine(Engine):
             pass
 
     def _setup_fast_path(self) -> None:
-        """Use fast_t3.FastT3 for T3 sampling when asked for, supported, and equal to upstream on a greedy check."""
+        """Use fast_t3.FastT3 for T3 sampling when asked for, supported, and equal to upstream on a greedy check.
+        Anything short of that while the fast path was asked for is a fallback, and a fallback is loud: a warning
+        in the configure log and `fast_path.fallback` / `fast_path_warning` in info() (diagnostics, health, doctor)."""
         self.fast = None
         if not bool(self._cfg("fast_path", True)):
-            self.fast_reason = "off (parameter fast_path)"
+            self._fast_state("off (parameter fast_path)", fallback=False)
             return
         try:
             from ..fast_t3 import FastT3
         except Exception as exc:  # noqa: BLE001 - the reference loop always works
-            self.fast_reason = f"unavailable ({type(exc).__name__}: {exc})"
+            self._fast_state(f"unavailable ({type(exc).__name__}: {exc}); using the reference loop")
             return
         try:
             model = self._model
             ok, why = FastT3.supported(model.t3)
             if not ok:
-                self.fast_reason = f"unsupported: {why}"
+                self._fast_state(f"unsupported: {why}; using the reference loop")
                 return
             fast = FastT3(model.t3, max_voices=int(self._cfg("voice_cache.max_voices", 8)))
             cond = self._builtin.t3 if self._builtin is not None else self._dummy_t3_cond()
             text = self.tokenize("The quick brown fox jumps over the lazy dog.")
-            check = fast.self_check(cond, text, n_tokens=32)
+            check = fast.self_check(cond, text, n_tokens=self.SELF_CHECK_TOKENS)
             fast.clear()
             if not check.get("ok"):
-                self.fast_reason = f"greedy equality check failed ({check}); using the reference loop"
+                self._fast_state(f"greedy equality check against upstream failed ({check}); using the reference "
+                                 f"loop")
                 return
             if not self._fast_path_reproducible(fast, cond, text) or not self._speaks_reproducibly(fast):
                 fast.clear()
-                self.fast_reason = ("sampling with a fixed seed was not reproducible (the seed contract); using the "
-                                    "reference loop")
+                self._fast_state("sampling with a fixed seed was not reproducible (the seed contract); using the "
+                                 "reference loop")
                 return
             fast.clear()
             self.fast = fast
-            self.fast_reason = f"active (greedy check: {check.get('n')} tokens equal; seeded sampling reproducible)"
+            agreed = (f"{check.get('n')} tokens equal" if "diverged_at" not in check else
+                      f"{check['match']} tokens equal, then a rounding tie (margin {check['margin']})")
+            if fast.device.type == "cuda" and not fast.use_graphs:
+                failures = "; ".join(fast.info().get("graph_failures", []))[:400]
+                self._fast_state(f"active WITHOUT CUDA graphs (capture failed: {failures or 'unknown'}): several "
+                                 f"times slower than it should be")
+                self.fast = fast
+                return
+            self._fast_state(f"active (greedy check: {agreed}; seeded sampling reproducible)", fallback=False)
         except Exception as exc:  # noqa: BLE001
             self.fast = None
-            self.fast_reason = f"failed to start ({type(exc).__name__}: {str(exc)[:200]}); using the reference loop"
+            self._fast_state(f"failed to start ({type(exc).__name__}: {str(exc)[:200]}); using the reference loop")
+
+    def _fast_state(self, reason: str, fallback: bool = True) -> None:
+        """Record why the fast path runs or not; a fallback from it is a warning, never silent."""
+        self.fast_reason = reason
+        self.fast_fallback = fallback
+        if fallback:
+            log.warning("Chatterbox Turbo: the fast path was asked for but is not running normally: %s", reason)
+
+    @staticmethod
+    def check_allocator(device: str, fast_path: bool) -> None:
+        """Refuse CUDA + fast path under PYTORCH_NO_CUDA_MEMORY_CACHING: torch turns its caching allocator off
+        when the variable is set to anything, CUDA graphs cannot be captured without it, and the engine would
+        otherwise run the reference loop, ~18x slower, without anyone asking for that."""
+        if device.startswith("cuda") and fast_path and "PYTORCH_NO_CUDA_MEMORY_CACHING" in os.environ:
+            raise EngineLoadError(
+                "PYTORCH_NO_CUDA_MEMORY_CACHING is set, which turns off PyTorch's caching allocator; the fast path's "
+                "CUDA graphs need it, and without them speech is ~18x slower. Unset the variable (the engine "
+                "allocates its working memory at configure, so Jetson no longer needs it; remove it from your "
+                "container/compose environment), or set the parameter fast_path to false to run the slow "
+                "reference loop on purpose")
+
+    WARM_ON_CPU = False   # the configure-time warm-up runs on CUDA (tests switch it on for the CPU)
+
+    def _take_working_memory(self) -> None:
+        """The static memory plan (memory_plan.py): size everything for the longest allowed piece and take that
+        memory now, at configure: the fast path's KV cache and buffers and a graph for every bucket, then one
+        worst-case pass (longest text prefill; longest piece through S3Gen with a 10 s voice prompt) whose blocks
+        the caching allocator keeps. Afterwards no allowed text needs a new device allocation. Running out of
+        memory here fails configure, with the fix, instead of a request later."""
+        model = self._model
+        t3 = model.t3
+        cfg = t3.cfg
+        fast = self.fast
+        chunk_chars = int(self._cfg("text.chunk_chars", 250))
+        limit = getattr(model.tokenizer, "model_max_length", 1024) or 1024
+        try:
+            self.plan = memory_plan.make_plan(
+                chunk_chars, n_layer=int(cfg.n_layer), n_head=int(cfg.num_attention_heads),
+                head_dim=int(cfg.hidden_size) // int(cfg.num_attention_heads),
+                dtype_bytes=int(t3.speech_head.weight.element_size()), max_positions=int(t3.tfmr.wpe.weight.shape[0]),
+                bucket=fast.bucket if fast is not None else 256, tokenizer_limit=int(min(limit, 10 ** 6)),
+                stream_first=int(self.stream_first_tokens), stream_max=int(self.stream_max_tokens),
+                crossfade_frames=self.CROSSFADE_FRAMES, context_frames=self.CONTEXT_FRAMES)
+        except ValueError as exc:
+            self.plan = None
+            self.memory_state = f"no plan: {exc}"
+            log.info("Chatterbox Turbo memory plan: %s", exc)
+            return
+        if not (self.device.startswith("cuda") or self.WARM_ON_CPU):
+            self.memory_state = "planned (taken at configure on CUDA only)"
+            return
+        t0 = time.monotonic()
+        try:
+            self._warm_worst_case(self.plan)
+        except Exception as exc:  # noqa: BLE001
+            if "out of memory" in str(exc).lower():
+                raise EngineLoadError(
+                    f"out of memory while taking the working memory for pieces of up to {chunk_chars} characters "
+                    f"({exc}); lower text.chunk_chars, use dtype float16, or start this node before other GPU "
+                    f"services") from exc
+            self.memory_state = f"warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); memory grows on demand"
+            log.warning("Chatterbox Turbo: %s", self.memory_state)
+            return
+        finally:
+            self.warm_seconds = time.monotonic() - t0
+        if self.device.startswith("cuda"):
+            import torch
+            torch.cuda.synchronize(torch.device(self.device))
+        self._alloc_base = gpu_memory.allocator_stats(self.device)
+        self.memory_state = "taken at configure"
+
+    def _warm_worst_case(self, plan: "memory_plan.MemoryPlan") -> None:
+        import torch
+        model = self._model
+        dev = torch.device(self.device)
+        fast = self.fast
+        if fast is not None:
+            fast.warmup(None, text_len=plan.max_text_tokens, max_new_tokens=plan.max_speech_tokens - 1,
+                        settings=(None, "greedy"), all_buckets=True)
+            cond = self._builtin.t3 if self._builtin is not None else self._dummy_t3_cond()
+            g = torch.Generator(device=dev).manual_seed(1)
+            text = torch.randint(0, 256, (1, plan.max_text_tokens), generator=g, device=dev)
+            fast.generate(cond, text, GenerationSettings(), generator=g, max_new_tokens=8)  # longest prefill
+        t = np.arange(DEC_COND_SAMPLES, dtype=np.float64) / SAMPLE_RATE
+        wav = (0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+        with torch.inference_mode():
+            ref = model.s3gen.embed_ref(wav, SAMPLE_RATE, device=self.device)  # a 10 s voice: the longest prompt
+            tokens = torch.randint(0, SPEECH_VOCAB, (plan.max_speech_tokens,), device=dev,
+                                   generator=torch.Generator(device=dev).manual_seed(2))
+        decoder = StreamDecoder(self, model, ref, 1, bool(self._cfg("generation.watermark", True)))
+        for at in plan.decode_points[:-1]:
+            decoder.step(tokens[:at], final=False)
+        decoder.step(tokens, final=True)
+
+    def memory_info(self) -> Dict[str, Any]:
+        """The memory plan, what configure took, and the allocator's work since (what the static plan is judged by:
+        no device allocation after configure, flat reserved memory, few block allocations per piece)."""
+        out: Dict[str, Any] = {"state": self.memory_state, "plan": self.plan.as_dict() if self.plan else None,
+                               "warm_s": round(self.warm_seconds, 3), "host_sync": self.sync_mode}
+        out.update(gpu_memory.memory_report(self.device))
+        now = gpu_memory.allocator_stats(self.device)
+        mb = 1024.0 * 1024.0
+        out["reserved_mb"] = round(now["reserved_bytes"] / mb, 1)
+        if self._alloc_base:
+            out["reserved_at_configure_mb"] = round(self._alloc_base["reserved_bytes"] / mb, 1)
+            out["device_allocs_since_configure"] = now["num_device_alloc"] - self._alloc_base["num_device_alloc"]
+        out["last_piece"] = dict(self.last_alloc)
+        return out
 
     def _fast_path_reproducible(self, fast, cond, text) -> bool:
         """Same seed, same tokens: two sampled runs with other random draws in between (as decoding does)."""
@@ -364,6 +506,10 @@ class ChatterboxTurboEngine(Engine):
             self._builtin = None
             self.fast = None
             self.fast_reason = "not loaded"
+            self.fast_fallback = False
+            self.plan = None
+            self.memory_state = "not loaded"
+            self._alloc_base = {}
             self._voices.clear()
             self._remove_jetson_patches()
             gc.collect()
@@ -390,19 +536,23 @@ class ChatterboxTurboEngine(Engine):
     # -- status --------------------------------------------------------------------------------------------------
     def info(self) -> Dict[str, Any]:
         out = super().info()
+        spec = self.spec  # the loaded model; before loading, the configured one
+        if self._model is None:
+            spec = models.MODELS.get(str(self._cfg("model", "")).strip().lower(), spec)
         mb = 1024.0 * 1024.0
         n_voices, cache_bytes = self._voices.size()
         out.update({
             "device": self.device or str(self._cfg("device", "auto")),
             "dtype": self.dtype or str(self._cfg("dtype", "auto")),
-            "model": self.model_dir,
+            "model": spec.model_id,
+            "model_name": spec.title,
             "model_dir": self.model_dir,
             "model_source": self.model_source,
-            "hub_repo": str(self._cfg("hub_repo", HUB_REPO_DEFAULT)),
+            "hub_repo": resolve_repo(str(self._cfg("hub_repo", "")), spec),
             "tiny_checkpoint": self.tiny,
             "builtin_voice": self._builtin is not None,
             "load_seconds": round(self.load_seconds, 3),
-            "rss_mb": round(_rss_bytes() / mb, 1),
+            "rss_mb": round(gpu_memory.rss_bytes() / mb, 1),
             "voice_cache_voices": n_voices,
             "voice_cache_mb": round(cache_bytes / mb, 3),
             "voice_cache_max_voices": int(self._cfg("voice_cache.max_voices", 8)),
@@ -410,14 +560,24 @@ class ChatterboxTurboEngine(Engine):
             "voice_cache_hits": self._voices.stats["hits"],
             "voice_cache_misses": self._voices.stats["misses"],
             "voice_cache_evictions": self._voices.stats["evictions"],
-            "fast_path": bool(self._cfg("fast_path", True)),
+            "fast_path": {"requested": bool(self._cfg("fast_path", True)), "active": self.fast is not None,
+                          "cuda_graphs": bool(self.fast is not None and self.fast.use_graphs),
+                          "fallback": self.fast_fallback, "reason": self.fast_reason},
             "fast_path_active": self.fast is not None,
             "fast_path_state": self.fast_reason,
+            "fast_path_warning": self.fast_reason if self.fast_fallback else "",
             "jetson_patches": str(self._cfg("jetson_patches", "auto")),
             "jetson_patches_active": self.jetson_active,
             "stream_first_tokens": self.stream_first_tokens,
             "last_first_chunk_s": self.last_first_chunk_s,
         })
+        try:  # the memory plan and allocator counters; flat copies of the headline figures for /diagnostics
+            memory = self.memory_info()
+            out.update({"memory": memory, "memory_state": memory["state"],
+                        "rss_plus_device_mb": memory["rss_plus_device_mb"],
+                        "device_allocs_since_configure": memory.get("device_allocs_since_configure")})
+        except Exception as exc:  # noqa: BLE001 - status must never fail
+            out["memory_state"] = f"unknown ({type(exc).__name__}: {exc})"
         if self.device.startswith("cuda"):
             try:
                 import torch
@@ -495,6 +655,7 @@ class ChatterboxTurboEngine(Engine):
         self.last_first_chunk_s = None
         self.last_chunks = 0
         self.last_tokens = 0
+        alloc0 = gpu_memory.allocator_stats(self.device)
         text_tokens = self.tokenize(text)
         cap = self.max_tokens_for(text)
         first = int(self.stream_first_tokens)
@@ -529,7 +690,8 @@ class ChatterboxTurboEngine(Engine):
                 raise
             # the fast path failed before any audio left: switch it off and speak with the reference loop
             self.fast = None
-            self.fast_reason = f"disabled after an error ({type(exc).__name__}: {str(exc)[:200]})"
+            self._fast_state(f"disabled after an error ({type(exc).__name__}: {str(exc)[:200]}); using the "
+                             f"reference loop")
             yield from self.synthesize(text, voice_path, settings, cancel)
             return
         finally:
@@ -541,6 +703,10 @@ class ChatterboxTurboEngine(Engine):
         self.last_chunks += 1
         del tokens, decoder
         trim_host_memory()
+        alloc1 = gpu_memory.allocator_stats(self.device)
+        self.last_alloc = {"device_allocs": alloc1["num_device_alloc"] - alloc0["num_device_alloc"],
+                           "block_allocations": alloc1["block_allocations"] - alloc0["block_allocations"],
+                           "reserved_bytes": alloc1["reserved_bytes"]}
         if part.size:
             if self.last_first_chunk_s is None:
                 self.last_first_chunk_s = time.monotonic() - t_start

@@ -124,8 +124,14 @@ class TokenSampler:
                 out = t3.tfmr(inputs_embeds=embeds, use_cache=True)
                 self.past = out.past_key_values
                 logits = t3.speech_head(out[0][:, -1:])
-                if not self._accept(self._sample(start, logits[:, -1, :])):
+                first = self._sample(start, logits[:, -1, :])
+                if first is None:
+                    self._finish()
                     return
+                # as upstream: the first token is kept without looking for the stop token (a stop token there
+                # is fed back and sampling goes on; valid() leaves it out of the audio)
+                self.tokens.append(first)
+                self.current = first
             while not self.done and len(self.tokens) < until:
                 if cancel.is_set():
                     return

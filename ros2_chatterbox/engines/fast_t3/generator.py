@@ -48,6 +48,7 @@ either). `release_text_head(t3)` frees T3's text head, which Turbo inference nev
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -82,6 +83,24 @@ def _tensor_fp(t) -> Tuple:
 
 
 # --------------------------------------------------------------------------------------------------------------
+STOP_HOLD = -1.0e4   # the stop token's bias while the self-check runs (far below any logit, in any dtype)
+
+
+@contextlib.contextmanager
+def stop_held_down(t3, stop: int):
+    """The stop token's bias set to STOP_HOLD in place (so every step reads it, captured graphs included), the
+    exact old value restored on exit."""
+    bias = t3.speech_head.bias
+    with torch.inference_mode(False), torch.no_grad():
+        saved = bias[stop].clone()
+        bias[stop] = STOP_HOLD
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            bias[stop] = saved
+
+
 class FastT3(StepMixin, GraphsMixin):
     """Static-cache, CUDA-graph, device-sampling generator for Chatterbox Turbo's T3 (see the module docstring).
 
@@ -272,10 +291,12 @@ class FastT3(StepMixin, GraphsMixin):
 
     # -- graphs ------------------------------------------------------------------------------------------------------
     def warmup(self, t3_cond=None, text_len: int = 64, max_new_tokens: int = 1000,
-               settings: Tuple[Any, ...] = (None, "greedy")) -> Dict[str, Any]:
+               settings: Tuple[Any, ...] = (None, "greedy"), all_buckets: bool = False) -> Dict[str, Any]:
         """Allocate buffers for `text_len` text tokens and `max_new_tokens`, capture the graphs for each of
         `settings` (None = upstream's defaults, "greedy" = top_k 1) and, with `t3_cond`, prefill that voice.
-        Returns timings. Optional: everything happens lazily on the first request otherwise."""
+        all_buckets: capture every attention-length bucket from the first (any voice prefix, however short), not
+        only those a 376-position prefix reaches. Returns timings. Optional: everything happens lazily on the first
+        request otherwise (the engine's memory plan calls it at configure)."""
         t0 = time.perf_counter()
         with self._lock:
             self._check_weights()
@@ -288,7 +309,7 @@ class FastT3(StepMixin, GraphsMixin):
             self._tune_layouts()
             for s in settings:
                 s = SamplingSettings(1.0, 1, 1.0, 1.0) if s == "greedy" else SamplingSettings.coerce(s)
-                self._ensure_graphs(lc + 2, n_max, s)
+                self._ensure_graphs(1 if all_buckets else lc + 2, n_max, s)
         return {"seconds": time.perf_counter() - t0, "graphs": len(self._graphs), "use_graphs": self.use_graphs,
                 "capacity": self.capacity}
 
@@ -334,7 +355,7 @@ class FastT3(StepMixin, GraphsMixin):
         cuda = self.device.type == "cuda"
         ev0 = None
         if cuda:
-            ev0 = torch.cuda.Event(enable_timing=True)
+            ev0 = torch.cuda.Event(enable_timing=True, blocking=True)
             ev0.record()
         N = self.check_every
         checks = set(range(N, total, N))
@@ -365,7 +386,7 @@ class FastT3(StepMixin, GraphsMixin):
             ev = None
             if cuda:
                 self.out_host[lo:end].copy_(self.out[lo:end], non_blocking=True)
-                ev = torch.cuda.Event(enable_timing=True)
+                ev = torch.cuda.Event(enable_timing=True, blocking=True)  # the host sleeps while it waits
                 ev.record()
             state["i"] = end
             marks.append((end, ev))
@@ -456,20 +477,51 @@ class FastT3(StepMixin, GraphsMixin):
         return P
 
     # -- checks ----------------------------------------------------------------------------------------------------
-    def self_check(self, t3_cond, text_tokens, n_tokens: int = 48) -> Dict[str, Any]:
-        """Greedy tokens of upstream `t3.inference_turbo` vs this path (at most n_tokens); {'ok', 'n', 'match'}."""
-        with self._lock, torch.inference_mode():
+    def self_check(self, t3_cond, text_tokens, n_tokens: int = 64, tie_tol: Optional[float] = None
+                   ) -> Dict[str, Any]:
+        """Greedy tokens of upstream `t3.inference_turbo` vs this path, `n_tokens` of each.
+
+        The stop token is held down for the check's length (its bias set to `STOP_HOLD`, restored after), so
+        every checkpoint compares `n_tokens` tokens: the tiny test checkpoint, whose raised stop bias makes stop
+        the greedy choice, would otherwise compare one. In float32 every token must match. In half precision two
+        correct implementations can pick different tokens where the best two logits tie within rounding; a
+        divergence is accepted only there: upstream's own logits at that step (its HF forward over the common
+        prefix) must put the two tokens within `tie_tol` x max|logit| (default 2e-2 for fp16/bf16).
+        Returns {'ok', 'n', 'n_fast', 'match', and at a divergence 'diverged_at', 'margin'}."""
+        n_tokens = max(2, int(n_tokens))
+        tol = tie_tol if tie_tol is not None else (0.0 if self.dtype == torch.float32 else 2e-2)
+        with self._lock, stop_held_down(self.t3, self.stop_token):
             cond = cast_cond(t3_cond, self.dtype, self.device)
-            ref = self.t3.inference_turbo(cond, text_tokens.to(self.device), temperature=1.0, top_k=1, top_p=1.0,
-                                          repetition_penalty=1.0, max_gen_len=max(0, n_tokens - 1))
-        got = self.generate(t3_cond, text_tokens, SamplingSettings(1.0, 1, 1.0, 1.0), max_new_tokens=n_tokens - 1)
-        ref_l, got_l = ref[0].tolist(), got[0].tolist()
-        match = 0
-        for a, b in zip(ref_l, got_l):
-            if a != b:
-                break
-            match += 1
-        return {"ok": ref_l == got_l, "n": len(ref_l), "n_fast": len(got_l), "match": match}
+            text_tokens = text_tokens.to(self.device)
+            with torch.inference_mode():
+                ref = self.t3.inference_turbo(cond, text_tokens, temperature=1.0, top_k=1, top_p=1.0,
+                                              repetition_penalty=1.0, max_gen_len=n_tokens - 1)
+            got = self.generate(t3_cond, text_tokens, SamplingSettings(1.0, 1, 1.0, 1.0),
+                                max_new_tokens=n_tokens - 1)
+            ref_l, got_l = ref[0].tolist(), got[0].tolist()
+            match = 0
+            for a, b in zip(ref_l, got_l):
+                if a != b:
+                    break
+                match += 1
+            out: Dict[str, Any] = {"ok": ref_l == got_l and len(ref_l) == n_tokens, "n": len(ref_l),
+                                   "n_fast": len(got_l), "match": match}
+            if not out["ok"] and match < min(len(ref_l), len(got_l)):
+                margin = self._upstream_margin(cond, text_tokens, ref_l[:match], ref_l[match], got_l[match])
+                out.update(diverged_at=match, margin=round(margin, 6), ok=tol > 0 and margin <= tol)
+        return out
+
+    def _upstream_margin(self, cond, text_tokens, prefix: List[int], a: int, b: int) -> float:
+        """|logit(a) - logit(b)| / max|logit| of upstream's own forward pass after `prefix` (its first step's
+        input is the start-of-speech token, as in inference_turbo)."""
+        t3 = self.t3
+        with torch.inference_mode():
+            speech = torch.tensor([[self.start_token] + list(prefix)], dtype=torch.long, device=self.device)
+            embeds, _ = t3.prepare_input_embeds(t3_cond=cond, text_tokens=text_tokens, speech_tokens=speech,
+                                                cfg_weight=0.0)
+            hidden = t3.tfmr(inputs_embeds=embeds)[0]
+            logits = t3.speech_head(hidden[:, -1]).float()[0]
+            return float((logits[a] - logits[b]).abs() / logits.abs().max().clamp_min(1e-6))
 
     def info(self) -> Dict[str, Any]:
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),

@@ -13,7 +13,8 @@ from ..deps import get_core, get_settings
 from ..errors import documented
 from ..schemas import AUDIO_CONTENT, SSE_EVENT_SCHEMA, ModelList
 
-MODEL_IDS = ("chatterbox-turbo", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # all accepted, all the same engine
+MODEL_IDS = ("chatterbox", "chatterbox-turbo", "chatterbox-nano", "tts-1", "tts-1-hd",
+             "gpt-4o-mini-tts")  # all accepted, all the same engine (parameter `model` chooses turbo or nano)
 
 
 def router(SpeechRequest: Type[BaseModel], started: int) -> APIRouter:

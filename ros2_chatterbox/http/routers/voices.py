@@ -3,10 +3,9 @@ from typing import Any, Dict, List, Optional
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from ...core import RequestError, SpeechCore
+from ...core import OPENAI_VOICES, RequestError, SpeechCore
 from ...settings import HttpSettings
 from ...speech_queue import INVALID
-from ...voices import OPENAI_VOICES
 from ..deps import get_core, get_settings
 from ..errors import ApiError, documented, request_error
 from ..schemas import PredefinedVoice, VoiceDeleted, VoiceList, VoiceUploaded
