@@ -22,6 +22,7 @@ from typing import Any, Iterator, List, Optional
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -67,24 +68,23 @@ class _Resources:
     http: Any = None  # HttpServer while active with http.enabled
 
 
-def _logged(default_response: bool = True):
-    """Service/subscription callbacks never raise into the executor (rclpy's MultiThreadedExecutor re-raises them
-    out of spin(), which would end the node): an unexpected exception is logged and answered as a failure."""
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(self, request=None, response=None):
-            try:
-                return fn(self, request, response) if response is not None else fn(self, request)
-            except Exception as exc:  # noqa: BLE001 - see above
-                self.get_logger().error(f"{fn.__name__} failed: {type(exc).__name__}: {exc}")
-                if response is not None and default_response:
-                    if hasattr(response, "success"):
-                        response.success = False
-                    if hasattr(response, "message"):
-                        response.message = f"internal error: {type(exc).__name__}: {exc}"
-                return response
-        return run
-    return wrap
+def _logged(fn):
+    """Service, subscription and timer callbacks never raise into the executor (rclpy's MultiThreadedExecutor
+    re-raises them out of spin(), which would end the node): an unexpected exception is logged, and a service
+    answers it as a failure."""
+    @functools.wraps(fn)
+    def run(self, request=None, response=None):
+        try:
+            return fn(self, request, response) if response is not None else fn(self, request)
+        except Exception as exc:  # noqa: BLE001 - see above
+            self.get_logger().error(f"{fn.__name__} failed: {type(exc).__name__}: {exc}")
+            if response is not None:
+                if hasattr(response, "success"):
+                    response.success = False
+                if hasattr(response, "message"):
+                    response.message = f"internal error: {type(exc).__name__}: {exc}"
+            return response
+    return run
 
 
 def _serialized(fn):
@@ -102,7 +102,7 @@ class TtsNode(LifecycleNode):
         for s in SETTINGS:
             self.declare_parameter(s.name, s.default, _descriptor(s))
         # start-time settings (QoS depths, autostart) are read once, here; the rest again at each configure
-        self._settings = self._read_settings()
+        self._settings = self._read_settings(lenient=True)
         self._state_cond = threading.Condition()
         self._transition_lock = threading.RLock()  # see _serialized
         self._res: Optional[_Resources] = None
@@ -156,8 +156,18 @@ class TtsNode(LifecycleNode):
                                          f"first (or start it with --autostart)")
 
     # -- parameters ------------------------------------------------------------------------------------------
-    def _read_settings(self) -> Settings:
-        return Settings.from_values({s.name: self.get_parameter(s.name).value for s in SETTINGS})
+    def _read_settings(self, lenient: bool = False) -> Settings:
+        """The parameters as settings; raises ConfigError. lenient: an invalid value is logged and left at its
+        default (at start, so that the node comes up and configure reports it)."""
+        values = {s.name: self.get_parameter(s.name).value for s in SETTINGS}
+        if lenient:
+            for name, value in list(values.items()):
+                try:
+                    check(name, value)
+                except ConfigError as exc:
+                    self.get_logger().error(f"invalid parameter (configure will refuse it): {exc}")
+                    del values[name]
+        return Settings.from_values(values)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate; refuse configure-time changes unless unconfigured; hand run-time changes to their owners."""
@@ -363,7 +373,7 @@ class TtsNode(LifecycleNode):
             else:
                 job.cancel(reason)
 
-    @_logged()
+    @_logged
     def _on_speak(self, request: Speak.Request, response: Speak.Response) -> Speak.Response:
         with self._use() as res:
             try:
@@ -378,7 +388,7 @@ class TtsNode(LifecycleNode):
         response.sample_rate = int(result.sample_rate)
         return response
 
-    @_logged()
+    @_logged
     def _on_text(self, msg: String) -> None:
         with self._use() as res:
             try:
@@ -386,7 +396,7 @@ class TtsNode(LifecycleNode):
             except RequestError as exc:
                 self.get_logger().warning(f"tts/text message not spoken: {exc.message}")
 
-    @_logged()
+    @_logged
     def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._use() as res:
             n = 0
@@ -411,7 +421,7 @@ class TtsNode(LifecycleNode):
                 response.success, response.message = False, exc.message
         return response
 
-    @_logged()
+    @_logged
     def _on_list_voices(self, request: ListVoices.Request, response: ListVoices.Response):
         def run(core: SpeechCore) -> None:
             response.names = [v.name for v in core.list_voices()]
@@ -420,21 +430,21 @@ class TtsNode(LifecycleNode):
             response.message = f"{len(response.names)} voice(s)"
         return self._voice_call(response, run)
 
-    @_logged()
+    @_logged
     def _on_add_voice(self, request: AddVoice.Request, response: AddVoice.Response):
         def run(core: SpeechCore) -> None:
             added = core.add_voice_file(request.name, request.path, request.overwrite)
             response.name, response.duration, response.message = added.name, float(added.duration), added.message
         return self._voice_call(response, run)
 
-    @_logged()
+    @_logged
     def _on_delete_voice(self, request: DeleteVoice.Request, response: DeleteVoice.Response):
         def run(core: SpeechCore) -> None:
             response.message = f"voice '{core.delete_voice(request.name)}' deleted"
         return self._voice_call(response, run)
 
     # -- visibility ------------------------------------------------------------------------------------------
-    @_logged()
+    @_logged
     def _publish_diagnostics(self, _=None) -> None:
         with self._use(active_only=False) as res:
             if res is None:
@@ -489,7 +499,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    node = TtsNode()
+    try:
+        node = TtsNode()
+    except ParameterException as exc:  # a value out of its range or of the wrong type in the parameter file
+        sys.stderr.write(f"[tts_node] invalid parameter: {exc}\n")
+        rclpy.try_shutdown()
+        return 2
     autostart = autostart or node._settings.ros.autostart
     # Each waiting `speak` call holds a thread until its audio is out; the queue bounds how many can wait,
     # so this many threads keep lifecycle, parameter and stop services responsive under a full queue.
