@@ -1,8 +1,9 @@
 """The ROS 2 door: a lifecycle node over the speech core.
 
 configure = read the parameters, load the engine and voices; activate = serve (`speak`, `tts/text`, `tts/stop`,
-`say`, HTTP); deactivate = stop serving (pending requests answered as cancelled); cleanup/shutdown/error = release
-the model and GPU memory. Callbacks only validate and enqueue; the core's worker thread synthesizes.
+`say`, HTTP; the `voices/*` services of ros_voices.py answer once configured); deactivate = stop serving (pending
+requests answered as cancelled); cleanup/shutdown/error = release the model and GPU memory. Callbacks only
+validate and enqueue; the core's worker thread synthesizes.
 
 Everything that exists only between configure and cleanup (the core, the audio outputs, the diagnostics timer, the
 HTTP server) lives in one `_Resources` object, reached only through `_use()`: a callback either gets the whole
@@ -33,10 +34,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from ros2_chatterbox.srv import AddVoice, DeleteVoice, ListVoices, Speak
+from ros2_chatterbox.srv import Speak
 
 from .core import EngineLoadError, RequestError, SpeechCore
 from .ros_audio import RosAudioOut
+from .ros_voices import VoiceServices
 from .say_action import SayActionServer
 from .settings import CONFIGURE, RUNTIME, SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, Settings, check, \
     describe
@@ -119,12 +121,11 @@ class TtsNode(LifecycleNode):
         self.create_service(Speak, "speak", self._on_speak, qos_profile=request_qos,
                             callback_group=self._blocking_group)
         self.create_service(Trigger, "tts/stop", self._on_stop, callback_group=self._fast_group)
-        self.create_service(ListVoices, "voices/list", self._on_list_voices, callback_group=self._fast_group)
-        self.create_service(AddVoice, "voices/add", self._on_add_voice, callback_group=self._blocking_group)
-        self.create_service(DeleteVoice, "voices/delete", self._on_delete_voice, callback_group=self._fast_group)
         self.create_subscription(String, "tts/text", self._on_text, text_qos, callback_group=self._fast_group)
         self._action_server = SayActionServer(self, self._blocking_group, self._submit_goal, self._cancel_job,
                                               self._log, ros.request_depth)
+        self._voice_services = VoiceServices(self, self._configured_core, self._state_label, self._log,
+                                             self._fast_group, self._blocking_group)
 
     # -- state: one accessor ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -144,6 +145,11 @@ class TtsNode(LifecycleNode):
                 with self._state_cond:
                     self._users -= 1
                     self._state_cond.notify_all()
+
+    @contextlib.contextmanager
+    def _configured_core(self) -> Iterator[Optional[SpeechCore]]:
+        with self._use(active_only=False) as res:
+            yield res.core if res is not None else None
 
     def _state_label(self) -> str:
         try:
@@ -406,42 +412,6 @@ class TtsNode(LifecycleNode):
         response.success = True
         response.message = f"stopped; {n} request(s) cancelled"
         return response
-
-    # -- voices ----------------------------------------------------------------------------------------------
-    def _voice_call(self, response, action):
-        with self._use(active_only=False) as res:
-            if res is None:
-                response.success = False
-                response.message = f"the node is not configured (state: {self._state_label()}): configure it first"
-                return response
-            try:
-                action(res.core)
-                response.success = True
-            except RequestError as exc:
-                response.success, response.message = False, exc.message
-        return response
-
-    @_logged
-    def _on_list_voices(self, request: ListVoices.Request, response: ListVoices.Response):
-        def run(core: SpeechCore) -> None:
-            response.names = [v.name for v in core.list_voices()]
-            response.default_voice = core.default_voice
-            response.can_clone = core.can_clone
-            response.message = f"{len(response.names)} voice(s)"
-        return self._voice_call(response, run)
-
-    @_logged
-    def _on_add_voice(self, request: AddVoice.Request, response: AddVoice.Response):
-        def run(core: SpeechCore) -> None:
-            added = core.add_voice_file(request.name, request.path, request.overwrite)
-            response.name, response.duration, response.message = added.name, float(added.duration), added.message
-        return self._voice_call(response, run)
-
-    @_logged
-    def _on_delete_voice(self, request: DeleteVoice.Request, response: DeleteVoice.Response):
-        def run(core: SpeechCore) -> None:
-            response.message = f"voice '{core.delete_voice(request.name)}' deleted"
-        return self._voice_call(response, run)
 
     # -- visibility ------------------------------------------------------------------------------------------
     @_logged
