@@ -1,8 +1,9 @@
 """The ROS 2 door: a lifecycle node over the speech core.
 
 configure = read the parameters, load the engine and voices; activate = serve (`speak`, `tts/text`, `tts/stop`,
-`say`, HTTP); deactivate = stop serving (pending requests answered as cancelled); cleanup/shutdown/error = release
-the model and GPU memory. Callbacks only validate and enqueue; the core's worker thread synthesizes.
+`say`, HTTP; the `voices/*` services of ros_voices.py answer once configured); deactivate = stop serving (pending
+requests answered as cancelled); cleanup/shutdown/error = release the model and GPU memory. Callbacks only
+validate and enqueue; the core's worker thread synthesizes.
 
 Everything that exists only between configure and cleanup (the core, the audio outputs, the diagnostics timer, the
 HTTP server) lives in one `_Resources` object, reached only through `_use()`: a callback either gets the whole
@@ -22,6 +23,7 @@ from typing import Any, Iterator, List, Optional
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -32,10 +34,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from ros2_chatterbox.srv import AddVoice, DeleteVoice, ListVoices, Speak
+from ros2_chatterbox.srv import Speak
 
 from .core import EngineLoadError, RequestError, SpeechCore
 from .ros_audio import RosAudioOut
+from .ros_voices import VoiceServices
 from .say_action import SayActionServer
 from .settings import CONFIGURE, RUNTIME, SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, Settings, check, \
     describe
@@ -67,24 +70,23 @@ class _Resources:
     http: Any = None  # HttpServer while active with http.enabled
 
 
-def _logged(default_response: bool = True):
-    """Service/subscription callbacks never raise into the executor (rclpy's MultiThreadedExecutor re-raises them
-    out of spin(), which would end the node): an unexpected exception is logged and answered as a failure."""
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(self, request=None, response=None):
-            try:
-                return fn(self, request, response) if response is not None else fn(self, request)
-            except Exception as exc:  # noqa: BLE001 - see above
-                self.get_logger().error(f"{fn.__name__} failed: {type(exc).__name__}: {exc}")
-                if response is not None and default_response:
-                    if hasattr(response, "success"):
-                        response.success = False
-                    if hasattr(response, "message"):
-                        response.message = f"internal error: {type(exc).__name__}: {exc}"
-                return response
-        return run
-    return wrap
+def _logged(fn):
+    """Service, subscription and timer callbacks never raise into the executor (rclpy's MultiThreadedExecutor
+    re-raises them out of spin(), which would end the node): an unexpected exception is logged, and a service
+    answers it as a failure."""
+    @functools.wraps(fn)
+    def run(self, request=None, response=None):
+        try:
+            return fn(self, request, response) if response is not None else fn(self, request)
+        except Exception as exc:  # noqa: BLE001 - see above
+            self.get_logger().error(f"{fn.__name__} failed: {type(exc).__name__}: {exc}")
+            if response is not None:
+                if hasattr(response, "success"):
+                    response.success = False
+                if hasattr(response, "message"):
+                    response.message = f"internal error: {type(exc).__name__}: {exc}"
+            return response
+    return run
 
 
 def _serialized(fn):
@@ -102,7 +104,7 @@ class TtsNode(LifecycleNode):
         for s in SETTINGS:
             self.declare_parameter(s.name, s.default, _descriptor(s))
         # start-time settings (QoS depths, autostart) are read once, here; the rest again at each configure
-        self._settings = self._read_settings()
+        self._settings = self._read_settings(lenient=True)
         self._state_cond = threading.Condition()
         self._transition_lock = threading.RLock()  # see _serialized
         self._res: Optional[_Resources] = None
@@ -119,12 +121,11 @@ class TtsNode(LifecycleNode):
         self.create_service(Speak, "speak", self._on_speak, qos_profile=request_qos,
                             callback_group=self._blocking_group)
         self.create_service(Trigger, "tts/stop", self._on_stop, callback_group=self._fast_group)
-        self.create_service(ListVoices, "voices/list", self._on_list_voices, callback_group=self._fast_group)
-        self.create_service(AddVoice, "voices/add", self._on_add_voice, callback_group=self._blocking_group)
-        self.create_service(DeleteVoice, "voices/delete", self._on_delete_voice, callback_group=self._fast_group)
         self.create_subscription(String, "tts/text", self._on_text, text_qos, callback_group=self._fast_group)
         self._action_server = SayActionServer(self, self._blocking_group, self._submit_goal, self._cancel_job,
                                               self._log, ros.request_depth)
+        self._voice_services = VoiceServices(self, self._configured_core, self._state_label, self._log,
+                                             self._fast_group, self._blocking_group)
 
     # -- state: one accessor ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -145,6 +146,11 @@ class TtsNode(LifecycleNode):
                     self._users -= 1
                     self._state_cond.notify_all()
 
+    @contextlib.contextmanager
+    def _configured_core(self) -> Iterator[Optional[SpeechCore]]:
+        with self._use(active_only=False) as res:
+            yield res.core if res is not None else None
+
     def _state_label(self) -> str:
         try:
             return self._state_machine.current_state[1]
@@ -156,8 +162,18 @@ class TtsNode(LifecycleNode):
                                          f"first (or start it with --autostart)")
 
     # -- parameters ------------------------------------------------------------------------------------------
-    def _read_settings(self) -> Settings:
-        return Settings.from_values({s.name: self.get_parameter(s.name).value for s in SETTINGS})
+    def _read_settings(self, lenient: bool = False) -> Settings:
+        """The parameters as settings; raises ConfigError. lenient: an invalid value is logged and left at its
+        default (at start, so that the node comes up and configure reports it)."""
+        values = {s.name: self.get_parameter(s.name).value for s in SETTINGS}
+        if lenient:
+            for name, value in list(values.items()):
+                try:
+                    check(name, value)
+                except ConfigError as exc:
+                    self.get_logger().error(f"invalid parameter (configure will refuse it): {exc}")
+                    del values[name]
+        return Settings.from_values(values)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate; refuse configure-time changes unless unconfigured; hand run-time changes to their owners."""
@@ -363,7 +379,7 @@ class TtsNode(LifecycleNode):
             else:
                 job.cancel(reason)
 
-    @_logged()
+    @_logged
     def _on_speak(self, request: Speak.Request, response: Speak.Response) -> Speak.Response:
         with self._use() as res:
             try:
@@ -378,7 +394,7 @@ class TtsNode(LifecycleNode):
         response.sample_rate = int(result.sample_rate)
         return response
 
-    @_logged()
+    @_logged
     def _on_text(self, msg: String) -> None:
         with self._use() as res:
             try:
@@ -386,7 +402,7 @@ class TtsNode(LifecycleNode):
             except RequestError as exc:
                 self.get_logger().warning(f"tts/text message not spoken: {exc.message}")
 
-    @_logged()
+    @_logged
     def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._use() as res:
             n = 0
@@ -397,44 +413,8 @@ class TtsNode(LifecycleNode):
         response.message = f"stopped; {n} request(s) cancelled"
         return response
 
-    # -- voices ----------------------------------------------------------------------------------------------
-    def _voice_call(self, response, action):
-        with self._use(active_only=False) as res:
-            if res is None:
-                response.success = False
-                response.message = f"the node is not configured (state: {self._state_label()}): configure it first"
-                return response
-            try:
-                action(res.core)
-                response.success = True
-            except RequestError as exc:
-                response.success, response.message = False, exc.message
-        return response
-
-    @_logged()
-    def _on_list_voices(self, request: ListVoices.Request, response: ListVoices.Response):
-        def run(core: SpeechCore) -> None:
-            response.names = [v.name for v in core.list_voices()]
-            response.default_voice = core.default_voice
-            response.can_clone = core.can_clone
-            response.message = f"{len(response.names)} voice(s)"
-        return self._voice_call(response, run)
-
-    @_logged()
-    def _on_add_voice(self, request: AddVoice.Request, response: AddVoice.Response):
-        def run(core: SpeechCore) -> None:
-            added = core.add_voice_file(request.name, request.path, request.overwrite)
-            response.name, response.duration, response.message = added.name, float(added.duration), added.message
-        return self._voice_call(response, run)
-
-    @_logged()
-    def _on_delete_voice(self, request: DeleteVoice.Request, response: DeleteVoice.Response):
-        def run(core: SpeechCore) -> None:
-            response.message = f"voice '{core.delete_voice(request.name)}' deleted"
-        return self._voice_call(response, run)
-
     # -- visibility ------------------------------------------------------------------------------------------
-    @_logged()
+    @_logged
     def _publish_diagnostics(self, _=None) -> None:
         with self._use(active_only=False) as res:
             if res is None:
@@ -489,7 +469,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    node = TtsNode()
+    try:
+        node = TtsNode()
+    except ParameterException as exc:  # a value out of its range or of the wrong type in the parameter file
+        sys.stderr.write(f"[tts_node] invalid parameter: {exc}\n")
+        rclpy.try_shutdown()
+        return 2
     autostart = autostart or node._settings.ros.autostart
     # Each waiting `speak` call holds a thread until its audio is out; the queue bounds how many can wait,
     # so this many threads keep lifecycle, parameter and stop services responsive under a full queue.

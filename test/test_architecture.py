@@ -8,8 +8,8 @@ from typing import Dict, List, Set
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "ros2_chatterbox"
-DOOR_PREFIXES = ("ros2_chatterbox.tts_node", "ros2_chatterbox.ros_audio", "ros2_chatterbox.say_action",
-                 "ros2_chatterbox.http")
+DOOR_PREFIXES = ("ros2_chatterbox.tts_node", "ros2_chatterbox.ros_audio", "ros2_chatterbox.ros_voices",
+                 "ros2_chatterbox.say_action", "ros2_chatterbox.http")
 # what the doors may use besides each other: the core's surface, the settings, the job types, and the pure helpers
 # that turn samples into messages or bytes (audio, encoding), the playback device, the package version
 DOOR_MAY_USE = {"ros2_chatterbox", "ros2_chatterbox.core", "ros2_chatterbox.settings", "ros2_chatterbox.speech_queue",

@@ -213,3 +213,23 @@ def test_repeated_ctrl_c_during_shutdown_is_quiet(client):
         assert "model released" in out
     finally:
         proc.stop()
+
+
+def test_a_bad_parameter_file_is_a_clear_error(client):
+    """Out of range: the node says which parameter and exits 2. Not one of the choices: the node comes up and
+    configure refuses with the reason."""
+    proc = NodeProcess({**FAST, "queue.max_size": 0}, autostart=False, name="badparam", namespace="/badp")
+    try:
+        assert proc.proc.wait(60) == 2, proc.output()
+        out = proc.output()
+        assert "invalid parameter" in out and "queue.max_size" in out and "Traceback" not in out, out[-2000:]
+    finally:
+        proc.stop()
+    ns, lc = "/badchoice", "/badchoice/tts_node"
+    proc = NodeProcess({**FAST, "engine": "espeak"}, autostart=False, name="badchoice", namespace=ns)
+    try:
+        assert client.wait_until(lambda: client.try_state(lc) == "unconfigured", 60), proc.output()
+        assert not client.change_state("configure", lc)
+        assert "engine='espeak' is not one of" in proc.output() and proc.alive()
+    finally:
+        proc.stop()
