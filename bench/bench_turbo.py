@@ -613,11 +613,87 @@ def write_markdown(b: Bench) -> None:
                       "time per step. Top kernels (us per step, launches per step):", ""]
         for t in p["top"][:8]:
             lines.append(f"- {t['us_per_step']} us, {t['per_step']:.0f}x: `{t['kernel']}`")
+    lines += node_markdown(d)
     if d["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in d["errors"]]
     if d["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in d["notes"]]
     (b.out / "bench.md").write_text("\n".join(lines) + "\n")
+
+
+def run_node_rows(b: "Bench", ckpt: Path, args) -> None:
+    """bench_node.py per configuration, each in a fresh process with that configuration's environment."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_node import CONFIG_ENV
+    b.doc["node"] = {}
+    for name in [c for c in args.node.split(",") if c]:
+        path = b.out / f"node-{name}.json"
+        cmd = [sys.executable, str(REPO / "bench" / "bench_node.py"), "--ckpt", str(ckpt), "--config", name,
+               "--out", str(path), "--device", args.device] + (["--tiny"] if args.tiny else []) + \
+            shlex.split(args.node_args)
+        env = {**os.environ, **CONFIG_ENV[name]}
+        print(f"node path, {name}: {' '.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, text=True)
+        try:
+            b.doc["node"][name] = json.loads(path.read_text())
+        except Exception as exc:
+            b.doc["node"][name] = {"errors": [f"no result ({type(exc).__name__}: {exc}); exit {proc.returncode}"]}
+        b.doc["node"][name]["seconds"] = round(time.perf_counter() - t0, 1)
+        b.save()
+
+
+def node_markdown(d: Dict[str, Any]) -> List[str]:
+    """The node-path rows (bench_node.py), one column per configuration."""
+    node = d.get("node") or {}
+    if not node:
+        return []
+    names = list(node)
+    lines = ["", "## The node's path (SpeechCore + ChatterboxTurboEngine, warm voice, one process per column)", "",
+             "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+    def cell(n, *keys, fmt="{}"):
+        v = node[n]
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return fmt.format(v) if v is not None else "-"
+
+    rows = [
+        ("configure", lambda n: ("ok, " + cell(n, "configure", "seconds") + " s") if node[n].get("configure", {})
+         .get("ok") else "REFUSED: " + str(node[n].get("configure", {}).get("error", node[n].get("errors")))[:300]),
+        ("fast path", lambda n: cell(n, "configure", "info", "fast_path", "reason")),
+        ("memory plan / warm-up s", lambda n: cell(n, "configure", "info", "memory", "state") + " / " +
+         cell(n, "configure", "info", "memory", "warm_s")),
+        ("first audio through SpeechCore, median (max) s", lambda n: cell(n, "utterance", "first_audio_s_median") +
+         " (" + cell(n, "utterance", "first_audio_s_max") + ")"),
+        ("engine's first part, median s", lambda n: cell(n, "utterance", "engine_first_chunk_s_median")),
+        ("10 s utterance end to end, median s", lambda n: cell(n, "utterance", "end_to_end_s_median")),
+        ("RTF", lambda n: cell(n, "utterance", "rtf")),
+        ("T3 decode ms/token", lambda n: cell(n, "utterance", "t3_decode_ms_per_token")),
+        ("S3Gen s per call (first chunk)", lambda n: cell(n, "s3gen_first_chunk_s")),
+        ("CPU s per audio s (10 s utterances)", lambda n: cell(n, "utterance", "cpu_s_per_audio_s")),
+        ("CPU s per audio s (mixed)", lambda n: cell(n, "mixed", "cpu_s_per_audio_s")),
+        ("device allocations per warm utterance", lambda n: cell(n, "utterance", "device_allocs_per_utterance")),
+        ("block allocations per warm 10 s utterance", lambda n: cell(n, "utterance",
+                                                                      "block_allocations_per_utterance_median")),
+        ("mixed lengths: utterances / device allocations", lambda n: cell(n, "mixed", "utterances") + " / " +
+         cell(n, "mixed", "device_allocs_total")),
+        ("reserved MiB: configure / first / last / max", lambda n: " / ".join(
+            cell(n, "mixed", k) for k in ("reserved_at_configure_mb", "reserved_mb_first", "reserved_mb_last",
+                                          "reserved_mb_max"))),
+        ("host RSS MiB (of it: CUDA runtime + libraries before the model)", lambda n: cell(
+            n, "memory_after", "rss_mb") + " (" + cell(n, "rss_cuda_runtime_mb") + ")"),
+        ("device MiB (this process, nvidia-smi)", lambda n: cell(n, "memory_after", "process_device_mb")),
+        ("RSS + device MiB", lambda n: cell(n, "memory_after", "rss_plus_process_device_mb")),
+        ("peak allocated MiB", lambda n: cell(n, "memory_after", "max_allocated_mb")),
+        ("host launch calls / graph launches / GPU kernels per audio s", lambda n: " / ".join(
+            cell(n, "launches", k) for k in ("host_launch_calls_per_audio_s", "graph_launches_per_audio_s",
+                                             "gpu_kernels_per_audio_s"))),
+        ("host sync", lambda n: cell(n, "memory_after", "host_sync")),
+    ]
+    for label, fn in rows:
+        lines.append(f"| {label} | " + " | ".join(str(fn(n)).replace("|", "/") for n in names) + " |")
+    return lines
 
 
 def parse(argv=None):
@@ -643,6 +719,10 @@ def parse(argv=None):
     ap.add_argument("--check-every", type=int, default=8)
     ap.add_argument("--equality-tokens", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--node", default="", help="also run bench_node.py (the node path through SpeechCore) for these "
+                    "configurations, each in its own process: fast,jetson,jetson-nocache")
+    ap.add_argument("--node-only", action="store_true", help="only the --node rows")
+    ap.add_argument("--node-args", default="", help="extra arguments for bench_node.py (e.g. '--mixed 100')")
     ap.add_argument("--release-text-head", action="store_true",
                     help="fast configs: free T3's text head (unused by Turbo inference, ~100 MB fp16)")
     return ap.parse_args(argv)
@@ -697,6 +777,15 @@ def main(argv=None) -> int:
         b.doc["build"] = {"seconds": round(time.perf_counter() - t0, 2), **{k: v for k, v in facts.items()
                                                                             if k != "folder"}}
         print(f"checkpoint built: {b.doc['build']}", flush=True)
+
+    if args.node:  # before this process touches the GPU: each child measures its own memory
+        run_node_rows(b, ckpt, args)
+        if args.node_only:
+            b.doc["total_s"] = round(time.perf_counter() - t_main, 1)
+            b.save()
+            write_markdown(b)
+            print((out / "bench.md").read_text(), flush=True)
+            return 0
 
     t0 = time.perf_counter()
     model = load_model(ckpt, args.device, args.tiny, args.model)

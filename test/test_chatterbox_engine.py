@@ -7,10 +7,12 @@ import contextlib
 import gc
 import json
 import math
+import os
 import socket
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,14 +152,37 @@ def test_unreachable_hub_fails_within_the_timeout(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     engine = create_engine("chatterbox_turbo", turbo_config("", hub_cache_dir=str(tmp_path / "hub"),
                                                             hub_timeout_s=1.0))
+    saved_timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
     t0 = time.monotonic()
     try:
         with pytest.raises(EngineLoadError) as err:
             engine.load()
+        assert time.monotonic() - t0 < 15
+        assert "hub" in str(err.value) and "model_dir" in str(err.value)
+        # nothing of the failed attempt outlives it: no download process, no thread; nothing changed process-wide
+        assert fetch_children() == []
+        assert not [th.name for th in threading.enumerate() if th.name.startswith("hub-")]
+        assert constants.HF_HUB_DOWNLOAD_TIMEOUT == saved_timeout
+        # a retried configure starts one fresh attempt (not "already downloading") and fails the same way
+        with pytest.raises(EngineLoadError, match="did not answer"):
+            engine.load()
+        assert fetch_children() == []
     finally:
         server.close()
-    assert time.monotonic() - t0 < 15
-    assert "hub" in str(err.value) and "model_dir" in str(err.value)
+
+
+def fetch_children():
+    """PIDs of this process's children that run the hub download code."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"snapshot_download" in cmd:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_cached_hub_snapshot_loads_offline(tiny_ckpt, tmp_path, monkeypatch):

@@ -167,80 +167,125 @@ def download(repo: str, timeout: float, cache_dir: Optional[str], spec: models.M
     if hf_constants.HF_HUB_OFFLINE or str(os.environ.get("HF_HUB_OFFLINE", "")).lower() in ("1", "true", "yes"):
         raise EngineLoadError(f"'{repo}' is not in the hub cache ({where}) and HF_HUB_OFFLINE is set, so it "
                               f"cannot be downloaded; {fetch_hint(repo)}")
-    _probe_hub(huggingface_hub, repo, token, timeout)
-    return _snapshot_with_watchdog(huggingface_hub, hf_constants, kwargs, repo, timeout, where)
+    return _fetch_in_child(repo, kwargs, timeout, where, hf_constants.ENDPOINT)
 
 
-def _probe_hub(huggingface_hub, repo: str, token: Optional[str], timeout: float) -> None:
-    """Fail within ~timeout when the hub is unreachable or the repository is not accessible."""
-    result: Dict[str, Any] = {}
-
-    def probe() -> None:
-        try:
-            huggingface_hub.HfApi().model_info(repo, token=token, timeout=timeout)
-            result["ok"] = True
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            result["error"] = exc
-
-    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout + 2.0)
-    if thread.is_alive():
-        raise EngineLoadError(f"the Hugging Face hub did not answer within {timeout:.0f} s (hub_timeout_s) while "
-                              f"looking up '{repo}'; check the network, or {fetch_hint(repo)}")
-    exc = result.get("error")
-    if exc is not None:
-        kind = type(exc).__name__
-        denied = kind in ("RepositoryNotFoundError", "GatedRepoError") or \
-            (kind == "HfHubHTTPError" and any(code in str(exc) for code in ("401", "403")))
-        if denied:
-            raise EngineLoadError(f"hub repository '{repo}' was not found or needs access: set HF_TOKEN to a "
-                                  f"token that can read it ({kind}: {str(exc)[:200]})") from exc
-        raise EngineLoadError(f"could not reach the Hugging Face hub for '{repo}' ({kind}: {str(exc)[:200]}); "
-                              f"{fetch_hint(repo)}") from exc
+# The network part runs in a child process, not in threads: a thread stuck in a read cannot be stopped, so it would
+# outlive a failed configure (and a retried configure would start a second download beside it), and the per-read
+# timeout would have to be set process-wide (huggingface_hub reads HF_HUB_DOWNLOAD_TIMEOUT from its constants). The
+# child gets the timeout in its own environment, reports one JSON line per phase, and is killed when configure gives
+# up; one download per process at a time.
+_FETCH_CHILD = r"""
+import json, sys
+a = json.loads(sys.argv[1])
+def say(**kw):
+    print(json.dumps(kw), flush=True)
+try:
+    import huggingface_hub
+    huggingface_hub.HfApi(endpoint=a["endpoint"]).model_info(a["repo_id"], timeout=a["timeout"])
+    say(phase="probe")
+    say(phase="done", path=huggingface_hub.snapshot_download(repo_id=a["repo_id"], cache_dir=a["cache_dir"],
+        allow_patterns=a["allow_patterns"], etag_timeout=a["timeout"], endpoint=a["endpoint"]))
+except BaseException as exc:
+    say(phase="error", kind=type(exc).__name__, message=str(exc)[:500])
+"""
+_FETCH_LOCK = threading.Lock()
+STARTUP_GRACE_S = 10.0   # the child's interpreter start and huggingface_hub import, before its own timeout runs
 
 
-def _snapshot_with_watchdog(huggingface_hub, hf_constants, kwargs: Dict[str, Any], repo: str, timeout: float,
-                            where: str) -> Path:
-    """snapshot_download in a thread; fail when no byte arrives for max(3 * timeout, 60) s."""
-    result: Dict[str, Any] = {}
+def _fetch_in_child(repo: str, kwargs: Dict[str, Any], timeout: float, where: str, endpoint: str) -> Path:
+    """Probe the hub (fail within ~timeout) and download the snapshot in a child process; fail when no byte arrives
+    for max(3 * timeout, 60) s. The child never outlives this call."""
+    import queue
+    import subprocess
+    import sys
+    if not _FETCH_LOCK.acquire(blocking=False):
+        raise EngineLoadError(f"another configure in this process is already downloading from the hub; wait for it "
+                              f"to finish, or {fetch_hint(repo)}")
     repo_cache = Path(where) / ("models--" + repo.replace("/", "--"))
-
-    def download() -> None:
-        try:
-            result["path"] = huggingface_hub.snapshot_download(etag_timeout=timeout, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            result["error"] = exc
-
-    def cache_bytes() -> int:
-        total = 0
-        for root, _dirs, files in os.walk(repo_cache):
-            for f in files:
-                try:
-                    total += os.stat(os.path.join(root, f)).st_size
-                except OSError:
-                    pass
-        return total
-
-    saved_timeout = hf_constants.HF_HUB_DOWNLOAD_TIMEOUT
-    hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = max(int(timeout), 1)  # per-read timeout, read at request time
+    args = {"repo_id": repo, "cache_dir": kwargs.get("cache_dir"), "allow_patterns": kwargs.get("allow_patterns"),
+            "timeout": timeout, "endpoint": endpoint}
+    env = dict(os.environ, HF_HUB_DOWNLOAD_TIMEOUT=str(max(int(timeout), 1)), HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_PROGRESS_BARS="1")
+    proc = None
+    lines: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
+    reader = None
     try:
-        thread = threading.Thread(target=download, name="hub-download", daemon=True)
-        thread.start()
+        proc = subprocess.Popen([sys.executable, "-c", _FETCH_CHILD, json.dumps(args)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+
+        def read() -> None:  # ends when the child's stdout closes (it exits or is killed)
+            for line in proc.stdout:
+                try:
+                    lines.put(json.loads(line))
+                except ValueError:
+                    pass
+            lines.put(None)
+
+        reader = threading.Thread(target=read, name="hub-fetch-reader", daemon=True)
+        reader.start()
+        try:
+            msg = lines.get(timeout=timeout + STARTUP_GRACE_S)
+        except queue.Empty:
+            msg = {"phase": "timeout"}
+        if msg is None or msg.get("phase") == "timeout":
+            raise EngineLoadError(f"the Hugging Face hub did not answer within {timeout:.0f} s (hub_timeout_s) "
+                                  f"while looking up '{repo}'; check the network, or {fetch_hint(repo)}")
+        if msg.get("phase") == "error":
+            _raise_probe_error(repo, msg, timeout)
         stall_limit = max(3.0 * timeout, 60.0)
         last_size, last_change = -1, time.monotonic()
-        while thread.is_alive():
-            thread.join(1.0)
-            size = cache_bytes()
-            if size != last_size:
-                last_size, last_change = size, time.monotonic()
-            elif time.monotonic() - last_change > stall_limit:
-                raise EngineLoadError(f"downloading '{repo}' into {where} stalled for {stall_limit:.0f} s; "
-                                      f"check the network, or {fetch_hint(repo)}")
+        while True:
+            try:
+                msg = lines.get(timeout=1.0)
+            except queue.Empty:
+                size = _tree_bytes(repo_cache)
+                if size != last_size:
+                    last_size, last_change = size, time.monotonic()
+                elif time.monotonic() - last_change > stall_limit:
+                    raise EngineLoadError(f"downloading '{repo}' into {where} stalled for {stall_limit:.0f} s; "
+                                          f"check the network, or {fetch_hint(repo)}")
+                continue
+            if msg is None:
+                raise EngineLoadError(f"downloading '{repo}' failed (the download process ended without a result); "
+                                      f"{fetch_hint(repo)}")
+            if msg.get("phase") == "done":
+                return Path(msg["path"])
+            if msg.get("phase") == "error":
+                raise EngineLoadError(f"downloading '{repo}' failed ({msg.get('kind')}: {msg.get('message', '')[:300]}"
+                                      f"); {fetch_hint(repo)}")
     finally:
-        hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = saved_timeout
-    if "error" in result:
-        exc = result["error"]
-        raise EngineLoadError(f"downloading '{repo}' failed ({type(exc).__name__}: {str(exc)[:300]}); "
-                              f"{fetch_hint(repo)}") from exc
-    return Path(result["path"])
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if reader is not None:
+            reader.join(5.0)
+        _FETCH_LOCK.release()
+
+
+def _raise_probe_error(repo: str, msg: Dict[str, Any], timeout: float) -> None:
+    kind, text = str(msg.get("kind")), str(msg.get("message", ""))
+    if "Timeout" in kind or "timed out" in text:
+        raise EngineLoadError(f"the Hugging Face hub did not answer within {timeout:.0f} s (hub_timeout_s) while "
+                              f"looking up '{repo}' ({kind}); check the network, or {fetch_hint(repo)}")
+    denied = kind in ("RepositoryNotFoundError", "GatedRepoError") or \
+        (kind == "HfHubHTTPError" and any(code in text for code in ("401", "403")))
+    if denied:
+        raise EngineLoadError(f"hub repository '{repo}' was not found or needs access: set HF_TOKEN to a token that "
+                              f"can read it ({kind}: {text[:200]})")
+    raise EngineLoadError(f"could not reach the Hugging Face hub for '{repo}' ({kind}: {text[:200]}); "
+                          f"{fetch_hint(repo)}")
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total

@@ -80,6 +80,7 @@ class ChatterboxTurboEngine(Engine):
     CROSSFADE_FRAMES = 8      # vocoder overlap between chunks (160 ms), as CosyVoice's streaming HiFT cache
     CONTEXT_FRAMES = 4        # extra mel frames of left context for the vocoder's convolutions
     NOISE_BLOCK_FRAMES = 50   # vocoder noise is drawn in blocks seeded by absolute position
+    LOOKAHEAD_TOKENS = 48     # fast path: T3 tokens queued ahead, so T3 runs on the GPU while S3Gen launches
     SELF_CHECK_TOKENS = 64    # greedy tokens compared with upstream at load (stop held down for the check)
     CFM_STEPS = 2             # upstream generate() uses n_cfm_timesteps=2 with the meanflow decoder
 
@@ -199,6 +200,7 @@ class ChatterboxTurboEngine(Engine):
             self.tiny = arch is not None
             self._warm_up()
             self._setup_fast_path()
+            self._release_unused()
             self._take_working_memory()
             self.load_seconds = time.monotonic() - t0
 
@@ -269,7 +271,8 @@ class ChatterboxTurboEngine(Engine):
             if not ok:
                 self._fast_state(f"unsupported: {why}; using the reference loop")
                 return
-            fast = FastT3(model.t3, max_voices=int(self._cfg("voice_cache.max_voices", 8)))
+            fast = FastT3(model.t3, max_voices=int(self._cfg("voice_cache.max_voices", 8)),
+                          lookahead_tokens=self.LOOKAHEAD_TOKENS)
             cond = self._builtin.t3 if self._builtin is not None else self._dummy_t3_cond()
             text = self.tokenize("The quick brown fox jumps over the lazy dog.")
             check = fast.self_check(cond, text, n_tokens=self.SELF_CHECK_TOKENS)
@@ -317,6 +320,15 @@ class ChatterboxTurboEngine(Engine):
                 "allocates its working memory at configure, so Jetson no longer needs it; remove it from your "
                 "container/compose environment), or set the parameter fast_path to false to run the slow "
                 "reference loop on purpose")
+
+    def _release_unused(self) -> None:
+        """What Turbo inference never uses goes before the working memory is taken: T3's text head (~100 MB in fp16;
+        only training's loss reads it) and the CPU-side copies the loader left in glibc's arenas."""
+        from ..fast_t3 import release_text_head
+        with contextlib.suppress(Exception):
+            release_text_head(self._model.t3)
+        gc.collect()
+        trim_host_memory()
 
     WARM_ON_CPU = False   # the configure-time warm-up runs on CUDA (tests switch it on for the CPU)
 
@@ -373,6 +385,8 @@ class ChatterboxTurboEngine(Engine):
         model = self._model
         dev = torch.device(self.device)
         fast = self.fast
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()  # leftovers of the checks: the plan's memory is taken from a clean slate
         if fast is not None:
             fast.warmup(None, text_len=plan.max_text_tokens, max_new_tokens=plan.max_speech_tokens - 1,
                         settings=(None, "greedy"), all_buckets=True)

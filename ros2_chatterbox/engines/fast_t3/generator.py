@@ -111,6 +111,9 @@ class FastT3(StepMixin, GraphsMixin):
     check_every:  decode this many tokens between looks at the stop token (the only host syncs); also the size of
                   the sampling-noise block, so it is part of what a seed reproduces.
     bucket:       attention length granularity of the captured graphs (positions).
+    lookahead_tokens: tokens queued on the GPU ahead of the host's stop-token check (CUDA; at least one chunk):
+                  more lets T3 run while the caller decodes audio, at the cost of up to this many tokens decoded
+                  past the stop token and discarded.
     max_voices:   voice prefixes kept (LRU); each is n_layer*2*n_embd*len*itemsize bytes (~37 MB fp16 for 375).
     prefix_cache: reuse the voice prefix's keys/values (False = prefill [cond, text, start] in one pass as upstream).
 
@@ -120,7 +123,8 @@ class FastT3(StepMixin, GraphsMixin):
 
     def __init__(self, t3, device=None, dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True,
                  compile: bool = False, check_every: int = 8, bucket: int = 256, max_voices: int = 8,
-                 prefix_cache: bool = True, tune_layouts: bool = True, kernels: str = "auto"):
+                 prefix_cache: bool = True, tune_layouts: bool = True, kernels: str = "auto",
+                 lookahead_tokens: int = 8):
         ok, why = self.supported(t3)
         if not ok:
             raise ValueError(f"FastT3 cannot run this T3: {why}")
@@ -137,6 +141,7 @@ class FastT3(StepMixin, GraphsMixin):
         self.use_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self.use_compile = bool(compile) and self.device.type == "cuda"
         self.check_every = max(1, int(check_every))
+        self.lookahead_tokens = max(1, int(lookahead_tokens))
         self.bucket = max(16, int(bucket))
         self.max_voices = max(1, int(max_voices))
         self.prefix_cache = bool(prefix_cache)
@@ -365,7 +370,9 @@ class FastT3(StepMixin, GraphsMixin):
         ends = sorted(c for c in checks if 1 <= c <= total)
         # On CUDA the next chunk is queued before the host looks at the current one (one chunk ahead), so the GPU
         # never waits for the host's stop-token check; what runs past the stop token is discarded.
-        lookahead = 1 if cuda else 0
+        # (lookahead_tokens / check_every chunks ahead: while the caller decodes audio, whose kernel launches keep
+        # the CPU busy, the GPU goes on with T3 behind them instead of idling)
+        lookahead = max(1, -(-self.lookahead_tokens // N)) if cuda else 0
         state = {"i": 1}
         marks: List[Any] = []                       # per queued chunk: (end, event after its last step)
 
