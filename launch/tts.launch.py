@@ -4,9 +4,9 @@
                                               [autostart:=true|false] [log_level:=info]
 
 Activation follows only the first configuring -> inactive transition: a later deactivate (or cleanup + configure)
-leaves the node inactive, and a failed activate (the node logs its reason) is reported once, never retried. A failed configure leaves
-the node unconfigured, reported once; fix the parameters and `ros2 lifecycle set <node> configure`. With
-`autostart:=false` nothing is triggered: drive the node with `ros2 lifecycle set` or a lifecycle manager.
+leaves the node inactive, and a failed activate (the node logs its reason) is reported once, never retried. A failed
+configure leaves the node unconfigured, reported once; fix the parameters and `ros2 lifecycle set <node> configure`.
+With `autostart:=false` nothing is triggered: drive the node with `ros2 lifecycle set` or a lifecycle manager.
 """
 import os
 

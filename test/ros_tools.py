@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import pty
 import re
 import shutil
 import signal
@@ -59,8 +60,10 @@ def readme_commands() -> List[str]:
 
 
 def readme_command(start: str, contains: str = "") -> str:
-    """The README's one command that starts with `start` (and contains `contains`)."""
+    """The README's one command that starts with `start` and contains `contains` (or is exactly `start`)."""
     found = [c for c in readme_commands() if c.startswith(start) and contains in c]
+    if start in found:
+        return start
     assert len(found) == 1, f"the README should show exactly one command starting {start!r} ({contains!r}): {found}"
     return found[0]
 
@@ -106,9 +109,13 @@ class Background:
         self.command = command
         self.log_path = ARTIFACTS / f"{name}-{os.getpid()}-{int(time.time() * 1000) % 10**8}.log"
         self._log = open(self.log_path, "w")
+        # A terminal on stdin, as for a user: `ros2 launch` then knows that Ctrl-C reached its processes already
+        # (without one it assumes a service manager and signals them a second time).
+        self._tty, tty = pty.openpty()
         # bash -c with one command execs it: the group leader is the command itself
         self.proc = subprocess.Popen(["bash", "-c", command], cwd=str(ROOT), env=tools_env(), stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.STDOUT, stdin=tty, start_new_session=True)
+        os.close(tty)
 
     def output(self) -> str:
         self._log.flush()
@@ -146,3 +153,4 @@ class Background:
         if self.proc.poll() is None:
             self.proc.wait(10)
         self._log.close()
+        os.close(self._tty)

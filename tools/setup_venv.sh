@@ -52,7 +52,8 @@ if ! stamp_ok ros "$ROS_REQ"; then
   pip_install -r "$ROS_REQ" -c "$ROOT/requirements/constraints.txt"
   # The wheels' CMake exports hard-code the manylinux build container's Python paths.
   PYINC=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-  grep -rl '/opt/python/cp3' "$VENV/share" --include='*.cmake' 2>/dev/null | xargs -r sed -i -E \
+  # (nothing left to rewrite on a re-run: grep finds nothing, which is fine)
+  { grep -rl '/opt/python/cp3' "$VENV/share" --include='*.cmake' 2>/dev/null || true; } | xargs -r sed -i -E \
     -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g" \
     -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/(_core|core)/include#__NUMPY_INCLUDE__#g"
   stamp_set ros "$ROS_REQ"
