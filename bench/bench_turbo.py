@@ -552,7 +552,9 @@ def write_markdown(b: Bench) -> None:
              f"- software: python {v.get('python')}, torch {v.get('torch')} (CUDA {v.get('torch_cuda')}), "
              f"transformers {v.get('transformers')}, chatterbox-tts {v.get('chatterbox-tts')}, numpy "
              f"{v.get('numpy')}, triton {v.get('triton')}", f"- command: `{d['command']}`",
-             f"- weights: random, real checkpoint layout, loaded with `from_local` in {d.get('load_s')} s; "
+             f"- weights: random, real checkpoint layout, loaded with "
+             f"{'models.load_local (from_local with a GPT-2 small T3)' if d.get('model') == 'nano' else '`from_local`'}"
+             f" in {d.get('load_s')} s; "
              f"conditioning (16 s reference, {d.get('prompt_tokens')} prompt tokens): "
              f"{d.get('cond_cold_s')} s cold, {d.get('cond_warm_s')} s warm",
              "- stop token suppressed: exact token counts; sampling: upstream defaults (0.8 / 1000 / 0.95 / 1.2); "

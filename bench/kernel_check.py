@@ -100,7 +100,8 @@ def main(argv=None) -> int:
              f"{sum(r['ok'] for r in doc['equality'])}/{len(doc['equality'])} shapes; worst "
              f"{max(r['rel_err'] for r in doc['equality']):.2e}", "",
              "fp16, one call, us (100 calls in a CUDA graph):", "",
-             "| width | N x K | MB | PyTorch ops | Triton | block_n 2 / 4 / 8 / 16 | TB/s |", "|---|---|---|---|---|---|---|"]
+             "| width | N x K | MB | PyTorch ops | Triton | block_n 2 / 4 / 8 / 16 | TB/s |",
+             "|---|---|---|---|---|---|---|"]
     for t in doc["timings"]:
         lines.append(f"| {t['D']} | {t['N']} x {t['K']} | {t['mb']} | {t['torch_us']} | {t['triton_us']} | "
                      f"{t['triton_bn2_us']} / {t['triton_bn4_us']} / {t['triton_bn8_us']} / {t['triton_bn16_us']} | "

@@ -84,7 +84,8 @@ def test_renamed_t3_file_of_the_other_width_is_named(tmp_path):
     import torch
     from safetensors.torch import save_file
     from ros2_chatterbox.engines.chatterbox import models
-    save_file({"speech_emb.weight": torch.zeros(6563, 768, dtype=torch.int8)}, str(tmp_path / "t3_turbo_v1.safetensors"))
+    save_file({"speech_emb.weight": torch.zeros(6563, 768, dtype=torch.int8)},
+              str(tmp_path / "t3_turbo_v1.safetensors"))
     msg = models.wrong_model_message(tmp_path, models.MODELS["turbo"])
     assert "Chatterbox-Nano's T3 (768 wide" in msg and "rename it to t3_nano_v1.safetensors" in msg
     assert "set the parameter model to 'nano'" in msg
@@ -96,7 +97,7 @@ def test_model_parameter_values_and_hub_repository():
     from ros2_chatterbox.engines.chatterbox import models
     from ros2_chatterbox.engines.chatterbox.checkpoint import resolve_repo
     setting = next(s for s in SETTINGS if s.name == "model")
-    assert setting.default == "turbo" and setting.choices == ("turbo", "nano") and setting.read_only
+    assert setting.default == "turbo" and setting.choices == ("turbo", "nano") and setting.stage == "configure"
     assert models.model_spec(" Nano ").name == "nano" and models.model_spec("chatterbox-turbo").name == "turbo"
     with pytest.raises(ValueError, match="turbo, nano"):
         models.model_spec("large")

@@ -2,8 +2,9 @@
 chatterbox-tts 0.1.7, which has no Nano configuration.
 
 Chatterbox-Nano (Resemble AI, July 2026) is Turbo's architecture with a GPT-2 small T3 (12 layers, 768 wide, 12 heads,
-110M parameters) instead of GPT-2 medium (24 layers, 1024 wide): the same speech-token vocabulary (6563), 375-token
-voice prompt, GPT-2 tokenizer with the paralinguistic tags, voice encoder, meanflow S3Gen and built-in voice file.
+110M parameters by Resemble's count) instead of GPT-2 medium (24 layers, 1024 wide): the same speech-token vocabulary
+(6563), 375-token voice prompt, GPT-2 tokenizer with the paralinguistic tags, voice encoder, meanflow S3Gen and
+built-in voice file.
 Only the T3 weights differ: `t3_nano_v1.safetensors` in the hub repository `ResembleAI/chatterbox-nano` instead of
 `t3_turbo_v1.safetensors` in `ResembleAI/chatterbox-turbo`.
 
@@ -16,8 +17,8 @@ Upstream selects Nano with `ChatterboxTurboTTS.from_local(dir, device, nano=True
 
 `T3(hp)` looks its backbone configuration up by name in chatterbox's `LLAMA_CONFIGS` (0.1.7 knows "GPT2_medium" and
 "Llama_520M"). `gpt2_configs` makes a name known for the duration of a `with` block, under a process-wide lock, and
-then restores the table exactly (a name that was not there is removed again): nothing of upstream is changed at
-import time or outside the block, and a chatterbox release that already knows "GPT2_small" keeps its own entry.
+then restores the table exactly (a name that was not there is removed again, an entry a later release has under
+that name is put back): nothing of upstream is changed at import time or outside the block.
 """
 from __future__ import annotations
 
