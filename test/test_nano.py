@@ -97,7 +97,7 @@ def test_model_parameter_values_and_hub_repository():
     from ros2_chatterbox.engines.chatterbox import models
     from ros2_chatterbox.engines.chatterbox.checkpoint import resolve_repo
     setting = next(s for s in SETTINGS if s.name == "model")
-    assert setting.default == "turbo" and setting.choices == ("turbo", "nano") and setting.read_only
+    assert setting.default == "turbo" and setting.choices == ("turbo", "nano") and setting.stage == "configure"
     assert models.model_spec(" Nano ").name == "nano" and models.model_spec("chatterbox-turbo").name == "turbo"
     with pytest.raises(ValueError, match="turbo, nano"):
         models.model_spec("large")

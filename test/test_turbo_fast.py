@@ -6,16 +6,19 @@ give different tokens and the comparison means something.
 """
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("chatterbox")
-pytest.importorskip("transformers")
+from optional import optional_import, requires
 
-from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo  # noqa: E402
-from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings  # noqa: E402
+NEEDS = ("torch", "chatterbox", "transformers")
+pytestmark = requires(*NEEDS, hint="make setup")
+torch = optional_import("torch")
+if all(optional_import(name) is not None for name in NEEDS):
+    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
+    from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings
+
+    GREEDY = SamplingSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
 
 STOP = 6562
 START = 6561
-GREEDY = SamplingSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
 TEXTS = ["Hello world.", "The quick brown fox jumps over the lazy dog. Testing one two three.",
          "Hi there [laugh] how are you today?"]
 
