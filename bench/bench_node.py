@@ -289,7 +289,8 @@ def main(argv=None) -> int:
             graph_launches = sum(e.count for e in events if e.key == "cudaGraphLaunch")
             kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
                           and str(e.device_type).endswith("CUDA"))
-            doc["launches"] = {"audio_s": r["audio_s"], "host_launch_calls_per_audio_s": round(launches / r["audio_s"], 1),
+            doc["launches"] = {"audio_s": r["audio_s"],
+                               "host_launch_calls_per_audio_s": round(launches / r["audio_s"], 1),
                                "graph_launches_per_audio_s": round(graph_launches / r["audio_s"], 1),
                                "gpu_kernels_per_audio_s": round(kernels / r["audio_s"], 1)}
             print(json.dumps(doc["launches"]), flush=True)

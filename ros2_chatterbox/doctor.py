@@ -7,6 +7,7 @@ Without CUDA (or without torch) it says so and exits 0; it exits 1 only when a G
 
     ros2-chatterbox-doctor            # or: python -m ros2_chatterbox.doctor / ros2 run ros2_chatterbox doctor
     ros2-chatterbox-doctor --json     # machine-readable
+    ros2-chatterbox-doctor --url http://127.0.0.1:8004   # also ask the running node: fast path, memory plan
 
 Imports neither rclpy nor chatterbox; torch is imported inside :func:`collect`.
 """
@@ -333,11 +334,45 @@ def library_report(manifest_path: str, jetson: bool) -> List[Dict[str, str]]:
     return libs
 
 
-def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True) -> Dict[str, Any]:
+def node_report(url: str, api_key: str = "", timeout: float = 5.0) -> Dict[str, Any]:
+    """The running node's engine state from its HTTP API (/api/model-info): whether the fast path runs (and why not),
+    the memory plan and what configure took. {'ok': False, 'error': ...} when the node cannot be asked."""
+    import urllib.request
+    request = urllib.request.Request(url.rstrip("/") + "/api/model-info")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - a URL the user gave
+            info = json.loads(response.read().decode("utf-8"))
+    except Exception as exc:  # unreachable, 401, not JSON: reported, never raised
+        return {"ok": False, "url": url, "error": f"{type(exc).__name__}: {exc}"}
+    fast = info.get("fast_path") if isinstance(info.get("fast_path"), dict) else {}
+    memory = info.get("memory") if isinstance(info.get("memory"), dict) else {}
+    return {"ok": True, "url": url, "engine": info.get("engine"), "device": info.get("device"),
+            "fast_path": fast, "fast_path_warning": info.get("fast_path_warning") or "",
+            "memory": {k: memory.get(k) for k in ("state", "reserved_mb", "device_allocs_since_configure",
+                                                   "rss_plus_device_mb", "host_sync")}}
+
+
+def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True, node_url: str = "",
+            api_key: str = "") -> Dict[str, Any]:
     """Everything the doctor knows, as a JSON-serialisable dict."""
     from . import jetson_patches
 
     report: Dict[str, Any] = {"platform": platform_report(), "problems": []}
+    if node_url:
+        node = report["node"] = node_report(node_url, api_key)
+        if node["ok"] and node["fast_path_warning"]:
+            report["problems"].append({"name": "the node's fast path is not running normally",
+                                       "error": node["fast_path_warning"][:400],
+                                       "cause": "the engine fell back (see the error)",
+                                       "fix": "fix the cause named there (often: unset PYTORCH_NO_CUDA_MEMORY_CACHING); "
+                                              "the node's configure log has the same warning"})
+        elif not node["ok"]:
+            report["problems"].append({"name": f"node at {node_url}", "error": node["error"],
+                                       "cause": "the node's HTTP API did not answer",
+                                       "fix": "check that the node is active, the port, and the API key "
+                                              "(--api-key or CHATTERBOX_API_KEY)"})
     jetson = report["platform"]["jetson"]
     try:
         report["jetson_patches_auto"] = jetson_patches.should_apply("auto")
@@ -460,6 +495,16 @@ def render(report: Dict[str, Any]) -> str:
             else:
                 lines += [f"  FAIL  {check['name']}: {check['error']}",
                           f"        cause: {check['cause']}", f"        fix:   {check['fix']}"]
+    node = report.get("node")
+    if node and node.get("ok"):
+        fp = node.get("fast_path") or {}
+        mem = node.get("memory") or {}
+        lines += ["", f"Running node ({node['url']})",
+                  f"  engine {node.get('engine')} on {node.get('device')}; fast path: "
+                  f"{'active' if fp.get('active') else 'NOT active'} ({fp.get('reason', 'unknown')})",
+                  f"  memory: {mem.get('state')}; reserved {mem.get('reserved_mb')} MiB; device allocations since "
+                  f"configure {mem.get('device_allocs_since_configure')}; RSS + device {mem.get('rss_plus_device_mb')} "
+                  f"MiB; host sync {mem.get('host_sync')}"]
     if report["problems"]:
         lines += ["", "Problems"]
         for prob in report["problems"]:
@@ -476,8 +521,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--manifest", default=os.environ.get("CHATTERBOX_SBSA_MANIFEST", DEFAULT_MANIFEST),
                         help="SBSA manifest of the image (default: %(default)s)")
     parser.add_argument("--no-checks", action="store_true", help="skip the tiny cuBLAS/cuDNN/cuFFT calls")
+    parser.add_argument("--url", default="", help="also ask the running node's HTTP API (e.g. http://127.0.0.1:8004) "
+                        "whether its fast path runs and what memory it took")
+    parser.add_argument("--api-key", default=os.environ.get("CHATTERBOX_API_KEY", ""),
+                        help="the node's http.api_key (default: $CHATTERBOX_API_KEY)")
     args = parser.parse_args(argv)
-    report = collect(args.manifest, run_checks=not args.no_checks)
+    report = collect(args.manifest, run_checks=not args.no_checks, node_url=args.url, api_key=args.api_key)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
     else:

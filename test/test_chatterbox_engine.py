@@ -28,7 +28,8 @@ pytestmark = pytest.mark.timeout(300)
 INFO_KEYS = {"engine", "sample_rate", "loaded", "can_clone", "device", "dtype", "model_dir", "model_source",
              "rss_mb", "voice_cache_voices", "voice_cache_mb", "voice_cache_max_voices", "voice_cache_max_mb",
              "voice_cache_hits", "voice_cache_misses", "voice_cache_evictions", "fast_path", "fast_path_active",
-             "fast_path_state", "fast_path_warning", "jetson_patches", "jetson_patches_active", "builtin_voice", "tiny_checkpoint"}
+             "fast_path_state", "fast_path_warning", "jetson_patches", "jetson_patches_active", "builtin_voice",
+             "tiny_checkpoint"}
 
 
 @contextlib.contextmanager

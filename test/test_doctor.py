@@ -221,3 +221,49 @@ def test_gpu_checks_catch_wrong_results_and_name_the_library(monkeypatch):
     assert not bad["ok"] and "wrong result" in bad["error"]
     assert "cuFFT" in bad["cause"] and "start-gpu.sh" in bad["fix"]
     assert checks["cuBLAS matmul (fp32)"]["ok"]
+
+
+def test_doctor_asks_the_running_node_and_reports_a_fast_path_fallback(capsys):
+    """--url: the doctor reads the node's /api/model-info and reports its fast path (a fallback is a problem) and
+    the memory configure took; a node that does not answer is named with what to check."""
+    import http.server
+    import threading
+
+    info = {"engine": "chatterbox_turbo", "device": "cuda:0",
+            "fast_path": {"requested": True, "active": False, "fallback": True,
+                          "reason": "failed to start (RuntimeError: capture); using the reference loop"},
+            "fast_path_warning": "failed to start (RuntimeError: capture); using the reference loop",
+            "memory": {"state": "taken at configure", "reserved_mb": 5086.0, "device_allocs_since_configure": 0,
+                       "rss_plus_device_mb": 9000.0, "host_sync": "blocking_sync"}}
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps(info).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert doctor.main(["--no-checks", "--url", url, "--api-key", "k"]) == 0  # a problem, not a failed check
+        text = capsys.readouterr().out
+        assert "fast path: NOT active (failed to start" in text and "reserved 5086.0 MiB" in text
+        assert "the node's fast path is not running normally" in text
+        assert seen == [("/api/model-info", "Bearer k")]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    report = doctor.collect(run_checks=False, node_url=url)  # the server is gone now
+    assert not report["node"]["ok"]
+    assert any(p["name"] == f"node at {url}" and "API key" in p["fix"] for p in report["problems"])

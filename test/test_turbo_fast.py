@@ -1,7 +1,7 @@
 """FastT3 (ros2_chatterbox/engines/fast_t3/) against upstream `T3.inference_turbo`, on a tiny random T3 (CPU).
 
-The tiny T3 is upstream's class at small widths (ros2_chatterbox.engines.chatterbox.tiny_checkpoint). Random weights at their init
-scale barely look at the text, so the attention and MLP weights are scaled up: then different texts and voices
+The tiny T3 is upstream's class at small widths (ros2_chatterbox.engines.chatterbox.tiny_checkpoint). Random weights at
+their init scale barely look at the text, so the attention and MLP weights are scaled up: then different texts and voices
 give different tokens and the comparison means something.
 """
 import pytest
