@@ -18,7 +18,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE ?= 0
 
-.PHONY: setup setup-test run http test test-ros bench lint clean help
+.PHONY: setup setup-test run http test test-ros bench clean help
 
 help:
 	@echo "make run [PARAMS=file]   set up if needed, then start the node (HTTP on 127.0.0.1:8004)"
@@ -39,7 +39,7 @@ run: setup
 	ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-42} $(PY) -m ros2_chatterbox.tts_node --autostart --ros-args --params-file $(PARAMS)
 
 http: setup
-	$(PY) -m ros2_chatterbox.http_server --params $(PARAMS)
+	$(PY) -m ros2_chatterbox.http --params $(PARAMS)
 
 test: setup-test
 	$(WITH_TOOLS) $(PY) -m pytest test $(PYTEST_ARGS)

@@ -141,20 +141,22 @@ def versions() -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------------------------
-def build_full_checkpoint(folder: Path, seed: int = 0) -> Dict[str, Any]:
-    """Random-init real Turbo modules, saved in the hub snapshot's layout (no conds.pt: the voice is conditioned)."""
+def build_full_checkpoint(folder: Path, seed: int = 0, model: str = "turbo") -> Dict[str, Any]:
+    """Random-init real Turbo (or Nano) modules, saved in the hub snapshot's layout (no conds.pt: the voice is
+    conditioned)."""
     import torch
     from chatterbox.models.s3gen import S3Gen
     from chatterbox.models.t3 import T3
     from chatterbox.models.voice_encoder import VoiceEncoder
     from safetensors.torch import save_file
-    from ros2_chatterbox.engines import tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import models, tiny_checkpoint as tiny_turbo
 
+    spec = models.model_spec(model)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     params = {}
-    for name, make in (("ve.safetensors", VoiceEncoder), ("t3_turbo_v1.safetensors", lambda: T3(tiny_turbo.turbo_hp())),
+    for name, make in (("ve.safetensors", VoiceEncoder), (spec.t3_file, lambda: models.build_t3(spec)),
                        ("s3gen_meanflow.safetensors", lambda: S3Gen(meanflow=True))):
         module = make()
         params[name] = int(sum(p.numel() for p in module.parameters()))
@@ -166,13 +168,17 @@ def build_full_checkpoint(folder: Path, seed: int = 0) -> Dict[str, Any]:
     return {"seconds": round(time.perf_counter() - t0, 2), "params": params}
 
 
-def load_model(folder: Path, device: str, tiny: bool):
+def load_model(folder: Path, device: str, tiny: bool, model: str = "turbo"):
+    """Turbo through upstream's from_local, Nano through models.load_local (the engine's two paths)."""
+    import contextlib
     from chatterbox.tts_turbo import ChatterboxTurboTTS
-    from ros2_chatterbox.engines import tiny_turbo
-    if tiny:
-        with tiny_turbo.tiny_patches(tiny_turbo.read_arch(folder)):
+    from ros2_chatterbox.engines.chatterbox import models, tiny_checkpoint as tiny_turbo
+    spec = models.model_spec(model)
+    arch = tiny_turbo.read_arch(folder) if tiny else None
+    with tiny_turbo.tiny_patches(arch) if tiny else contextlib.nullcontext():
+        if spec.name == "turbo":
             return ChatterboxTurboTTS.from_local(folder, device)
-    return ChatterboxTurboTTS.from_local(folder, device)
+        return models.load_local(folder, device, spec, arch["t3"] if arch else None)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -189,7 +195,8 @@ class Bench:
         self.doc: Dict[str, Any] = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
                                     "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
                                         timespec="seconds"),
-                                    "mode": "tiny" if args.tiny else "full", "device": self.device, "rows": [],
+                                    "mode": "tiny" if args.tiny else "full", "model": args.model,
+                                    "device": self.device, "rows": [],
                                     "equality": [], "micro": [], "profile": [], "errors": [], "notes": []}
 
     def save(self) -> None:
@@ -240,7 +247,7 @@ def set_t3_dtype(model, dtype, t3_state, cond0) -> None:
     """T3 in `dtype` from the pristine fp32 weights (text head restored if a fast config released it);
     conditioning cast to match (upstream needs it for fp16)."""
     import torch
-    from ros2_chatterbox.engines.turbo_fast import cast_cond
+    from ros2_chatterbox.engines.fast_t3 import cast_cond
     t3 = model.t3
     if getattr(t3, "text_head", None) is None:
         t3.text_head = torch.nn.Linear(t3.cfg.hidden_size, t3.hp.text_tokens_dict_size, bias=False,
@@ -373,7 +380,7 @@ def add_row(b: Bench, row: Dict[str, Any]) -> None:
 def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs: bool, compile_: bool,
              greedy_ref: Dict[int, List[int]], kernels: str = "torch") -> None:
     torch = b.torch
-    from ros2_chatterbox.engines.turbo_fast import FastT3, SamplingSettings, release_text_head
+    from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings, release_text_head
     cond = model.conds.t3
     released = release_text_head(model.t3) if b.args.release_text_head else 0
     b.reset_peak(model)
@@ -539,12 +546,15 @@ def write_markdown(b: Bench) -> None:
     d = b.doc
     v = d.get("versions", {})
     card = v.get("gpu") or f"CPU ({platform.processor() or platform.machine()}, {v.get('cpu_threads')} threads)"
-    lines = [f"# Chatterbox Turbo speed: upstream vs FastT3 ({d['mode']} weights, {card})", "",
+    title = "Chatterbox-Nano" if d.get("model") == "nano" else "Chatterbox Turbo"
+    lines = [f"# {title} speed: upstream vs FastT3 ({d['mode']} weights, {card})", "",
              f"- date (UTC): {d['date_utc']}", f"- device: {d['device']}; card: {v.get('nvidia_smi') or card}",
              f"- software: python {v.get('python')}, torch {v.get('torch')} (CUDA {v.get('torch_cuda')}), "
              f"transformers {v.get('transformers')}, chatterbox-tts {v.get('chatterbox-tts')}, numpy "
              f"{v.get('numpy')}, triton {v.get('triton')}", f"- command: `{d['command']}`",
-             f"- weights: random, real checkpoint layout, loaded with `from_local` in {d.get('load_s')} s; "
+             f"- weights: random, real checkpoint layout, loaded with "
+             f"{'models.load_local (from_local with a GPT-2 small T3)' if d.get('model') == 'nano' else '`from_local`'}"
+             f" in {d.get('load_s')} s; "
              f"conditioning (16 s reference, {d.get('prompt_tokens')} prompt tokens): "
              f"{d.get('cond_cold_s')} s cold, {d.get('cond_warm_s')} s warm",
              "- stop token suppressed: exact token counts; sampling: upstream defaults (0.8 / 1000 / 0.95 / 1.2); "
@@ -605,6 +615,7 @@ def write_markdown(b: Bench) -> None:
                       "time per step. Top kernels (us per step, launches per step):", ""]
         for t in p["top"][:8]:
             lines.append(f"- {t['us_per_step']} us, {t['per_step']:.0f}x: `{t['kernel']}`")
+    lines += node_markdown(d)
     if d["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in d["errors"]]
     if d["notes"]:
@@ -612,9 +623,85 @@ def write_markdown(b: Bench) -> None:
     (b.out / "bench.md").write_text("\n".join(lines) + "\n")
 
 
+def run_node_rows(b: "Bench", ckpt: Path, args) -> None:
+    """bench_node.py per configuration, each in a fresh process with that configuration's environment."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_node import CONFIG_ENV
+    b.doc["node"] = {}
+    for name in [c for c in args.node.split(",") if c]:
+        path = b.out / f"node-{name}.json"
+        cmd = [sys.executable, str(REPO / "bench" / "bench_node.py"), "--ckpt", str(ckpt), "--config", name,
+               "--out", str(path), "--device", args.device] + (["--tiny"] if args.tiny else []) + \
+            shlex.split(args.node_args)
+        env = {**os.environ, **CONFIG_ENV[name]}
+        print(f"node path, {name}: {' '.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, text=True)
+        try:
+            b.doc["node"][name] = json.loads(path.read_text())
+        except Exception as exc:
+            b.doc["node"][name] = {"errors": [f"no result ({type(exc).__name__}: {exc}); exit {proc.returncode}"]}
+        b.doc["node"][name]["seconds"] = round(time.perf_counter() - t0, 1)
+        b.save()
+
+
+def node_markdown(d: Dict[str, Any]) -> List[str]:
+    """The node-path rows (bench_node.py), one column per configuration."""
+    node = d.get("node") or {}
+    if not node:
+        return []
+    names = list(node)
+    lines = ["", "## The node's path (SpeechCore + ChatterboxTurboEngine, warm voice, one process per column)", "",
+             "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+    def cell(n, *keys, fmt="{}"):
+        v = node[n]
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return fmt.format(v) if v is not None else "-"
+
+    rows = [
+        ("configure", lambda n: ("ok, " + cell(n, "configure", "seconds") + " s") if node[n].get("configure", {})
+         .get("ok") else "REFUSED: " + str(node[n].get("configure", {}).get("error", node[n].get("errors")))[:300]),
+        ("fast path", lambda n: cell(n, "configure", "info", "fast_path", "reason")),
+        ("memory plan / warm-up s", lambda n: cell(n, "configure", "info", "memory", "state") + " / " +
+         cell(n, "configure", "info", "memory", "warm_s")),
+        ("first audio through SpeechCore, median (max) s", lambda n: cell(n, "utterance", "first_audio_s_median") +
+         " (" + cell(n, "utterance", "first_audio_s_max") + ")"),
+        ("engine's first part, median s", lambda n: cell(n, "utterance", "engine_first_chunk_s_median")),
+        ("10 s utterance end to end, median s", lambda n: cell(n, "utterance", "end_to_end_s_median")),
+        ("RTF", lambda n: cell(n, "utterance", "rtf")),
+        ("T3 decode ms/token", lambda n: cell(n, "utterance", "t3_decode_ms_per_token")),
+        ("S3Gen s per call (first chunk)", lambda n: cell(n, "s3gen_first_chunk_s")),
+        ("CPU s per audio s (10 s utterances)", lambda n: cell(n, "utterance", "cpu_s_per_audio_s")),
+        ("CPU s per audio s (mixed)", lambda n: cell(n, "mixed", "cpu_s_per_audio_s")),
+        ("device allocations per warm utterance", lambda n: cell(n, "utterance", "device_allocs_per_utterance")),
+        ("block allocations per warm 10 s utterance", lambda n: cell(n, "utterance",
+                                                                      "block_allocations_per_utterance_median")),
+        ("mixed lengths: utterances / device allocations", lambda n: cell(n, "mixed", "utterances") + " / " +
+         cell(n, "mixed", "device_allocs_total")),
+        ("reserved MiB: configure / first / last / max", lambda n: " / ".join(
+            cell(n, "mixed", k) for k in ("reserved_at_configure_mb", "reserved_mb_first", "reserved_mb_last",
+                                          "reserved_mb_max"))),
+        ("host RSS MiB (of it: CUDA runtime + libraries before the model)", lambda n: cell(
+            n, "memory_after", "rss_mb") + " (" + cell(n, "rss_cuda_runtime_mb") + ")"),
+        ("device MiB (this process, nvidia-smi)", lambda n: cell(n, "memory_after", "process_device_mb")),
+        ("RSS + device MiB", lambda n: cell(n, "memory_after", "rss_plus_process_device_mb")),
+        ("peak allocated MiB", lambda n: cell(n, "memory_after", "max_allocated_mb")),
+        ("host launch calls / graph launches / GPU kernels per audio s", lambda n: " / ".join(
+            cell(n, "launches", k) for k in ("host_launch_calls_per_audio_s", "graph_launches_per_audio_s",
+                                             "gpu_kernels_per_audio_s"))),
+        ("host sync", lambda n: cell(n, "memory_after", "host_sync")),
+    ]
+    for label, fn in rows:
+        lines.append(f"| {label} | " + " | ".join(str(fn(n)).replace("|", "/") for n in names) + " |")
+    return lines
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", choices=("turbo", "nano"), default="turbo", help="which T3 (default turbo)")
     ap.add_argument("--tiny", action="store_true", help="tiny random checkpoint on CPU (smoke test)")
     ap.add_argument("--full", action="store_true", help="full-size random weights (default unless --tiny)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available, cpu for --tiny)")
@@ -634,6 +721,10 @@ def parse(argv=None):
     ap.add_argument("--check-every", type=int, default=8)
     ap.add_argument("--equality-tokens", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--node", default="", help="also run bench_node.py (the node path through SpeechCore) for these "
+                    "configurations, each in its own process: fast,jetson,jetson-nocache")
+    ap.add_argument("--node-only", action="store_true", help="only the --node rows")
+    ap.add_argument("--node-args", default="", help="extra arguments for bench_node.py (e.g. '--mixed 100')")
     ap.add_argument("--release-text-head", action="store_true",
                     help="fast configs: free T3's text head (unused by Turbo inference, ~100 MB fp16)")
     return ap.parse_args(argv)
@@ -677,26 +768,36 @@ def main(argv=None) -> int:
     if ckpt is None:
         tmp = tempfile.TemporaryDirectory(prefix="cbx-bench-")
         ckpt = Path(tmp.name) / "ckpt"
-    if not (ckpt / "t3_turbo_v1.safetensors").exists():
+    from ros2_chatterbox.engines.chatterbox import models
+    if not (ckpt / models.model_spec(args.model).t3_file).exists():
         t0 = time.perf_counter()
         if args.tiny:
-            from ros2_chatterbox.engines import tiny_turbo
-            facts = tiny_turbo.build_tiny_checkpoint(ckpt, with_conds=False)
+            from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
+            facts = tiny_turbo.build_tiny_checkpoint(ckpt, with_conds=False, model=args.model)
         else:
-            facts = build_full_checkpoint(ckpt)
+            facts = build_full_checkpoint(ckpt, model=args.model)
         b.doc["build"] = {"seconds": round(time.perf_counter() - t0, 2), **{k: v for k, v in facts.items()
                                                                             if k != "folder"}}
         print(f"checkpoint built: {b.doc['build']}", flush=True)
 
+    if args.node:  # before this process touches the GPU: each child measures its own memory
+        run_node_rows(b, ckpt, args)
+        if args.node_only:
+            b.doc["total_s"] = round(time.perf_counter() - t_main, 1)
+            b.save()
+            write_markdown(b)
+            print((out / "bench.md").read_text(), flush=True)
+            return 0
+
     t0 = time.perf_counter()
-    model = load_model(ckpt, args.device, args.tiny)
+    model = load_model(ckpt, args.device, args.tiny, args.model)
     b.sync()
     b.doc["load_s"] = round(time.perf_counter() - t0, 2)
     model.watermarker = types.SimpleNamespace(apply_watermark=lambda wav, sample_rate=None: wav)
     norm = model.norm_loudness
     model.norm_loudness = lambda wav, sr, *a, **k: np.asarray(norm(wav, sr, *a, **k), dtype=np.float32)  # numpy 2
 
-    from ros2_chatterbox.engines import tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
     ref_dir = tempfile.TemporaryDirectory(prefix="cbx-ref-")
     ref_wav = Path(ref_dir.name) / "reference.wav"
     tiny_turbo.write_reference_wav(ref_wav, seconds=16.0)

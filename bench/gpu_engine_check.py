@@ -30,8 +30,8 @@ def main() -> int:
     from ros2_chatterbox.config import defaults
     from ros2_chatterbox.core import SpeechCore
     from ros2_chatterbox.engine import GenerationSettings
-    from ros2_chatterbox.engines.chatterbox_turbo import ChatterboxTurboEngine
-    from ros2_chatterbox.engines.tiny_turbo import build_tiny_checkpoint, write_reference_wav
+    from ros2_chatterbox.engines.chatterbox.engine import ChatterboxTurboEngine
+    from ros2_chatterbox.engines.chatterbox.tiny_checkpoint import build_tiny_checkpoint, write_reference_wav
     from ros2_chatterbox.speech_queue import JobListener
 
     report = {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA",

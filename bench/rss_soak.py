@@ -3,7 +3,7 @@
 
 Checks issue 3's "no host-RAM growth over 200 utterances" and measures the time to the first audio chunk as the
 node sees it (request accepted -> first `audio.chunk_ms` chunk handed to the listener). The tiny checkpoint is
-random weights in the real file layout (see ros2_chatterbox/engines/tiny_turbo.py), built with a lower stop-token
+random weights in the real file layout (see ros2_chatterbox/engines/chatterbox/tiny_checkpoint.py), built with a lower stop-token
 bias so that pieces run long enough (tens of speech tokens) to stream in several decoded chunks.
 
     .venv/bin/python bench/rss_soak.py [--utterances 200] [--threads 1] [--out bench/results/rss_tiny_cpu.json]
@@ -50,7 +50,7 @@ def rss_mb() -> float:
 def retained_rss_mb() -> float:
     """RSS after gc and glibc malloc_trim: what the process really holds (free heap pages handed back first)."""
     gc.collect()
-    from ros2_chatterbox.engines.chatterbox_turbo import trim_host_memory
+    from ros2_chatterbox.engines.chatterbox.engine import trim_host_memory
     trim_host_memory()
     return rss_mb()
 
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from ros2_chatterbox.config import defaults
     from ros2_chatterbox.core import SpeechCore
-    from ros2_chatterbox.engines import tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
     from ros2_chatterbox.speech_queue import JobListener
 
     tmp = tempfile.TemporaryDirectory(prefix="rss_soak_")

@@ -40,7 +40,6 @@ DETACH=0
 SOUND=0
 ALLOW_MISSING=0
 NATIVE_LIBS=1
-NO_CACHING=1
 DOCTOR=0
 EXTRA=()
 
@@ -62,7 +61,8 @@ Usage: docker/start-gpu.sh [options] [-- extra docker run arguments]
   --manifest FILE        SBSA manifest to pair with (default: read from the image)
   --allow-missing        start even when a library has no native twin (the SBSA copy then stays)
   --no-native-libs       mount nothing (to reproduce SBSA failures)
-  --caching-allocator    keep PyTorch's CUDA caching allocator (default on Jetson: off, see below)
+  --caching-allocator    accepted for old scripts: PyTorch's caching allocator is always on now (the engine's
+                         CUDA graphs need it; PYTORCH_NO_CUDA_MEMORY_CACHING makes the engine refuse its fast path)
   --compose-override F   also write the discovered mounts as a compose override file for service
                          ros2-chatterbox (docker compose -f docker/compose.yaml -f F up)
   --detach               run in the background (default: foreground, as systemd wants)
@@ -95,7 +95,7 @@ while [ "$#" -gt 0 ]; do
     --sound) SOUND=1; shift ;;
     --allow-missing) ALLOW_MISSING=1; shift ;;
     --no-native-libs) NATIVE_LIBS=0; shift ;;
-    --caching-allocator) NO_CACHING=0; shift ;;
+    --caching-allocator) shift ;;
     --detach) DETACH=1; shift ;;
     --doctor) DOCTOR=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
@@ -238,12 +238,9 @@ if [ -n "$PARAMS" ]; then
   [ -r "$PARAMS" ] || die 2 "cannot read --params '$PARAMS'"
   cmd+=(-v "$(readlink -f "$PARAMS"):/etc/ros2_chatterbox/params.yaml:ro")
 fi
-if [ "$NO_CACHING" = 1 ]; then
-  # Jetson's GPU shares physical RAM with the CPU. PyTorch's caching allocator keeps freed blocks reserved, and on
-  # unified memory that fragmented physical RAM until synthesis failed with CUDA ENOMEM after 3-4 utterances
-  # (the reference container's finding, FACTS.md). Returning memory on every free costs a little speed.
-  cmd+=(-e PYTORCH_NO_CUDA_MEMORY_CACHING=1)
-fi
+# No PYTORCH_NO_CUDA_MEMORY_CACHING: the reference container set it because the caching allocator fragmented
+# Jetson's unified memory; here the engine allocates its working memory at configure and reuses it, and its CUDA
+# graphs cannot be captured without the allocator (the engine refuses its fast path when the variable is set).
 cmd+=(-e "CHATTERBOX_HTTP_PORT=$PORT")
 [ -n "${HF_TOKEN:-}" ] && cmd+=(-e HF_TOKEN)
 for var in ROS_DOMAIN_ID ROS_LOCALHOST_ONLY RMW_IMPLEMENTATION CHATTERBOX_JETSON_PATCHES; do

@@ -7,6 +7,7 @@ Without CUDA (or without torch) it says so and exits 0; it exits 1 only when a G
 
     ros2-chatterbox-doctor            # or: python -m ros2_chatterbox.doctor / ros2 run ros2_chatterbox doctor
     ros2-chatterbox-doctor --json     # machine-readable
+    ros2-chatterbox-doctor --url http://127.0.0.1:8004   # also ask the running node: fast path, memory plan
 
 Imports neither rclpy nor chatterbox; torch is imported inside :func:`collect`.
 """
@@ -54,11 +55,20 @@ TROUBLESHOOTING: List[Tuple[str, str, str]] = [
      "on, or CHATTERBOX_JETSON_PATCHES=on): they compute those FFT sizes on the CPU"),
     ("out of memory",
      "the GPU (on Jetson: the shared system memory) has no room, or it is fragmented",
-     "start this node before other GPU services (docker/ros2-chatterbox.service or compose depends_on), keep "
-     "PYTORCH_NO_CUDA_MEMORY_CACHING=1 on Jetson, use dtype float16, and close desktop/browser processes"),
+     "start this node before other GPU services (docker/ros2-chatterbox.service or compose depends_on), use "
+     "dtype float16, and close desktop/browser processes (the engine takes its working memory at configure)"),
     ("NvMapMemAllocInternalTagged",
      "the Jetson memory allocator could not find room (unified memory exhausted or fragmented)",
-     "start this node before other GPU services, keep PYTORCH_NO_CUDA_MEMORY_CACHING=1, use dtype float16"),
+     "start this node before other GPU services, use dtype float16, close desktop/browser processes"),
+    ("PYTORCH_NO_CUDA_MEMORY_CACHING",
+     "PyTorch's caching allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING is set, to any value): CUDA graphs cannot "
+     "be captured, so the engine refuses its fast path (without it speech is ~18x slower)",
+     "unset PYTORCH_NO_CUDA_MEMORY_CACHING (remove it from the container environment / compose file); the engine "
+     "allocates its working memory at configure, so Jetson no longer needs it"),
+    ("previous error during capture",
+     "CUDA graph capture failed: PyTorch's caching allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING) or the "
+     "driver cannot capture",
+     "unset PYTORCH_NO_CUDA_MEMORY_CACHING; if it persists, report the doctor's output"),
     ("cannot open shared object file",
      "a CUDA library is missing in this environment",
      "on Jetson run the image with docker/start-gpu.sh (it checks every library it mounts); elsewhere install "
@@ -286,6 +296,22 @@ def gpu_checks(torch: Any) -> List[Dict[str, Any]]:
         gpu = torch.stft(x.to(dev), 400, 160, window=window.to(dev), return_complex=True)
         return close(gpu, torch.stft(x, 400, 160, window=window, return_complex=True))
 
+    def graph_capture() -> str:
+        # What the fast path does: capture a step as a CUDA graph (needs the caching allocator's private pools).
+        a = torch.randn(64, 64, generator=gen)
+        x = torch.randn(1, 64, generator=gen)
+        a_d, x_d = a.to(dev), x.to(dev)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            torch.relu(x_d @ a_d)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = torch.relu(x_d @ a_d)
+        graph.replay()
+        return close(y, torch.relu(x @ a))
+
     blas, dnn, fft = "CUBLAS_STATUS_ALLOC_FAILED", "unable to find an engine", "CUFFT_INTERNAL_ERROR"
     return [
         _check("cuBLAS matmul (fp32)", cublas, blas),
@@ -294,6 +320,7 @@ def gpu_checks(torch: Any) -> List[Dict[str, Any]]:
         _check("cuFFT rfft, n=512", cufft_pow2, fft),
         _check("cuFFT rfft, n=401 (odd)", cufft_odd, fft),
         _check("cuFFT stft, n_fft=400", cufft_stft, fft),
+        _check("CUDA graph capture (the fast path)", graph_capture, "previous error during capture"),
     ]
 
 
@@ -307,11 +334,45 @@ def library_report(manifest_path: str, jetson: bool) -> List[Dict[str, str]]:
     return libs
 
 
-def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True) -> Dict[str, Any]:
+def node_report(url: str, api_key: str = "", timeout: float = 5.0) -> Dict[str, Any]:
+    """The running node's engine state from its HTTP API (/api/model-info): whether the fast path runs (and why not),
+    the memory plan and what configure took. {'ok': False, 'error': ...} when the node cannot be asked."""
+    import urllib.request
+    request = urllib.request.Request(url.rstrip("/") + "/api/model-info")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - a URL the user gave
+            info = json.loads(response.read().decode("utf-8"))
+    except Exception as exc:  # unreachable, 401, not JSON: reported, never raised
+        return {"ok": False, "url": url, "error": f"{type(exc).__name__}: {exc}"}
+    fast = info.get("fast_path") if isinstance(info.get("fast_path"), dict) else {}
+    memory = info.get("memory") if isinstance(info.get("memory"), dict) else {}
+    return {"ok": True, "url": url, "engine": info.get("engine"), "device": info.get("device"),
+            "fast_path": fast, "fast_path_warning": info.get("fast_path_warning") or "",
+            "memory": {k: memory.get(k) for k in ("state", "reserved_mb", "device_allocs_since_configure",
+                                                   "rss_plus_device_mb", "host_sync")}}
+
+
+def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True, node_url: str = "",
+            api_key: str = "") -> Dict[str, Any]:
     """Everything the doctor knows, as a JSON-serialisable dict."""
     from . import jetson_patches
 
     report: Dict[str, Any] = {"platform": platform_report(), "problems": []}
+    if node_url:
+        node = report["node"] = node_report(node_url, api_key)
+        if node["ok"] and node["fast_path_warning"]:
+            report["problems"].append({"name": "the node's fast path is not running normally",
+                                       "error": node["fast_path_warning"][:400],
+                                       "cause": "the engine fell back (see the error)",
+                                       "fix": "fix the cause named there (often: unset PYTORCH_NO_CUDA_MEMORY_CACHING); "
+                                              "the node's configure log has the same warning"})
+        elif not node["ok"]:
+            report["problems"].append({"name": f"node at {node_url}", "error": node["error"],
+                                       "cause": "the node's HTTP API did not answer",
+                                       "fix": "check that the node is active, the port, and the API key "
+                                              "(--api-key or CHATTERBOX_API_KEY)"})
     jetson = report["platform"]["jetson"]
     try:
         report["jetson_patches_auto"] = jetson_patches.should_apply("auto")
@@ -364,6 +425,12 @@ def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True) -> D
                                   else "CUFFT_INTERNAL_ERROR")
             report["problems"].append({"name": f"SBSA library loaded: {lib['path']}", "error": lib["note"],
                                        "cause": cause, "fix": fix})
+    if cuda and "PYTORCH_NO_CUDA_MEMORY_CACHING" in os.environ:
+        cause, fix = diagnose("PYTORCH_NO_CUDA_MEMORY_CACHING")
+        report["problems"].append({"name": "fast path refused",
+                                   "error": f"PYTORCH_NO_CUDA_MEMORY_CACHING="
+                                            f"{os.environ['PYTORCH_NO_CUDA_MEMORY_CACHING']}",
+                                   "cause": cause, "fix": fix})
     if not report["memory"]["verdict"]["ok"]:
         verdict = report["memory"]["verdict"]
         cause, fix = diagnose("out of memory")
@@ -428,6 +495,16 @@ def render(report: Dict[str, Any]) -> str:
             else:
                 lines += [f"  FAIL  {check['name']}: {check['error']}",
                           f"        cause: {check['cause']}", f"        fix:   {check['fix']}"]
+    node = report.get("node")
+    if node and node.get("ok"):
+        fp = node.get("fast_path") or {}
+        mem = node.get("memory") or {}
+        lines += ["", f"Running node ({node['url']})",
+                  f"  engine {node.get('engine')} on {node.get('device')}; fast path: "
+                  f"{'active' if fp.get('active') else 'NOT active'} ({fp.get('reason', 'unknown')})",
+                  f"  memory: {mem.get('state')}; reserved {mem.get('reserved_mb')} MiB; device allocations since "
+                  f"configure {mem.get('device_allocs_since_configure')}; RSS + device {mem.get('rss_plus_device_mb')} "
+                  f"MiB; host sync {mem.get('host_sync')}"]
     if report["problems"]:
         lines += ["", "Problems"]
         for prob in report["problems"]:
@@ -444,8 +521,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--manifest", default=os.environ.get("CHATTERBOX_SBSA_MANIFEST", DEFAULT_MANIFEST),
                         help="SBSA manifest of the image (default: %(default)s)")
     parser.add_argument("--no-checks", action="store_true", help="skip the tiny cuBLAS/cuDNN/cuFFT calls")
+    parser.add_argument("--url", default="", help="also ask the running node's HTTP API (e.g. http://127.0.0.1:8004) "
+                        "whether its fast path runs and what memory it took")
+    parser.add_argument("--api-key", default=os.environ.get("CHATTERBOX_API_KEY", ""),
+                        help="the node's http.api_key (default: $CHATTERBOX_API_KEY)")
     args = parser.parse_args(argv)
-    report = collect(args.manifest, run_checks=not args.no_checks)
+    report = collect(args.manifest, run_checks=not args.no_checks, node_url=args.url, api_key=args.api_key)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
     else:

@@ -7,10 +7,12 @@ import contextlib
 import gc
 import json
 import math
+import os
 import socket
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,14 +20,16 @@ import pytest
 from turbo_fixtures import (copy_checkpoint, joined, require_chatterbox, speak, tiny_ckpt, turbo_config,  # noqa: F401
                             turbo_engine, voice_dir, write_voice)
 
-from ros2_chatterbox.engine import EngineError, EngineLoadError, GenerationSettings, VoiceError, create_engine
+from ros2_chatterbox.engine import EngineError, EngineLoadError, GenerationSettings, VoiceError
+from ros2_chatterbox.engines import create_engine
 
 pytestmark = pytest.mark.timeout(300)
 
 INFO_KEYS = {"engine", "sample_rate", "loaded", "can_clone", "device", "dtype", "model_dir", "model_source",
              "rss_mb", "voice_cache_voices", "voice_cache_mb", "voice_cache_max_voices", "voice_cache_max_mb",
              "voice_cache_hits", "voice_cache_misses", "voice_cache_evictions", "fast_path", "fast_path_active",
-             "fast_path_state", "jetson_patches", "jetson_patches_active", "builtin_voice", "tiny_checkpoint"}
+             "fast_path_state", "fast_path_warning", "jetson_patches", "jetson_patches_active", "builtin_voice",
+             "tiny_checkpoint"}
 
 
 @contextlib.contextmanager
@@ -149,14 +153,37 @@ def test_unreachable_hub_fails_within_the_timeout(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     engine = create_engine("chatterbox_turbo", turbo_config("", hub_cache_dir=str(tmp_path / "hub"),
                                                             hub_timeout_s=1.0))
+    saved_timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
     t0 = time.monotonic()
     try:
         with pytest.raises(EngineLoadError) as err:
             engine.load()
+        assert time.monotonic() - t0 < 15
+        assert "hub" in str(err.value) and "model_dir" in str(err.value)
+        # nothing of the failed attempt outlives it: no download process, no thread; nothing changed process-wide
+        assert fetch_children() == []
+        assert not [th.name for th in threading.enumerate() if th.name.startswith("hub-")]
+        assert constants.HF_HUB_DOWNLOAD_TIMEOUT == saved_timeout
+        # a retried configure starts one fresh attempt (not "already downloading") and fails the same way
+        with pytest.raises(EngineLoadError, match="did not answer"):
+            engine.load()
+        assert fetch_children() == []
     finally:
         server.close()
-    assert time.monotonic() - t0 < 15
-    assert "hub" in str(err.value) and "model_dir" in str(err.value)
+
+
+def fetch_children():
+    """PIDs of this process's children that run the hub download code."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"snapshot_download" in cmd:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_cached_hub_snapshot_loads_offline(tiny_ckpt, tmp_path, monkeypatch):
@@ -323,7 +350,7 @@ def test_streams_a_long_piece_in_parts_that_join_seamlessly(turbo_engine):
 
 def test_streaming_with_watermark_matches_whole_signal_watermark(turbo_engine):
     """_WatermarkStream gives (nearly) what watermarking the whole signal at once gives, without seams."""
-    from ros2_chatterbox.engines.chatterbox_turbo import _WatermarkStream
+    from ros2_chatterbox.engines.chatterbox.s3gen_stream import WatermarkStream as _WatermarkStream
     wm = turbo_engine._model.watermarker
     rng = np.random.default_rng(0)
     t = np.arange(24000 * 3) / 24000
@@ -369,7 +396,8 @@ def test_cancel_stops_promptly(turbo_engine):
 def test_steps_equal_upstream(turbo_engine):
     """T3 sampling, the flow and the vocoder give upstream's exact numbers for the same random draws."""
     import torch
-    from ros2_chatterbox.engines.chatterbox_turbo import _StreamDecoder, _TokenSampler
+    from ros2_chatterbox.engines.chatterbox.s3gen_stream import StreamDecoder as _StreamDecoder
+    from ros2_chatterbox.engines.chatterbox.tokens import TokenSampler as _TokenSampler
     engine = turbo_engine
     model, conds = engine._model, engine._builtin
     text_tokens = engine.tokenize("Hello there [laugh], testing.")
@@ -411,11 +439,101 @@ def test_steps_equal_upstream(turbo_engine):
     assert np.array_equal(up_wav[0].numpy(), wav)
 
 
+def test_first_token_is_kept_even_when_it_is_the_stop_token(turbo_engine):
+    """Upstream's inference_turbo appends the first sampled token without looking for the stop token; so does the
+    reference loop. Greedy on the tiny checkpoint makes stop the first token (its stop bias is raised)."""
+    import torch
+    from ros2_chatterbox.engines.chatterbox.tokens import TokenSampler
+    engine = turbo_engine
+    model, conds = engine._model, engine._builtin
+    stop = int(model.t3.hp.stop_speech_token)
+    text_tokens = engine.tokenize("Hello there.")
+    greedy = GenerationSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
+    with torch.inference_mode():
+        upstream = model.t3.inference_turbo(t3_cond=conds.t3, text_tokens=text_tokens, temperature=1.0, top_k=1,
+                                            top_p=1.0, repetition_penalty=1.0, max_gen_len=20)
+    sampler = TokenSampler(engine, model, conds.t3, text_tokens, greedy, 1, 21)
+    sampler.run(until=21, cancel=threading.Event())
+    mine = torch.cat(sampler.tokens, dim=1)
+    assert int(mine[0, 0]) == stop and mine.shape[1] >= 2  # the first stop did not end the piece
+    if int(mine[0, -1]) == stop:
+        mine = mine[:, :-1]  # upstream drops a final stop token
+    assert torch.equal(upstream, mine)
+    assert sampler.valid().numel() == int((mine < 6561).sum())  # no stop token reaches the decoder
+
+
+def test_load_time_self_check_compares_many_tokens(turbo_engine):
+    """The greedy check at load compares SELF_CHECK_TOKENS tokens with upstream (stop held down for it), not the
+    single token the tiny checkpoint's greedy stop would allow."""
+    info = turbo_engine.info()
+    assert info["fast_path"]["active"] and not info["fast_path"]["fallback"]
+    assert f"{turbo_engine.SELF_CHECK_TOKENS} tokens equal" in info["fast_path"]["reason"]
+    assert turbo_engine.SELF_CHECK_TOKENS >= 32
+    stop = int(turbo_engine._model.t3.hp.stop_speech_token)
+    assert float(turbo_engine._model.t3.speech_head.bias[stop]) > 0  # the check restored the stop bias
+
+
 def test_fast_path_state_is_reported(turbo_engine):
     info = turbo_engine.info()
-    assert info["fast_path"] is True
-    assert info["fast_path_active"] == (turbo_engine.fast is not None)
-    assert info["fast_path_state"]
+    fp = info["fast_path"]
+    assert fp["requested"] is True and fp["active"] == (turbo_engine.fast is not None)
+    assert fp["reason"] == info["fast_path_state"] and info["fast_path_warning"] == ""
+    assert info["fast_path_active"] == fp["active"]
+
+
+def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch, caplog):
+    """A fast path that fails its check falls back to the reference loop with a warning in the configure log and a
+    fallback flag + warning text in info() (which /diagnostics, /health/ready and the doctor show)."""
+    import logging
+    from ros2_chatterbox.engines.fast_t3 import FastT3
+    monkeypatch.setattr(FastT3, "self_check", lambda self, *a, **k: {"ok": False, "n": 64, "match": 3})
+    # an earlier test's logging.config.dictConfig (uvicorn, ...) may have disabled the existing loggers
+    monkeypatch.setattr(logging.getLogger("ros2_chatterbox"), "disabled", False)
+    engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt))
+    with caplog.at_level(logging.WARNING, logger="ros2_chatterbox"):
+        engine.load()
+    try:
+        info = engine.info()
+        assert info["fast_path"]["requested"] and not info["fast_path"]["active"] and info["fast_path"]["fallback"]
+        assert "equality check" in info["fast_path_warning"] and "reference loop" in info["fast_path_warning"]
+        assert any("fast path" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        assert joined(speak(engine, "Still speaking.", seed=3)).size > 0  # the reference loop speaks
+    finally:
+        engine.unload()
+
+
+def test_working_memory_is_planned_and_taken_at_configure(tiny_ckpt):
+    """The memory plan sizes everything for the longest allowed piece (text.chunk_chars) and configure takes it with
+    one worst-case pass (on CUDA; switched on here for the CPU): the engine then speaks as before."""
+    engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt, **{"text.chunk_chars": 60}))
+    engine.WARM_ON_CPU = True
+    engine.load()
+    try:
+        mem = engine.info()["memory"]
+        assert mem["state"] == "taken at configure" and mem["warm_s"] > 0, mem
+        plan = mem["plan"]
+        assert plan["chunk_chars"] == 60 and plan["max_speech_tokens"] == 150 + 6 * 60
+        assert engine.fast.capacity >= plan["kv_positions"] - plan["bucket"] + 1  # the fast path's cache is sized
+        assert mem["rss_mb"] > 0 and mem["rss_plus_device_mb"] >= mem["rss_mb"]
+        assert joined(speak(engine, "Still speaking after the warm-up.", seed=5)).size > 0
+        assert set(engine.info()["memory"]["last_piece"]) == {"device_allocs", "block_allocations", "reserved_bytes"}
+    finally:
+        engine.unload()
+    assert engine.info()["memory_state"] == "not loaded"
+
+
+def test_allocator_off_with_the_fast_path_is_refused(monkeypatch):
+    """PYTORCH_NO_CUDA_MEMORY_CACHING (any value) turns torch's caching allocator off; CUDA graphs cannot be captured
+    then. On CUDA with the fast path asked for, configure refuses with the reason and both ways out."""
+    from ros2_chatterbox.engines.chatterbox.engine import ChatterboxTurboEngine
+    monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
+    with pytest.raises(EngineLoadError) as err:
+        ChatterboxTurboEngine.check_allocator("cuda:0", True)
+    assert "Unset the variable" in str(err.value) and "fast_path to false" in str(err.value)
+    ChatterboxTurboEngine.check_allocator("cuda:0", False)   # the slow loop on purpose
+    ChatterboxTurboEngine.check_allocator("cpu", True)       # no CUDA, no graphs
+    monkeypatch.delenv("PYTORCH_NO_CUDA_MEMORY_CACHING")
+    ChatterboxTurboEngine.check_allocator("cuda:0", True)
 
 
 # ---------------------------------------------------------------------------------------------------- bf16, no conds.pt, jetson, unload

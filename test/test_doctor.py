@@ -1,4 +1,5 @@
 """ros2_chatterbox.doctor: runs on this CPU machine (no CUDA), and its pure helpers parse real-looking inputs."""
+import contextlib
 import json
 import os
 import subprocess
@@ -86,7 +87,7 @@ def test_exit_code_1_only_when_a_gpu_check_fails():
     ("RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", "libcublas"),
     ("RuntimeError: GET was unable to find an engine to execute this computation", "cuDNN"),
     ("RuntimeError: cuFFT error: CUFFT_INTERNAL_ERROR", "jetson_patches"),
-    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB", "PYTORCH_NO_CUDA_MEMORY_CACHING"),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB", "before other GPU services"),
     ("NvMapMemAllocInternalTagged: 1075072515 error 12", "before other GPU services"),
     ("RuntimeError: Found no NVIDIA driver on your system", "--runtime nvidia"),
 ])
@@ -94,6 +95,18 @@ def test_troubleshooting_table(message, needle):
     cause, fix = doctor.diagnose(message)
     assert needle in fix or needle in cause
     assert "start-gpu.sh" in fix or "GPU services" in fix or "--runtime nvidia" in fix
+
+
+@pytest.mark.parametrize("message", [
+    "PYTORCH_NO_CUDA_MEMORY_CACHING=1",
+    "RuntimeError: CUDA error: operation failed due to a previous error during capture",
+])
+def test_allocator_off_is_diagnosed_and_the_fix_is_to_unset_it(message):
+    """The caching allocator off (the old Jetson advice) costs the fast path: the doctor says so and says unset it."""
+    cause, fix = doctor.diagnose(message)
+    assert "caching allocator" in cause and "unset PYTORCH_NO_CUDA_MEMORY_CACHING" in fix
+    for _pattern, _cause, other_fix in doctor.TROUBLESHOOTING:  # no row advises setting it any more
+        assert "keep PYTORCH_NO_CUDA_MEMORY_CACHING" not in other_fix
 
 
 def test_parse_l4t_release():
@@ -145,23 +158,54 @@ def test_parse_mountinfo_and_manifest(tmp_path):
 
 
 class _FakeCuda:
-    """Just enough of torch.cuda for gpu_checks() to run on the CPU (the 'GPU' is the CPU)."""
+    """Just enough of torch.cuda for gpu_checks() to run on the CPU (the 'GPU' is the CPU; a 'captured graph' runs
+    its code eagerly at capture)."""
+    capture_error = None
 
     @staticmethod
     def synchronize():
         pass
 
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    @staticmethod
+    def current_stream():
+        return _FakeCuda.Stream()
+
+    @staticmethod
+    def stream(s):
+        return contextlib.nullcontext()
+
+    class CUDAGraph:
+        def replay(self):
+            pass
+
+    @staticmethod
+    def graph(g):
+        if _FakeCuda.capture_error:
+            raise RuntimeError(_FakeCuda.capture_error)
+        return contextlib.nullcontext()
+
 
 def test_gpu_checks_catch_wrong_results_and_name_the_library(monkeypatch):
     torch = pytest.importorskip("torch")
     fake = type("T", (), {})()
-    for attr in ("randn", "Generator", "nn", "fft", "stft", "hann_window", "backends"):
+    for attr in ("randn", "Generator", "nn", "fft", "stft", "hann_window", "backends", "relu"):
         setattr(fake, attr, getattr(torch, attr))
     fake.device = lambda name: torch.device("cpu")
     fake.cuda = _FakeCuda
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
     checks = {c["name"]: c for c in doctor.gpu_checks(fake)}
     assert all(c["ok"] for c in checks.values()), checks  # CPU against CPU: every result equal
+
+    # Graph capture failing as it does with the caching allocator off: the fix is to unset the variable.
+    monkeypatch.setattr(_FakeCuda, "capture_error", "CUDA error: operation failed due to a previous error during "
+                                                    "capture")
+    capture = {c["name"]: c for c in doctor.gpu_checks(fake)}["CUDA graph capture (the fast path)"]
+    assert not capture["ok"] and "unset PYTORCH_NO_CUDA_MEMORY_CACHING" in capture["fix"]
+    monkeypatch.setattr(_FakeCuda, "capture_error", None)
 
     # A cuFFT that returns wrong spectra: each check calls the "GPU" first, then the CPU reference.
     real_rfft, calls = torch.fft.rfft, []
@@ -177,3 +221,49 @@ def test_gpu_checks_catch_wrong_results_and_name_the_library(monkeypatch):
     assert not bad["ok"] and "wrong result" in bad["error"]
     assert "cuFFT" in bad["cause"] and "start-gpu.sh" in bad["fix"]
     assert checks["cuBLAS matmul (fp32)"]["ok"]
+
+
+def test_doctor_asks_the_running_node_and_reports_a_fast_path_fallback(capsys):
+    """--url: the doctor reads the node's /api/model-info and reports its fast path (a fallback is a problem) and
+    the memory configure took; a node that does not answer is named with what to check."""
+    import http.server
+    import threading
+
+    info = {"engine": "chatterbox_turbo", "device": "cuda:0",
+            "fast_path": {"requested": True, "active": False, "fallback": True,
+                          "reason": "failed to start (RuntimeError: capture); using the reference loop"},
+            "fast_path_warning": "failed to start (RuntimeError: capture); using the reference loop",
+            "memory": {"state": "taken at configure", "reserved_mb": 5086.0, "device_allocs_since_configure": 0,
+                       "rss_plus_device_mb": 9000.0, "host_sync": "blocking_sync"}}
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps(info).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert doctor.main(["--no-checks", "--url", url, "--api-key", "k"]) == 0  # a problem, not a failed check
+        text = capsys.readouterr().out
+        assert "fast path: NOT active (failed to start" in text and "reserved 5086.0 MiB" in text
+        assert "the node's fast path is not running normally" in text
+        assert seen == [("/api/model-info", "Bearer k")]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    report = doctor.collect(run_checks=False, node_url=url)  # the server is gone now
+    assert not report["node"]["ok"]
+    assert any(p["name"] == f"node at {url}" and "API key" in p["fix"] for p in report["problems"])

@@ -21,8 +21,8 @@ if schemathesis is not None:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
-    # short texts keep each generated synthesis fast; the schema's maxLength follows text.max_chars
-    core = make_core(tmp_path_factory.mktemp("voices"), text__max_chars=16)
+    # short texts keep each generated synthesis fast; the schema's maxLength follows http.max_input_chars
+    core = make_core(tmp_path_factory.mktemp("voices"), http__max_input_chars=16)
     try:
         with serving(core) as server:
             yield server

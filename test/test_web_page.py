@@ -3,6 +3,7 @@ chromedriver is used, never Selenium Manager). The page loads, speaks a sentence
 element; a screenshot is saved to test-artifacts/web_page.png."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,15 +33,17 @@ PLAYABLE_JS = ("const a = document.getElementById('player');"
                "return a.readyState >= 1 && isFinite(a.duration) && a.duration > 0 && !a.error;")
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def chromium(*extra_flags: str):
+    """Headless Chromium through the system chromedriver; its console messages are kept (get_log("browser"))."""
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1100,950", "--autoplay-policy=no-user-gesture-required",
-                 f"--user-data-dir={profile}"):
+                 f"--user-data-dir={profile}", *extra_flags):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -49,6 +52,12 @@ def browser():
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as driver:
+        yield driver
 
 
 def wait(driver, condition, timeout=30):

@@ -36,7 +36,7 @@ def turbo_config(model_dir: Path, **overrides: Any) -> Dict[str, Any]:
 
 def write_voice(path: Path, seconds: float = 5.6, f0: float = 140.0, seed: int = 0, sr: int = 24_000) -> Path:
     """A speech-like synthetic reference recording (passes the > 5 s and not-silent checks)."""
-    from ros2_chatterbox.engines.tiny_turbo import write_reference_wav
+    from ros2_chatterbox.engines.chatterbox.tiny_checkpoint import write_reference_wav
     return write_reference_wav(path, seconds=seconds, sr=sr, f0=f0, seed=seed)
 
 
@@ -61,7 +61,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     # One intra-op thread: on this 2-core machine shared with other work, torch's OpenMP threads spin against each
     # other and the tiny model runs ~20x slower with 2 threads than with 1.
     torch.set_num_threads(1)
-    from ros2_chatterbox.engines.tiny_turbo import build_tiny_checkpoint
+    from ros2_chatterbox.engines.chatterbox.tiny_checkpoint import build_tiny_checkpoint
     folder = tmp_path_factory.mktemp("tiny_turbo")
     build_tiny_checkpoint(folder, seed=0, with_conds=True)
     return folder
@@ -79,7 +79,7 @@ def turbo_engine(tiny_ckpt):
     """A ChatterboxTurboEngine loaded from the tiny checkpoint through the real from_local (shared: tests that change
     its state restore it)."""
     import chatterbox.tts_turbo as tts_turbo
-    from ros2_chatterbox.engines.chatterbox_turbo import ChatterboxTurboEngine
+    from ros2_chatterbox.engines.chatterbox.engine import ChatterboxTurboEngine
     calls = []
     real = tts_turbo.ChatterboxTurboTTS.from_local.__func__
 

@@ -1,0 +1,10 @@
+"""Chatterbox Turbo (and Chatterbox-Nano), in small modules:
+
+    models.py           turbo | nano: hub repository, T3 file, GPT-2 config; builds Nano's T3 with chatterbox 0.1.7
+    checkpoint.py       the checkpoint's files, checks, loader errors, hub download
+    voice_cache.py      reference recordings -> conditioning, one bounded LRU cache
+    tokens.py           speech-token sources (upstream's loop, the fast path)
+    s3gen_stream.py     streaming S3Gen decoder (flow + HiFT, seamless joins, watermark)
+    engine.py           ChatterboxTurboEngine: load / unload / synthesize / info
+    tiny_checkpoint.py  a tiny random checkpoint in the real layout (tests, CPU smoke runs)
+"""

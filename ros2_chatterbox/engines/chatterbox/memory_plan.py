@@ -1,0 +1,103 @@
+"""The engine's memory plan: what the longest allowed piece of text can need, worked out from the settings alone.
+
+At configure the engine takes this much working memory once (fast_t3's static KV cache and output buffers sized for
+`kv_positions`, a CUDA graph for every attention-length bucket up to it, and one worst-case pass of the S3Gen
+streaming decoder whose blocks PyTorch's caching allocator then keeps), so that no text of an allowed length makes a
+new device allocation afterwards. This module is pure arithmetic (no torch): the bounds are unit-tested on CPU.
+
+Bounds, for a piece of at most `chunk_chars` characters (SpeechCore splits every request so):
+
+* text tokens: upstream's punc_norm never makes the text longer in UTF-8 bytes (its replacements shrink or keep
+  the byte count) except for one added full stop, or its 41-character message for empty text; GPT-2's byte-level BPE
+  makes at most one token per byte (added tokens such as [laugh] are fewer), and the tokenizer truncates at its
+  model_max_length. So at most min(4 * chunk_chars + 1, tokenizer limit) and at least 41.
+* speech tokens: the engine's per-piece cap, min(1000, 150 + 6 * characters) (`max_tokens_for`).
+* T3 positions: voice prefix (speaker embedding + up to 375 prompt tokens = 376) + text tokens + start-of-speech +
+  speech tokens, rounded up to the graph bucket and never past GPT-2's positions.
+* S3Gen: the flow runs over prompt tokens (a 10 s reference: 250) + speech tokens + 3 silence tokens; the streaming
+  schedule decodes at `decode_points`; the vocoder's largest window is the last chunk plus context (whole pieces
+  when streaming is off).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Tuple
+
+SPEECH_CAP = 1000            # upstream's cap per generate(); tokens.MAX_SPEECH_TOKENS
+PREFIX_POSITIONS = 376       # speaker embedding + 375 prompt speech tokens (ChatterboxTurboTTS's longest prompt)
+EMPTY_TEXT_CHARS = 41        # len("You need to add some text for me to talk.")
+PROMPT_TOKENS_MAX = 250      # S3Gen prompt tokens of a 10 s reference (25 tokens/s)
+PROMPT_FRAMES_MAX = 500      # S3Gen prompt mel frames of a 10 s reference (50 frames/s)
+FINAL_SILENCE_TOKENS = 3     # appended before the last decode (s3gen_stream)
+FRAMES_PER_TOKEN = 2
+
+
+def max_speech_tokens(chars: int, cap: int = SPEECH_CAP) -> int:
+    """The engine's speech-token cap for a piece of `chars` characters (ChatterboxTurboEngine.max_tokens_for)."""
+    return int(min(cap, 150 + 6 * max(0, int(chars))))
+
+
+def max_text_tokens(chunk_chars: int, tokenizer_limit: int = 1024) -> int:
+    """The most GPT-2 text tokens a piece of at most `chunk_chars` characters can become (see the module doc)."""
+    return int(max(EMPTY_TEXT_CHARS, min(4 * max(1, int(chunk_chars)) + 1, int(tokenizer_limit))))
+
+
+def decode_points(cap: int, first: int, max_step: int) -> List[int]:
+    """Token counts at which the streaming decoder runs for a piece that reaches `cap` tokens (as synthesize
+    schedules it: after `first`, then chunks doubling up to `max_step`); the final decode runs at `cap`."""
+    if first <= 0:
+        return [cap]
+    points, at, step = [], first, first
+    while at < cap:
+        points.append(at)
+        step = min(step * 2, max(max_step, first))
+        at += step
+    return points + [cap]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    chunk_chars: int
+    max_text_tokens: int
+    max_speech_tokens: int
+    kv_positions: int            # T3 static cache capacity (bucket-rounded)
+    bucket: int
+    buckets: Tuple[int, ...]     # attention lengths with a captured decode graph
+    kv_bytes: int
+    flow_tokens_max: int         # S3Gen flow input: prompt + speech + final silence
+    vocoder_frames_max: int      # the largest mel window the vocoder sees
+    decode_points: Tuple[int, ...]
+
+    def as_dict(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["buckets"] = list(self.buckets)
+        out["decode_points"] = list(self.decode_points)
+        out["kv_mb"] = round(self.kv_bytes / 2 ** 20, 1)
+        return out
+
+
+def make_plan(chunk_chars: int, *, n_layer: int, n_head: int, head_dim: int, dtype_bytes: int, max_positions: int,
+              bucket: int = 256, tokenizer_limit: int = 1024, stream_first: int = 25, stream_max: int = 200,
+              crossfade_frames: int = 8, context_frames: int = 4) -> MemoryPlan:
+    text = max_text_tokens(chunk_chars, tokenizer_limit)
+    speech = max_speech_tokens(chunk_chars)
+    need = PREFIX_POSITIONS + text + 1 + speech
+    kv_positions = min(int(max_positions), int(math.ceil(need / bucket) * bucket))
+    if need > max_positions:
+        raise ValueError(f"a piece of {chunk_chars} characters can need {need} T3 positions; the model has "
+                         f"{max_positions}: lower text.chunk_chars")
+    buckets = tuple(range(bucket, kv_positions + 1, bucket))
+    if not buckets or buckets[-1] != kv_positions:
+        buckets = buckets + (kv_positions,)
+    points = decode_points(speech, stream_first, stream_max)
+    # the vocoder's largest window: the longest chunk between two decodes (+ final silence), plus the held-back
+    # overlap and the left context (the whole piece when streaming is off)
+    longest = max(b - a for a, b in zip([0] + points, points)) + FINAL_SILENCE_TOKENS
+    vocoder = FRAMES_PER_TOKEN * longest + (crossfade_frames + context_frames if len(points) > 1 else 0)
+    return MemoryPlan(
+        chunk_chars=int(chunk_chars), max_text_tokens=text, max_speech_tokens=speech, kv_positions=kv_positions,
+        bucket=int(bucket), buckets=buckets,
+        kv_bytes=int(n_layer) * 2 * int(n_head) * kv_positions * int(head_dim) * int(dtype_bytes),
+        flow_tokens_max=PROMPT_TOKENS_MAX + speech + FINAL_SILENCE_TOKENS, vocoder_frames_max=int(vocoder),
+        decode_points=tuple(points))

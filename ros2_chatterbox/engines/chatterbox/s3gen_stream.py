@@ -1,0 +1,267 @@
+"""S3Gen streaming: speech tokens -> 24 kHz audio, incrementally, with seamless joins.
+
+Each decode re-runs the flow (conformer encoder + meanflow steps) over all tokens so far (its attention is not causal)
+with the same noise at the same positions, keeps the mel frames that have all their look-ahead, vocodes them with a
+few frames of left context and a sine excitation whose phase continues from the previous chunk, and cross-fades a
+held-back tail of `CROSSFADE_FRAMES` frames with the next chunk. The Perth watermark is applied the same way (left
+context, held-back tail, cross-fade), so consecutive parts join without clicks and without dropping or repeating
+samples. S3Gen noise comes from generators seeded with the request's seed and the absolute position. On CUDA the
+vocoder runs with deterministic cuDNN: its transposed convolutions otherwise differ run to run.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from .tokens import MAX_SPEECH_TOKENS, mix_seed
+
+SAMPLE_RATE = 24_000          # S3GEN_SR
+SAMPLES_PER_FRAME = 480       # one mel frame (50 Hz) of 24 kHz audio; HiFT upsamples 8*5*3*4
+FRAMES_PER_TOKEN = 2          # 25 speech tokens per second
+SILENCE_TOKEN = 4299          # chatterbox.models.s3gen.const.S3GEN_SIL
+
+
+def deterministic_cudnn():
+    """cuDNN flags with deterministic=True (the others unchanged) for the block: same seed, same audio on CUDA."""
+    import torch
+    cudnn = torch.backends.cudnn
+    if cudnn.deterministic or not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    import inspect
+    current = {}
+    for name in inspect.signature(cudnn.flags).parameters:  # keep every other flag as it is (they vary by version)
+        try:
+            current[name] = getattr(cudnn, name)
+        except Exception:  # noqa: BLE001 - a flag without a readable attribute keeps its default
+            pass
+    current["deterministic"] = True
+    return cudnn.flags(**current)
+
+
+def crossfade(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """new[:len(old)] blended from `old` into `new` with complementary raised-cosine weights (sum 1)."""
+    n = min(len(old), len(new))
+    if n <= 0:
+        return new
+    fade_in = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
+    out = new.copy()
+    out[:n] = old[:n] * (1.0 - fade_in) + new[:n] * fade_in
+    return out
+
+
+class WatermarkStream:
+    """Applies a whole-signal watermarker to audio that arrives in parts, without seams.
+
+    Each call watermarks the not yet emitted audio plus `left` samples of context before it and everything after
+    it, emits all but the last `hold` samples, and cross-fades the start of what it emits with the version of the
+    same samples that the previous call computed (then at the right edge of its window).
+    """
+
+    def __init__(self, apply, sample_rate: int, left_s: float = 0.25, hold_s: float = 0.1, fade_s: float = 0.01):
+        self.apply = apply
+        self.left = int(left_s * sample_rate)
+        self.hold = int(hold_s * sample_rate)
+        self.fade = int(fade_s * sample_rate)
+        self.min_window = int(0.2 * sample_rate)  # Perth's STFT (2048 points at 32 kHz) needs some length
+        self.buf = np.zeros(0, dtype=np.float32)   # raw audio from absolute sample `offset` on
+        self.offset = 0
+        self.done = 0                              # absolute samples emitted
+        self.prev = np.zeros(0, dtype=np.float32)  # previous call's watermarked version of samples [done, ...)
+
+    def _watermark(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        padded = np.concatenate([x, np.zeros(self.min_window - n, dtype=np.float32)]) if n < self.min_window else x
+        y = np.asarray(self.apply(padded), dtype=np.float32).reshape(-1)
+        if len(y) < n:  # resampling 24 -> 32 -> 24 kHz may lose a sample
+            y = np.concatenate([y, padded[len(y):n]])
+        return y[:n]
+
+    def push(self, samples: np.ndarray, final: bool) -> np.ndarray:
+        self.buf = np.concatenate([self.buf, samples.astype(np.float32, copy=False)])
+        total = self.offset + len(self.buf)
+        end = total if final else total - self.hold
+        if end <= self.done or (not final and end - self.done < self.fade):
+            return np.zeros(0, dtype=np.float32)
+        start = max(self.offset, self.done - self.left)
+        out = self._watermark(self.buf[start - self.offset:])
+        seg = out[self.done - start:end - start]
+        if self.prev.size:
+            seg = crossfade(self.prev[:self.fade], seg)
+        self.prev = out[end - start:]
+        self.done = end
+        keep_from = max(self.offset, self.done - self.left)
+        self.buf = self.buf[keep_from - self.offset:]
+        self.offset = keep_from
+        return seg
+
+
+
+class StreamDecoder:
+    """Speech tokens -> 24 kHz audio, incrementally, with seamless joins (see the module docstring)."""
+
+    def __init__(self, engine, model, ref: Dict[str, Any], seed: int, watermark: bool):
+        import torch
+        self.engine = engine
+        self.model = model
+        self.s3gen = model.s3gen
+        self.device = self.s3gen.device
+        self.ref = ref
+        self.seed = seed
+        flow = self.s3gen.flow
+        self.prompt_frames = int(ref["prompt_feat"].shape[1])
+        bank_frames = self.prompt_frames + FRAMES_PER_TOKEN * (MAX_SPEECH_TOKENS + 3 + 2)
+        g = torch.Generator(device=self.device).manual_seed(mix_seed(seed, 2))
+        # the flow's starting noise, one value per absolute frame position, fixed for the whole piece
+        self.z = torch.randn(1, flow.output_size, bank_frames, generator=g, device=self.device,
+                             dtype=torch.float32)
+        sine = self.s3gen.mel2wav.m_source.l_sin_gen
+        phase = (torch.rand(1, sine.harmonic_num + 1, 1, generator=g, device=self.device) * 2 - 1) * math.pi
+        phase[:, 0, :] = 0
+        self.phase_vec = phase
+        self.trim_fade = self.s3gen.trim_fade.detach().float().cpu().numpy()
+        self.emitted = 0                      # frames whose audio has been handed out
+        self.tail = np.zeros(0, np.float32)  # audio of frames [emitted, tail_end) from the previous step
+        self.src_phase: Optional[Any] = None  # sine phase (cycles) at the start of the next vocoder window
+        self.src_phase_frame = 0
+        self.wm = WatermarkStream(self._watermark, SAMPLE_RATE) if watermark else None
+        self.finished = False
+
+    def _watermark(self, x: np.ndarray) -> np.ndarray:
+        import torch
+        # Perth runs its network with autograd on: outside inference_mode every call leaks ~6 MB of host RAM
+        with torch.inference_mode():
+            return self.model.watermarker.apply_watermark(x, sample_rate=SAMPLE_RATE)
+
+    # the two model stages, usable on their own (tests compare them with upstream)
+    def flow_mel(self, tokens, finalize: bool, z=None):
+        """S3Gen's CausalMaskedDiffWithXvec.inference + meanflow Euler steps, for B=1 and this piece's noise."""
+        import torch
+        import torch.nn.functional as F
+        from chatterbox.models.s3gen.utils.mask import make_pad_mask
+        flow = self.s3gen.flow
+        ref = self.ref
+        with torch.inference_mode():
+            emb = F.normalize(torch.atleast_2d(ref["embedding"]).to(self.device, torch.float32), dim=1)
+            emb = flow.spk_embed_affine_layer(emb)
+            prompt_token = torch.atleast_2d(ref["prompt_token"]).to(self.device).long()
+            prompt_feat = torch.atleast_3d(ref["prompt_feat"]).to(self.device, torch.float32)
+            tokens = torch.atleast_2d(tokens).to(self.device).long()
+            token = torch.cat([prompt_token, tokens], dim=1)
+            token_len = torch.tensor([token.shape[1]], device=self.device)
+            mask = (~make_pad_mask(token_len)).unsqueeze(-1).to(emb)
+            h, _ = flow.encoder(flow.input_embedding(token) * mask, token_len)
+            if not finalize:
+                h = h[:, :-flow.pre_lookahead_len * flow.token_mel_ratio]
+            n_prompt = prompt_feat.shape[1]
+            n_total = h.shape[1]
+            h = flow.encoder_proj(h)
+            cond = torch.zeros([1, n_total, flow.output_size], device=self.device, dtype=h.dtype)
+            cond[:, :n_prompt] = prompt_feat
+            cond = cond.transpose(1, 2)
+            mel_mask = torch.ones(1, 1, n_total, device=self.device, dtype=h.dtype)
+            x = (self.z if z is None else z)[:, :, :n_total]
+            mu = h.transpose(1, 2).contiguous()
+            est = flow.decoder.estimator
+            dtype = est.dtype
+            x, mu, mel_mask, emb_c, cond = (t.to(dtype) for t in (x, mu, mel_mask, emb, cond))
+            t_span = torch.linspace(0, 1, self.engine.CFM_STEPS + 1, device=self.device, dtype=dtype)
+            for t, r in zip(t_span[:-1], t_span[1:]):
+                t, r = t[None], r[None]
+                dxdt = est.forward(x, mask=mel_mask, mu=mu, t=t, spks=emb_c, cond=cond, r=r)
+                x = x + (r - t) * dxdt
+            return x.float()[:, :, n_prompt:]
+
+    def vocode(self, mel, start_frame: int, phase0=None, phase_at_frame: Optional[int] = None,
+               noise=None):
+        """HiFT inference for mel frames [start_frame, start_frame + T) with a sine excitation whose phase starts
+        at `phase0` (cycles per harmonic; None = 0 as upstream). Returns (audio, phase at `phase_at_frame`)."""
+        import torch
+        hift = self.s3gen.mel2wav
+        src_mod = hift.m_source
+        sine = src_mod.l_sin_gen
+        with torch.inference_mode():
+            mel = mel.to(self.device, torch.float32)
+            f0 = hift.f0_predictor(mel)
+            f0_up = hift.f0_upsamp(f0[:, None])  # (1, 1, samples)
+            harmonics = torch.arange(1, sine.harmonic_num + 2, device=self.device, dtype=torch.float32)
+            cycles = torch.cumsum(f0_up * harmonics.view(1, -1, 1) / sine.sampling_rate, dim=-1)
+            if phase0 is not None:
+                cycles = cycles + phase0.view(1, -1, 1)
+            theta = 2 * np.pi * (cycles % 1)
+            waves = sine.sine_amp * torch.sin(theta + self.phase_vec)
+            uv = (f0_up > sine.voiced_threshold).float()
+            noise_amp = uv * sine.noise_std + (1 - uv) * sine.sine_amp / 3
+            if noise is None:
+                noise = self._noise(start_frame, waves.shape[-1])
+            waves = waves * uv + noise_amp * noise
+            src = src_mod.l_tanh(src_mod.l_linear(waves.transpose(1, 2))).transpose(1, 2)
+            with deterministic_cudnn():  # HiFT's transposed convolutions vary run to run on CUDA otherwise
+                audio = hift.decode(x=mel, s=src)
+            phase_out = None
+            if phase_at_frame is not None:
+                idx = (phase_at_frame - start_frame) * SAMPLES_PER_FRAME
+                phase_out = cycles[0, :, idx - 1] % 1 if idx > 0 else (phase0 if phase0 is not None else None)
+            return audio[0].float().cpu().numpy(), phase_out
+
+    def _noise(self, start_frame: int, n_samples: int):
+        """Vocoder noise for samples from `start_frame` on, identical for an absolute position in every step."""
+        import torch
+        sine = self.s3gen.mel2wav.m_source.l_sin_gen
+        harmonics = sine.harmonic_num + 1
+        block = self.engine.NOISE_BLOCK_FRAMES
+        first = start_frame // block
+        last = (start_frame * SAMPLES_PER_FRAME + n_samples - 1) // (block * SAMPLES_PER_FRAME)
+        parts = []
+        for b in range(first, last + 1):
+            g = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, 3, b))
+            parts.append(torch.randn(1, harmonics, block * SAMPLES_PER_FRAME, generator=g, device=self.device))
+        noise = torch.cat(parts, dim=-1)
+        off = (start_frame - first * block) * SAMPLES_PER_FRAME
+        return noise[:, :, off:off + n_samples]
+
+    def step(self, tokens, final: bool) -> np.ndarray:
+        """Decode the tokens so far; returns the audio that is ready (everything when final)."""
+        import torch
+        if self.finished:
+            return np.zeros(0, np.float32)
+        engine = self.engine
+        overlap, context = engine.CROSSFADE_FRAMES, engine.CONTEXT_FRAMES
+        n = int(tokens.shape[-1])
+        if not final and n <= self.s3gen.flow.pre_lookahead_len + overlap // FRAMES_PER_TOKEN:
+            return np.zeros(0, np.float32)
+        if final:
+            silence = torch.full((3,), SILENCE_TOKEN, dtype=torch.long, device=tokens.device)
+            tokens = torch.cat([tokens.long(), silence])
+        with engine._lock:
+            mel = self.flow_mel(tokens, finalize=final)
+            frames = int(mel.shape[-1])
+            keep = frames if final else frames - overlap  # frames handed out after this step
+            if keep <= self.emitted:
+                return np.zeros(0, np.float32)
+            start = max(0, self.emitted - context)
+            phase0 = self.src_phase if (self.src_phase is not None and self.src_phase_frame == start) else None
+            next_start = max(0, keep - context)
+            audio, phase_next = self.vocode(mel[:, :, start:], start, phase0=phase0,
+                                            phase_at_frame=None if final else next_start)
+        audio = audio[(self.emitted - start) * SAMPLES_PER_FRAME:]  # from frame `emitted` on
+        # upstream silences the first 20 ms and fades in over the next 20 ms ("spillover" from the reference)
+        abs0 = self.emitted * SAMPLES_PER_FRAME
+        if abs0 < len(self.trim_fade):
+            k = min(len(self.trim_fade) - abs0, len(audio))
+            audio = audio.copy()
+            audio[:k] *= self.trim_fade[abs0:abs0 + k]
+        if self.tail.size:
+            audio = crossfade(self.tail, audio)
+        cut = (keep - self.emitted) * SAMPLES_PER_FRAME
+        out, self.tail = audio[:cut], audio[cut:]
+        self.emitted = keep
+        self.src_phase, self.src_phase_frame = phase_next, next_start
+        if final:
+            self.finished = True
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        if self.wm is not None:
+            out = self.wm.push(out, final)
+        return out
