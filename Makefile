@@ -1,41 +1,53 @@
 # ros2_chatterbox: `make run` speaks, `make test` checks. Both set up .venv/ first when needed.
 # Every ROS process started here stays on this machine (loopback discovery) in its own domain.
 SHELL := /bin/bash
-VENV ?= .venv
+# The pip-only set-up's ROS 2 distribution: kilted (.venv/) or, with `make test ROS_DISTRO=jazzy`, jazzy
+# (.venv-jazzy/). Only a command-line value counts: a sourced ROS 2 shell's ROS_DISTRO does not pick the venv.
+DISTRO := $(if $(filter command line,$(origin ROS_DISTRO)),$(ROS_DISTRO),kilted)
+VENV ?= $(if $(filter kilted,$(DISTRO)),.venv,.venv-$(DISTRO))
 PY := $(VENV)/bin/python
 PARAMS ?= config/params.yaml
 PYTEST_ARGS ?=
+# The ROS tests (node, action, launch, command line): what CI also runs on Jazzy
+ROS_TESTS ?= test/test_node.py test/test_node_http.py test/test_node_reliability.py test/test_say_action.py \
+	test/test_launch.py test/test_launch_failures.py test/test_ros2_cli.py
+SETUP := VENV=$(VENV) bash tools/setup_venv.sh --distro $(DISTRO)
+WITH_TOOLS := tools/with_ros2_tools.sh --distro $(DISTRO)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
-export ROS_DOMAIN_ID ?= 42
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE ?= 0
 
-.PHONY: setup setup-test run http test test-fast bench lint clean help
+.PHONY: setup setup-test run http test test-ros bench lint clean help
 
 help:
 	@echo "make run [PARAMS=file]   set up if needed, then start the node (HTTP on 127.0.0.1:8004)"
-	@echo "make test                set up if needed, then run the whole test suite"
+	@echo "make test                set up if needed, then run the whole test suite (ROS_DISTRO=jazzy: on Jazzy)"
+	@echo "make test-ros            only the ROS tests: node, action, launch and the ros2 command line"
 	@echo "make http [PARAMS=file]  the HTTP server alone, without ROS"
 	@echo "make bench               speed benchmark (CPU smoke run here; see bench/README.md for GPU)"
 	@echo "make clean               remove the venv and build output"
 
 setup:
-	@bash tools/setup_venv.sh
+	@$(SETUP)
 
 setup-test:
-	@bash tools/setup_venv.sh --test
+	@$(SETUP) --test
 
+# `make run` keeps its own fixed domain (42) unless you set ROS_DOMAIN_ID; tests pick a free one per run.
 run: setup
-	$(PY) -m ros2_chatterbox.tts_node --autostart --ros-args --params-file $(PARAMS)
+	ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-42} $(PY) -m ros2_chatterbox.tts_node --autostart --ros-args --params-file $(PARAMS)
 
 http: setup
-	$(PY) -m ros2_chatterbox.http_server --params $(PARAMS)
+	$(PY) -m ros2_chatterbox.http --params $(PARAMS)
 
 test: setup-test
-	$(PY) -m pytest test $(PYTEST_ARGS)
+	$(WITH_TOOLS) $(PY) -m pytest test $(PYTEST_ARGS)
+
+test-ros: setup-test
+	$(WITH_TOOLS) $(PY) -m pytest $(ROS_TESTS) $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/bench_turbo.py --tiny --out bench/results/cpu-smoke
 
 clean:
-	rm -rf $(VENV) build install log .pytest_cache test-artifacts
+	rm -rf .venv .venv-jazzy build install log .pytest_cache test-artifacts

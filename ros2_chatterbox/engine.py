@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import abc
 import threading
-from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
-from .config import ConfigError, check
+from .settings import GenerationSettings  # noqa: F401 - re-exported until the engines import settings
 
 
 class EngineError(RuntimeError):
@@ -30,35 +29,6 @@ class VoiceError(ValueError):
 
 class Cancelled(Exception):
     """The request was cancelled (stop, interrupt, deactivate, client gone)."""
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 1000
-    repetition_penalty: float = 1.2
-    seed: int = 0  # 0 = a fresh random seed per request
-    watermark: bool = True
-
-    @classmethod
-    def from_config(cls, values: Dict[str, Any]) -> "GenerationSettings":
-        return cls(**{f.name: values[f"generation.{f.name}"] for f in fields(cls)})
-
-    def with_overrides(self, overrides: Optional[Dict[str, Any]]) -> "GenerationSettings":
-        """A copy with per-request overrides, each validated against the parameter's range."""
-        if not overrides:
-            return self
-        clean = {}
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key not in {f.name for f in fields(self)}:
-                raise ConfigError(f"unknown generation setting '{key}'")
-            if isinstance(getattr(self, key), float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            clean[key] = check(f"generation.{key}", value)
-        return replace(self, **clean)
 
 
 class Engine(abc.ABC):

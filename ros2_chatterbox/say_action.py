@@ -1,13 +1,17 @@
 """The `say` action: speak text with progress feedback; cancel stops its audio within one chunk.
 
-Goals go through the same queue as the service, topic and HTTP requests (one voice, one order).
+Goals go through the same queue as the service, topic and HTTP requests (one voice, one order). The node hands
+in how to submit and cancel a request, so this module does not import the node. A goal whose request was
+cancelled, by the client or by `tts/stop`, ends CANCELED; a goal that could not speak ends ABORTED.
 """
 from __future__ import annotations
 
 import threading
-from typing import Dict
+from typing import Any, Callable, Dict, Optional
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action.server import ServerGoalHandle
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from ros2_chatterbox.action import Say
@@ -15,18 +19,35 @@ from ros2_chatterbox.action import Say
 from .core import RequestError
 from .speech_queue import CANCELLED, Job
 
+# submit(text, voice, interrupt, source, feedback) -> Job (raises RequestError); cancel(job, reason)
+SubmitFn = Callable[[str, str, bool, str, Optional[Callable[[Job], None]]], Job]
+CancelFn = Callable[[Job, str], None]
+LogFn = Callable[[str, str], None]
+
+
+def _end_canceled(goal_handle: ServerGoalHandle) -> None:
+    """End an executing goal as CANCELED. A goal can only become canceled from CANCELING, which a client's cancel
+    request enters; for a server-side stop (tts/stop, deactivate) the server enters it itself, as rclpy does when
+    a client's cancel request is accepted."""
+    if not goal_handle.is_cancel_requested:
+        goal_handle._update_state(_rclpy.GoalEvent.CANCEL_GOAL)  # no public API for a server-initiated cancel
+    goal_handle.canceled()
+
 
 class SayActionServer:
-    def __init__(self, node, callback_group):
-        self.node = node
+    def __init__(self, node: Any, callback_group: Any, submit: SubmitFn, cancel: CancelFn, log: LogFn,
+                 qos_depth: int):
+        self._submit = submit
+        self._cancel = cancel
+        self._log = log
         self._jobs: Dict[bytes, Job] = {}
         self._lock = threading.Lock()
+        qos = QoSProfile(depth=qos_depth, reliability=ReliabilityPolicy.RELIABLE)
         self._server = ActionServer(
             node, Say, "say", execute_callback=self._execute, goal_callback=self._on_goal,
             cancel_callback=self._on_cancel, callback_group=callback_group,
             # a burst of goals waits in DDS history instead of overwriting each other (default depth 10)
-            goal_service_qos_profile=QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE),
-            result_service_qos_profile=QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
+            goal_service_qos_profile=qos, result_service_qos_profile=qos)
 
     def _on_goal(self, goal_request) -> GoalResponse:
         return GoalResponse.ACCEPT  # invalid or inactive goals are aborted with a readable message
@@ -34,12 +55,11 @@ class SayActionServer:
     def _on_cancel(self, goal_handle) -> CancelResponse:
         with self._lock:
             job = self._jobs.get(bytes(goal_handle.goal_id.uuid))
-        if job is not None and self.node.core is not None and self.node.core.queue is not None:
-            self.node.core.queue.cancel(job, "goal canceled")
+        if job is not None:
+            self._cancel(job, "goal canceled")
         return CancelResponse.ACCEPT
 
     def _execute(self, goal_handle):
-        from .tts_node import RosAudioSink
         goal = goal_handle.request
         result = Say.Result()
 
@@ -49,14 +69,10 @@ class SayActionServer:
             fb.audio_seconds = float(job.audio_seconds)
             if job.pieces:
                 fb.current_sentence = job.pieces[min(job.piece_index, len(job.pieces) - 1)]
-            try:
-                goal_handle.publish_feedback(fb)
-            except Exception:  # noqa: BLE001 - goal already finished
-                pass
+            self._publish_feedback(goal_handle, fb)
 
         try:
-            job = self.node.submit(goal.text, goal.voice, goal.interrupt, "ros-action",
-                                   RosAudioSink(self.node, feedback=feedback))
+            job = self._submit(goal.text, goal.voice, goal.interrupt, "ros-action", feedback)
         except RequestError as exc:
             result.success, result.message = False, exc.message
             goal_handle.abort()
@@ -65,22 +81,27 @@ class SayActionServer:
         with self._lock:
             self._jobs[key] = job
         if goal_handle.is_cancel_requested:  # canceled before the job existed
-            self.node.core.queue.cancel(job, "goal canceled")
+            self._cancel(job, "goal canceled")
         try:
             res = job.wait()
         finally:
             with self._lock:
                 self._jobs.pop(key, None)
         result.success, result.message, result.duration = res.success, res.message, float(res.duration)
-        if res.kind == CANCELLED and goal_handle.is_cancel_requested:
-            goal_handle.canceled()
+        if res.kind == CANCELLED:
+            _end_canceled(goal_handle)
         elif res.success:
-            fb = Say.Feedback(progress=1.0, audio_seconds=float(res.duration))
-            goal_handle.publish_feedback(fb)
+            self._publish_feedback(goal_handle, Say.Feedback(progress=1.0, audio_seconds=float(res.duration)))
             goal_handle.succeed()
         else:
             goal_handle.abort()
         return result
+
+    def _publish_feedback(self, goal_handle, fb) -> None:
+        try:
+            goal_handle.publish_feedback(fb)
+        except Exception as exc:  # noqa: BLE001 - the goal ended meanwhile (node shutting down)
+            self._log("debug", f"say feedback not published: {type(exc).__name__}: {exc}")
 
     def destroy(self) -> None:
         self._server.destroy()

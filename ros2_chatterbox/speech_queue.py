@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -55,7 +56,8 @@ class Job:
     """One utterance request. `wait()` blocks until it is answered; `cancel()` stops it within one chunk."""
 
     def __init__(self, text: str, voice: Optional[str] = None, settings: Any = None, source: str = "api",
-                 listener: Optional[JobListener] = None, interrupt: bool = False):
+                 listener: Optional[JobListener] = None, interrupt: bool = False,
+                 chunk_ms: Optional[float] = None, pause_ms: float = 0.0):
         self.id = next(_ids)
         self.text = text
         self.voice = voice
@@ -63,6 +65,8 @@ class Job:
         self.source = source
         self.listener = listener or JobListener()
         self.interrupt = interrupt
+        self.chunk_ms = chunk_ms  # duration of each chunk handed to the listener (None: as the engine yields)
+        self.pause_ms = pause_ms  # silence between sentences
         self.created = time.monotonic()
         self.started: Optional[float] = None
         self.first_audio: Optional[float] = None
@@ -90,7 +94,8 @@ class Job:
         return self._done.is_set()
 
     def finish(self, result: JobResult) -> bool:
-        """Answer the job; only the first answer counts. Returns False when it was already answered."""
+        """Answer the job; only the first answer counts. Returns False when it was already answered.
+        The job is done (wait() returns) even when the listener's on_done raises; the exception propagates."""
         with self._lock:
             if self.result is not None:
                 return False
@@ -113,11 +118,16 @@ class Job:
 
 
 class SpeechQueue:
-    """FIFO of jobs with a bound; one worker thread runs `run_job(job) -> (duration, sample_rate)`."""
+    """FIFO of jobs with a bound; one worker thread runs `run_job(job) -> JobResult`.
+
+    `log(level, message)` receives what would otherwise be swallowed: a listener failing in on_done, an idle
+    callback failing."""
 
     def __init__(self, run_job: Callable[[Job], JobResult], max_size: int = 16,
-                 on_idle: Optional[Callable[[float], None]] = None):
+                 on_idle: Optional[Callable[[float], None]] = None,
+                 log: Optional[Callable[[str, str], None]] = None):
         self._run_job = run_job
+        self._log = log or (lambda level, msg: getattr(logging.getLogger("ros2_chatterbox"), level)(msg))
         self.max_size = max_size
         self._on_idle = on_idle
         self._jobs: Deque[Job] = collections.deque()
@@ -137,60 +147,80 @@ class SpeechQueue:
         self._thread = threading.Thread(target=self._work, name="speech-worker", daemon=True)
         self._thread.start()
 
-    def shutdown(self, reason: str = "node is shutting down", timeout: float = 10.0) -> None:
-        """Stop the worker; every waiting or running job is answered as cancelled."""
+    def shutdown(self, reason: str = "node is shutting down", timeout: float = 10.0) -> bool:
+        """Stop the worker; every waiting or running job is answered as cancelled. Returns True once the worker
+        has ended (False: it did not end within `timeout`, logged)."""
         with self._cond:
             self._running = False
             self._cond.notify_all()
         self.cancel_all(reason)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        thread = self._thread
+        ended = True
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            ended = not thread.is_alive()
+            if not ended:
+                self._log("error", f"the speech worker did not end within {timeout:.0f} s")
         self._thread = None
+        return ended
 
     # -- requests --------------------------------------------------------------------------------------------
     def submit(self, job: Job) -> Job:
         with self._cond:
             if not self._running:
                 raise QueueFull("the speech queue is not running")
+            interrupted: List[Job] = []
             if job.interrupt:
-                self._cancel_locked(f"interrupted by request {job.id}")
+                _, interrupted = self._take_all_locked(f"interrupted by request {job.id}")
             if len(self._jobs) >= self.max_size:
                 self.counters[QUEUE_FULL] += 1
                 raise QueueFull(f"the speech queue is full ({self.max_size} waiting); try again shortly")
             self._jobs.append(job)
             self.counters["submitted"] += 1
             self._cond.notify_all()
+        self._answer_cancelled(interrupted, f"interrupted by request {job.id}")
         return job
 
     def cancel_all(self, reason: str = "stopped") -> int:
         """Cancel the current job and every waiting one; returns how many were affected."""
         with self._cond:
-            return self._cancel_locked(reason)
+            running, waiting = self._take_all_locked(reason)
+        self._answer_cancelled(waiting, reason)
+        return running + len(waiting)
 
-    def _cancel_locked(self, reason: str) -> int:
+    def _take_all_locked(self, reason: str) -> Tuple[int, List[Job]]:
+        """Cancel the running job and take every waiting one out of the line (answered outside the lock)."""
         waiting = list(self._jobs)
         self._jobs.clear()
-        n = 0
+        running = 0
         if self._current is not None and not self._current.done:
             self._current.cancel(reason)
-            n += 1
+            running = 1
         for job in waiting:
             job.cancel(reason)
-            job.finish(JobResult(False, CANCELLED, f"cancelled: {reason}"))
             self.counters[CANCELLED] += 1
-            n += 1
-        return n
+        return running, waiting
+
+    def _answer_cancelled(self, jobs: List[Job], reason: str) -> None:
+        for job in jobs:
+            self._finish(job, JobResult(False, CANCELLED, f"cancelled: {reason}"))
+
+    def _finish(self, job: Job, result: JobResult) -> None:
+        try:
+            job.finish(result)
+        except Exception as exc:  # noqa: BLE001 - a listener failing must not kill the worker or a cancel
+            self._log("error", f"request {job.id}: its listener failed on done: {type(exc).__name__}: {exc}")
 
     def cancel(self, job: Job, reason: str = "cancelled") -> None:
         """Cancel one job, waiting or running."""
         with self._cond:
-            if job in self._jobs:
+            waiting = job in self._jobs
+            if waiting:
                 self._jobs.remove(job)
-                job.cancel(reason)
-                job.finish(JobResult(False, CANCELLED, f"cancelled: {reason}"))
                 self.counters[CANCELLED] += 1
-                return
         job.cancel(reason)
+        if waiting:
+            self._answer_cancelled([job], reason)
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
@@ -206,11 +236,16 @@ class SpeechQueue:
     def running(self) -> bool:
         return self._running
 
-    def idle_seconds(self) -> float:
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no job runs or waits (True), or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
         with self._cond:
-            if self._current is not None or self._jobs:
-                return 0.0
-            return time.monotonic() - self._idle_since
+            while self._current is not None or self._jobs:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
 
     # -- worker ----------------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -223,6 +258,8 @@ class SpeechQueue:
                         self._cond.release()
                         try:
                             self._on_idle(idle)
+                        except Exception as exc:  # noqa: BLE001 - idle work failing must not end the worker
+                            self._log("error", f"idle callback failed: {type(exc).__name__}: {exc}")
                         finally:
                             self._cond.acquire()
                 if not self._running:
@@ -237,11 +274,9 @@ class SpeechQueue:
                     result = self._run_job(job)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything a job does
                 result = JobResult(False, ENGINE_ERROR, f"synthesis failed: {type(exc).__name__}: {exc}")
-            try:
-                job.finish(result)
-            except Exception:  # noqa: BLE001 - a listener failing in on_done must not kill the worker
-                pass
+            self._finish(job, result)
             with self._cond:
                 self.counters[result.kind] += 1
                 self._current = None
                 self._idle_since = time.monotonic()
+                self._cond.notify_all()  # wait_idle()

@@ -1,46 +1,57 @@
 """The ROS 2 door: a lifecycle node over the speech core.
 
-configure = load the engine and voices; activate = serve (`speak` service, `tts/text`, `tts/stop`, `say` action,
-HTTP); deactivate = stop serving (pending requests answered as cancelled); cleanup/shutdown/error = release the
-model and GPU memory. Callbacks only validate and enqueue; the core's worker thread synthesizes.
+configure = read the parameters, load the engine and voices; activate = serve (`speak`, `tts/text`, `tts/stop`,
+`say`, HTTP; the `voices/*` services of ros_voices.py answer once configured); deactivate = stop serving (pending
+requests answered as cancelled); cleanup/shutdown/error = release the model and GPU memory. Callbacks only
+validate and enqueue; the core's worker thread synthesizes.
+
+Everything that exists only between configure and cleanup (the core, the audio outputs, the diagnostics timer, the
+HTTP server) lives in one `_Resources` object, reached only through `_use()`: a callback either gets the whole
+object, kept alive until it is done with it, or None. Release takes it away first, answers and joins the work in
+flight, waits for callbacks still using it, and only then destroys publishers and the model.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import signal
 import sys
 import threading
-import time
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Optional
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 
-from audio_common_msgs.msg import AudioData, AudioDataStamped, AudioInfo
+from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from ros2_chatterbox.srv import Speak
 
-from . import audio
-from .config import SETTINGS, SETTINGS_BY_NAME, ConfigError, check
-from .core import RequestError, SpeechCore
-from .engine import EngineLoadError
-from .speech_queue import Job, JobListener, JobResult
+from .core import EngineLoadError, RequestError, SpeechCore
+from .ros_audio import RosAudioOut
+from .ros_voices import VoiceServices
+from .say_action import SayActionServer
+from .settings import CONFIGURE, RUNTIME, SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, Settings, check, \
+    describe
+from .speech_queue import UNAVAILABLE, Job
 
-REALTIME_LEAD_S = 0.25  # publish this far ahead of playback so players never starve
+DIAGNOSTICS_PERIOD_S = 1.0
+RELEASE_WAIT_S = 10.0  # how long release waits for callbacks still using the resources (each is bounded)
 
 
-def _descriptor(s) -> ParameterDescriptor:
-    desc = s.description
-    if s.choices:
-        desc += f" One of: {', '.join(repr(c) for c in s.choices)}."
-    d = ParameterDescriptor(description=desc, read_only=s.read_only)
+def _descriptor(s: Setting) -> ParameterDescriptor:
+    note = {CONFIGURE: " Read at configure: set it while unconfigured (or after cleanup), then configure.",
+            RUNTIME: ""}.get(s.stage, " Read when the node starts: set it in the parameter file.")
+    d = ParameterDescriptor(description=describe(s) + note, read_only=s.read_only)
     if s.min is not None and s.max is not None and not isinstance(s.default, bool):
         if isinstance(s.default, int):
             d.integer_range = [IntegerRange(from_value=int(s.min), to_value=int(s.max), step=0)]
@@ -49,64 +60,42 @@ def _descriptor(s) -> ParameterDescriptor:
     return d
 
 
-class RosAudioSink(JobListener):
-    """Publishes one job's audio on tts/audio as stamped chunks, optionally paced at playback speed."""
+@dataclass
+class _Resources:
+    """What exists between configure and cleanup."""
+    core: SpeechCore
+    out: RosAudioOut
+    diag_pub: Any
+    diag_timer: Any
+    http: Any = None  # HttpServer while active with http.enabled
 
-    def __init__(self, node: "TtsNode", done_callback=None, feedback=None):
-        self.node = node
-        self.done_callback = done_callback
-        self.feedback = feedback
-        self.stamp0 = None
-        self.t0 = 0.0
-        self.sent_s = 0.0
 
-    def on_start(self, job: Job) -> None:
-        if self.node.player is None:  # with playback, "speaking" starts with the sound itself (first chunk)
-            self.node._set_speaking(True)
+def _logged(fn):
+    """Service, subscription and timer callbacks never raise into the executor (rclpy's MultiThreadedExecutor
+    re-raises them out of spin(), which would end the node): an unexpected exception is logged, and a service
+    answers it as a failure."""
+    @functools.wraps(fn)
+    def run(self, request=None, response=None):
+        try:
+            return fn(self, request, response) if response is not None else fn(self, request)
+        except Exception as exc:  # noqa: BLE001 - see above
+            self.get_logger().error(f"{fn.__name__} failed: {type(exc).__name__}: {exc}")
+            if response is not None:
+                if hasattr(response, "success"):
+                    response.success = False
+                if hasattr(response, "message"):
+                    response.message = f"internal error: {type(exc).__name__}: {exc}"
+            return response
+    return run
 
-    def on_audio(self, job: Job, samples) -> None:
-        node = self.node
-        sr = node.core.engine.sample_rate if node.core.engine else 0
-        player = node.player
-        if self.stamp0 is None:
-            self.stamp0 = node.get_clock().now()
-            self.t0 = time.monotonic()
-            if player is not None:
-                player.set_sample_rate(sr)
-                node._set_speaking(True)
-        if player is None and node.core.config["audio.realtime"]:
-            due = self.t0 + self.sent_s - REALTIME_LEAD_S
-            delay = due - time.monotonic()
-            if delay > 0 and job.cancel_event.wait(delay):
-                return  # cancelled while waiting: the worker notices before the next chunk
-        msg = AudioDataStamped()
-        stamp = self.stamp0 + rclpy.duration.Duration(nanoseconds=int(self.sent_s * 1e9))
-        msg.header.stamp = stamp.to_msg()
-        msg.header.frame_id = node.frame_id
-        msg.audio = AudioData(data=audio.to_pcm16(samples))
-        node.audio_pub.publish(msg)
-        self.sent_s += len(samples) / float(sr)
-        if self.feedback is not None:
-            self.feedback(job)
-        if player is not None:  # the sound device paces publishing (about 0.25 s ahead of the speaker)
-            player.play(samples, cancel=job.cancel_event)
 
-    def on_done(self, job: Job, result: JobResult) -> None:
-        player = self.node.player
-        if job.started is not None:
-            if player is not None:
-                if result.success:
-                    player.drain(cancel=job.cancel_event)  # speaking stays true until the sound has played
-                else:
-                    player.stop()
-            elif self.node.core.config["audio.realtime"] and result.success:
-                # let the last paced chunk finish playing before speaking goes false
-                remaining = self.t0 + self.sent_s - time.monotonic()
-                if remaining > 0:
-                    job.cancel_event.wait(min(remaining, 5.0))
-            self.node._set_speaking(False)
-        if self.done_callback is not None:
-            self.done_callback(job, result)
+def _serialized(fn):
+    """One transition at a time: they come from the lifecycle services (executor threads) and from main() at exit."""
+    @functools.wraps(fn)
+    def run(self, *args):
+        with self._transition_lock:
+            return fn(self, *args)
+    return run
 
 
 class TtsNode(LifecycleNode):
@@ -114,184 +103,249 @@ class TtsNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for s in SETTINGS:
             self.declare_parameter(s.name, s.default, _descriptor(s))
-        self.declare_parameter("frame_id", "", ParameterDescriptor(
-            description="frame_id in the header of tts/audio messages."))
-        self.core: Optional[SpeechCore] = None
-        self.frame_id = ""
-        self.audio_pub = self.info_pub = self.speaking_pub = self.diag_pub = None
-        self._http = None
-        self.player = None  # playback on the host's sound device (playback.enabled)
-        self._diag_timer = None
-        self._speaking_lock = threading.Lock()
-        self._speaking = None
+        # start-time settings (QoS depths, autostart) are read once, here; the rest again at each configure
+        self._settings = self._read_settings(lenient=True)
+        self._state_cond = threading.Condition()
+        self._transition_lock = threading.RLock()  # see _serialized
+        self._res: Optional[_Resources] = None
         self._active = False
+        self._users = 0  # callbacks currently holding the resources (see _use)
         self._blocking_group = ReentrantCallbackGroup()
         self._fast_group = MutuallyExclusiveCallbackGroup()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # The request interfaces live as long as the node, so a request while inactive gets a clear answer
         # ("not active") instead of silence; activate/deactivate switch serving on and off.
-        # deep enough that a burst of messages is queued, not overwritten (each one must be spoken)
-        text_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        # Requests arriving in a burst must wait in DDS history, not overwrite each other (default depth is 10).
-        burst_qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_service(Speak, "speak", self._on_speak, qos_profile=burst_qos,
+        ros = self._settings.ros
+        text_qos = QoSProfile(depth=ros.text_depth, reliability=ReliabilityPolicy.RELIABLE)
+        request_qos = QoSProfile(depth=ros.request_depth, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_service(Speak, "speak", self._on_speak, qos_profile=request_qos,
                             callback_group=self._blocking_group)
         self.create_service(Trigger, "tts/stop", self._on_stop, callback_group=self._fast_group)
         self.create_subscription(String, "tts/text", self._on_text, text_qos, callback_group=self._fast_group)
-        self._action_server = self._create_action_server()
+        self._action_server = SayActionServer(self, self._blocking_group, self._submit_goal, self._cancel_job,
+                                              self._log, ros.request_depth)
+        self._voice_services = VoiceServices(self, self._configured_core, self._state_label, self._log,
+                                             self._fast_group, self._blocking_group)
+
+    # -- state: one accessor ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _use(self, active_only: bool = True) -> Iterator[Optional[_Resources]]:
+        """The resources, held until the block ends (release waits for it), or None when there are none (or,
+        with active_only, when the node is not active)."""
+        with self._state_cond:
+            res = self._res
+            if res is None or (active_only and not self._active):
+                res = None
+            else:
+                self._users += 1
+        try:
+            yield res
+        finally:
+            if res is not None:
+                with self._state_cond:
+                    self._users -= 1
+                    self._state_cond.notify_all()
+
+    @contextlib.contextmanager
+    def _configured_core(self) -> Iterator[Optional[SpeechCore]]:
+        with self._use(active_only=False) as res:
+            yield res.core if res is not None else None
+
+    def _state_label(self) -> str:
+        try:
+            return self._state_machine.current_state[1]
+        except Exception:  # noqa: BLE001 - the state machine is gone while the node is destroyed
+            return "unknown"
+
+    def _not_serving(self) -> RequestError:
+        return RequestError(UNAVAILABLE, f"the node is not active (state: {self._state_label()}); activate it "
+                                         f"first (or start it with --autostart)")
 
     # -- parameters ------------------------------------------------------------------------------------------
-    def _read_config(self) -> Dict[str, Any]:
-        return {s.name: check(s.name, self.get_parameter(s.name).value) for s in SETTINGS}
+    def _read_settings(self, lenient: bool = False) -> Settings:
+        """The parameters as settings; raises ConfigError. lenient: an invalid value is logged and left at its
+        default (at start, so that the node comes up and configure reports it)."""
+        values = {s.name: self.get_parameter(s.name).value for s in SETTINGS}
+        if lenient:
+            for name, value in list(values.items()):
+                try:
+                    check(name, value)
+                except ConfigError as exc:
+                    self.get_logger().error(f"invalid parameter (configure will refuse it): {exc}")
+                    del values[name]
+        return Settings.from_values(values)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        """Validate; refuse configure-time changes unless unconfigured; hand run-time changes to their owners."""
+        changes = {}
         for p in params:
-            if p.name not in SETTINGS_BY_NAME:
+            s = SETTINGS_BY_NAME.get(p.name)
+            if s is None:
                 continue
             try:
-                check(p.name, p.value)
+                changes[p.name] = check(p.name, p.value)
             except ConfigError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-        if self.core is not None:
-            for p in params:
-                if p.name in SETTINGS_BY_NAME and not SETTINGS_BY_NAME[p.name].read_only:
-                    self.core.config[p.name] = check(p.name, p.value)
+            if s.stage == CONFIGURE:
+                state = self._state_label()
+                if state != "unconfigured":
+                    return SetParametersResult(successful=False, reason=(
+                        f"{p.name} is read at configure and the node is {state}: "
+                        + ("deactivate, then cleanup" if state == "active" else "cleanup")
+                        + f", set {p.name}, then configure (it applies at the next configure)"))
+        try:
+            new = self._settings.with_values(changes)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self._settings = new
+        with self._use(active_only=False) as res:
+            if res is not None:
+                res.core.apply(new)
+                res.out.settings = new.ros
         return SetParametersResult(successful=True)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
+    @_serialized
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            config = self._read_config()
+            settings = self._settings = self._read_settings()
         except ConfigError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self.frame_id = self.get_parameter("frame_id").value
-        self.core = SpeechCore(config, logger=self._log)
-        self.get_logger().info(f"loading engine '{config['engine']}'"
-                               + (f" (fallback '{config['fallback_engine']}')" if config["fallback_engine"] else ""))
+        core = SpeechCore(settings, logger=self._log)
+        engine = settings.core.engine
+        fallback = settings.core.fallback_engine
+        self.get_logger().info(f"loading engine '{engine}'" + (f" (fallback '{fallback}')" if fallback else ""))
         try:
-            self.core.load()
+            core.load()
         except EngineLoadError as exc:
-            self.get_logger().error(f"configure failed: engine '{config['engine']}' could not load: {exc}")
-            self.core = None
+            self.get_logger().error(f"configure failed: engine '{engine}' could not load: {exc}")
+            core.unload("configure failed")
             return TransitionCallbackReturn.FAILURE
         except Exception as exc:  # noqa: BLE001 - any load failure is a FAILURE with a reason, never a crash
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
-            self.core = None
+            core.unload("configure failed")
             return TransitionCallbackReturn.FAILURE
+        ros = settings.ros
         audio_qos = QoSProfile(
-            depth=100, history=HistoryPolicy.KEEP_LAST,
-            reliability=ReliabilityPolicy.RELIABLE if config["audio.reliable"] else ReliabilityPolicy.BEST_EFFORT)
+            depth=ros.audio_depth, history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE if ros.audio_reliable else ReliabilityPolicy.BEST_EFFORT)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
-        self.audio_pub = self.create_lifecycle_publisher(AudioDataStamped, "tts/audio", audio_qos)
-        self.info_pub = self.create_lifecycle_publisher(AudioInfo, "tts/audio_info", latched)
-        self.speaking_pub = self.create_lifecycle_publisher(Bool, "tts/speaking", latched)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._fast_group)
-        st = self.core.status()
-        note = f" -- FALLBACK: {self.core.fallback_reason}" if self.core.fallback_reason else ""
+        out = RosAudioOut(self.get_clock(), self.create_lifecycle_publisher(AudioDataStamped, "tts/audio", audio_qos),
+                          self.create_lifecycle_publisher(AudioInfo, "tts/audio_info", latched),
+                          self.create_lifecycle_publisher(Bool, "tts/speaking", latched), ros, self._log)
+        diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, callback_group=self._fast_group)
+        with self._state_cond:
+            self._res = _Resources(core, out, diag_pub, timer)
+        st = core.status()
+        note = f" -- FALLBACK: {core.fallback_reason}" if core.fallback_reason else ""
         self.get_logger().info(
             f"configured: engine {st.get('engine')} on {st.get('device', 'cpu')} ({st.get('dtype', '')}), "
             f"{st.get('sample_rate')} Hz, voices {st.get('voices')}, load {st.get('load_seconds')} s{note}")
         return TransitionCallbackReturn.SUCCESS
 
+    @_serialized
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        assert self.core is not None
-        cfg = self.core.config
-        if cfg["http.enabled"]:
+        res = self._res
+        if res is None:
+            self.get_logger().error("activate failed: the node holds no model (configure first)")
+            return TransitionCallbackReturn.FAILURE
+        settings = self._settings
+        if settings.http.enabled:
             try:
-                from .http_server import HttpServer
-                self._http = HttpServer(self.core, cfg, log=self._log)
-                self._http.start()
+                from .http.server import HttpServer
+                res.http = HttpServer(res.core, lambda: self._settings.http, log=self._log)
+                res.http.start()
             except Exception as exc:  # noqa: BLE001 - port taken, missing deps: a readable FAILURE
-                self._http = None
-                self.get_logger().error(
-                    f"activate failed: HTTP server on {cfg['http.host']}:{cfg['http.port']} could not start: {exc}")
+                res.http = None
+                self.get_logger().error(f"activate failed: HTTP server on {settings.http.host}:"
+                                        f"{settings.http.port} could not start: {exc}")
                 return TransitionCallbackReturn.FAILURE
-        self._open_player()
-        self._active = True
-        self.core.lifecycle_state = "active"
+        res.out.player = self._open_player(settings, res.core.sample_rate)
         result = super().on_activate(state)
-        self.info_pub.publish(AudioInfo(channels=1, sample_rate=int(self.core.engine.sample_rate),
-                                        sample_format=audio.SAMPLE_FORMAT,
-                                        bitrate=int(self.core.engine.sample_rate) * 16,
-                                        coding_format="wave"))
-        self._speaking = None
-        self._set_speaking(False)
-        url = f", HTTP {self._http.url}" if self._http is not None else ""
+        res.out.publish_info(res.core.sample_rate)
+        res.out.set_speaking(False, force=True)
+        with self._state_cond:
+            self._active = True
+        url = f", HTTP {res.http.url}" if res.http is not None else ""
         self.get_logger().info(f"active: ready to speak (service {self.resolve_service_name('speak')}, "
                                f"topic {self.resolve_topic_name('tts/text')}{url})")
         return result
 
-    def _open_player(self) -> None:
-        cfg = self.core.config
-        if not cfg["playback.enabled"]:
-            return
+    def _open_player(self, settings: Settings, sample_rate: int):
+        if not settings.playback.enabled:
+            return None
         from .playback import Player
-        player = Player(cfg["playback.device"], int(self.core.engine.sample_rate), log=self._log)
+        player = Player(settings.playback.device, sample_rate, log=self._log)
         if player.open():
-            self.player = player
             self.get_logger().info(f"playback on sound device '{player.device_name}'")
-        else:
-            self.get_logger().warning("playback disabled: no usable sound device (see the warning above); "
-                                      "speech is still published on tts/audio")
-
-    def _create_action_server(self):
-        from .say_action import SayActionServer
-        return SayActionServer(self, self._blocking_group)
+            return player
+        self.get_logger().warning("playback disabled: no usable sound device (see the warning above); "
+                                  "speech is still published on tts/audio")
+        return None
 
     def _stop_serving(self, reason: str) -> None:
-        self._active = False
-        if self.core is not None:
-            self.core.lifecycle_state = "inactive"
-        if self.player is not None:
-            self.player.stop()
-        if self.core is not None:
-            n = self.core.stop(reason)
-            if n:
-                self.get_logger().info(f"{n} request(s) answered as cancelled: {reason}")
-        if self.player is not None:
-            self.player.close()
-            self.player = None
-        if self._http is not None:
-            self._http.stop()
-            self._http = None
+        """Refuse new requests, answer every pending one as cancelled and wait until the worker is idle, then
+        close the sound device and the HTTP server."""
+        with self._state_cond:
+            self._active = False
+        res = self._res
+        if res is None:
+            return
+        res.out.silence()
+        n = res.core.cancel_all(reason)
+        if n:
+            self.get_logger().info(f"{n} request(s) answered as cancelled: {reason}")
+        if not res.core.wait_idle(RELEASE_WAIT_S):
+            self.get_logger().error("the speech worker did not become idle in time")
+        res.out.close()
+        if res.http is not None:
+            res.http.stop()
+            res.http = None
+        res.out.set_speaking(False)
 
+    @_serialized
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_serving("the node was deactivated")
-        self._set_speaking(False)
         self.get_logger().info("inactive: not serving")
         return super().on_deactivate(state)
 
-    def _release(self, reason: str) -> None:
+    @_serialized
+    def release(self, reason: str) -> None:
+        """Stop serving and free everything configure made; safe to call in any state, more than once."""
         self._stop_serving(reason)
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-        for pub in (self.audio_pub, self.info_pub, self.speaking_pub):
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub) if hasattr(self, "destroy_lifecycle_publisher") \
-                    else self.destroy_publisher(pub)
-        if self.diag_pub is not None:
-            self.destroy_publisher(self.diag_pub)
-        self.audio_pub = self.info_pub = self.speaking_pub = self.diag_pub = None
-        if self.core is not None:
-            self.core.unload(reason)
-            self.core = None
-            self.get_logger().info("model released")
+        with self._state_cond:
+            res, self._res = self._res, None
+            if res is None:
+                return
+            # callbacks that got the resources before they were taken away finish first (each is bounded:
+            # their requests were just answered)
+            if not self._state_cond.wait_for(lambda: self._users == 0, RELEASE_WAIT_S):
+                self.get_logger().error(f"{self._users} callback(s) still running after {RELEASE_WAIT_S:.0f} s; "
+                                        f"releasing anyway")
+        res.core.unload(reason)  # joins the worker: nothing publishes after this
+        self.destroy_timer(res.diag_timer)
+        for pub in (res.out.audio_pub, res.out.info_pub, res.out.speaking_pub):
+            self.destroy_lifecycle_publisher(pub)
+        self.destroy_publisher(res.diag_pub)
+        self.get_logger().info("model released")
 
+    @_serialized
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release("the node was cleaned up")
+        self.release("the node was cleaned up")
         return TransitionCallbackReturn.SUCCESS
 
+    @_serialized
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release("the node is shutting down")
+        self.release("the node is shutting down")
         return TransitionCallbackReturn.SUCCESS
 
+    @_serialized
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().error(f"error in state {state.label}: releasing the model")
-        self._release("the node hit an error")
+        self.release("the node hit an error")
         return TransitionCallbackReturn.SUCCESS
 
     # -- serving ---------------------------------------------------------------------------------------------
@@ -307,81 +361,92 @@ class TtsNode(LifecycleNode):
         else:
             logger.info(msg)
 
-    def _set_speaking(self, value: bool) -> None:
-        with self._speaking_lock:
-            if self._speaking == value or self.speaking_pub is None:
-                return
-            self._speaking = value
-            try:
-                self.speaking_pub.publish(Bool(data=value))
-            except Exception:  # noqa: BLE001 - publisher destroyed during shutdown
-                pass
+    def _submit(self, res: Optional[_Resources], text: Any, voice: Any, interrupt: bool, source: str,
+                feedback=None) -> Job:
+        if res is None:
+            raise self._not_serving()
+        sink = res.out.sink(res.core.sample_rate, feedback)
+        return res.core.submit(text, voice, None, source, sink, interrupt, self._settings.ros.audio_chunk_ms)
 
-    def submit(self, text, voice, interrupt=False, source="ros", listener=None) -> Job:
-        """Enqueue a ROS request (raises RequestError)."""
-        if self.core is None or not self._active:
-            state = self._state_label()
-            raise RequestError("unavailable", f"the node is not active (state: {state}); activate it first "
-                                              f"(or start it with --autostart)")
-        return self.core.submit(text, voice, None, source, listener or RosAudioSink(self), interrupt)
+    def _submit_goal(self, text: str, voice: str, interrupt: bool, source: str, feedback) -> Job:
+        with self._use() as res:
+            return self._submit(res, text, voice, interrupt, source, feedback)
 
+    def _cancel_job(self, job: Job, reason: str) -> None:
+        with self._use(active_only=False) as res:
+            if res is not None:
+                res.core.cancel(job, reason)
+            else:
+                job.cancel(reason)
+
+    @_logged
     def _on_speak(self, request: Speak.Request, response: Speak.Response) -> Speak.Response:
-        try:
-            job = self.submit(request.text, request.voice, request.interrupt, "ros-service")
-        except RequestError as exc:
-            response.success, response.message = False, exc.message
-            return response
-        result = job.wait()
+        with self._use() as res:
+            try:
+                job = self._submit(res, request.text, request.voice, request.interrupt, "ros-service")
+            except RequestError as exc:
+                response.success, response.message = False, exc.message
+                return response
+        result = job.wait()  # outside _use: release answers it, it does not wait for it
         response.success = result.success
         response.message = result.message
         response.duration = float(result.duration)
         response.sample_rate = int(result.sample_rate)
         return response
 
+    @_logged
     def _on_text(self, msg: String) -> None:
-        try:
-            self.submit(msg.data, "", False, "ros-topic")
-        except RequestError as exc:
-            self.get_logger().warning(f"tts/text message not spoken: {exc.message}")
+        with self._use() as res:
+            try:
+                self._submit(res, msg.data, "", False, "ros-topic")
+            except RequestError as exc:
+                self.get_logger().warning(f"tts/text message not spoken: {exc.message}")
 
+    @_logged
     def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        n = self.core.stop("stopped by tts/stop") if (self.core is not None and self._active) else 0
-        if self.player is not None:
-            self.player.stop()  # silence at once, also audio already handed to the device
+        with self._use() as res:
+            n = 0
+            if res is not None:
+                n = res.core.cancel_all("stopped by tts/stop")
+                res.out.silence()  # silence at once, also audio already handed to the device
         response.success = True
         response.message = f"stopped; {n} request(s) cancelled"
         return response
 
     # -- visibility ------------------------------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
-        if self.core is None or self.diag_pub is None:
-            return
-        st = self.core.status()
-        level = DiagnosticStatus.OK
-        message = "ready"
-        if st.get("using_fallback"):
-            level, message = DiagnosticStatus.WARN, f"using fallback engine: {st['fallback_reason']}"
-        elif st.get("last_error"):
-            level, message = DiagnosticStatus.WARN, f"last error: {st['last_error']}"
-        values = {"lifecycle_state": self._state_label()}
-        values.update({k: v for k, v in st.items() if not isinstance(v, (dict, list))})
-        values["voices"] = ", ".join(st.get("voices", []))
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: speech", message=message,
-                                  hardware_id=str(st.get("device", "")),
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        arr = DiagnosticArray(status=[status])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(arr)
-
-    def _state_label(self) -> str:
-        try:
-            return self._state_machine.current_state[1]
-        except Exception:  # noqa: BLE001
-            return "unknown"
+    @_logged
+    def _publish_diagnostics(self, _=None) -> None:
+        with self._use(active_only=False) as res:
+            if res is None:
+                return
+            st = res.core.status()
+            level = DiagnosticStatus.OK
+            message = "ready"
+            if st.get("using_fallback"):
+                level, message = DiagnosticStatus.WARN, f"using fallback engine: {st['fallback_reason']}"
+            elif st.get("last_error"):
+                level, message = DiagnosticStatus.WARN, f"last error: {st['last_error']}"
+            values = {"lifecycle_state": self._state_label()}
+            values.update({k: v for k, v in st.items() if not isinstance(v, (dict, list))})
+            values["voices"] = ", ".join(st.get("voices", []))
+            status = DiagnosticStatus(level=level, name=f"{self.get_name()}: speech", message=message,
+                                      hardware_id=str(st.get("device", "")),
+                                      values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+            arr = DiagnosticArray(status=[status])
+            arr.header.stamp = self.get_clock().now().to_msg()
+            res.diag_pub.publish(arr)
 
 
 def _interrupt(signum, frame):
+    """The first SIGINT/SIGTERM ends spin(); any later one only says that the node is already stopping (a second
+    Ctrl-C must not raise out of the release, e.g. from gc.collect() while the model is freed)."""
+    signal.signal(signal.SIGINT, _already_stopping)
+    signal.signal(signal.SIGTERM, _already_stopping)
     raise KeyboardInterrupt
+
+
+def _already_stopping(signum, frame):
+    sys.stderr.write("[tts_node] already shutting down: releasing the model, please wait\n")
 
 
 def _limit_malloc_arenas(n: int = 2) -> None:
@@ -404,12 +469,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    node = TtsNode()
-    autostart = autostart or bool(node.get_parameter("autostart").value)
-    max_size = int(node.get_parameter("queue.max_size").value)
+    try:
+        node = TtsNode()
+    except ParameterException as exc:  # a value out of its range or of the wrong type in the parameter file
+        sys.stderr.write(f"[tts_node] invalid parameter: {exc}\n")
+        rclpy.try_shutdown()
+        return 2
+    autostart = autostart or node._settings.ros.autostart
     # Each waiting `speak` call holds a thread until its audio is out; the queue bounds how many can wait,
     # so this many threads keep lifecycle, parameter and stop services responsive under a full queue.
-    executor = MultiThreadedExecutor(num_threads=max_size + 8)
+    executor = MultiThreadedExecutor(num_threads=node._settings.core.queue_max_size + 8)
     executor.add_node(node)
     if autostart:
         def _autostart():
@@ -424,12 +493,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node.core is not None:
-            node._release("the node is shutting down")
+        signal.signal(signal.SIGINT, _already_stopping)  # also when spin() ended for another reason
+        signal.signal(signal.SIGTERM, _already_stopping)
+        node.release("the node is shutting down")
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
+        # Python puts the default handler back for finalization, where a late Ctrl-C would kill the process
+        # (exit -2); the node has released everything by now, so ignore it instead.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
 
 

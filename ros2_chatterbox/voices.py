@@ -2,15 +2,21 @@
 
 A voice name is a file stem such as `alice` (`alice.wav` is accepted too). Names can never address files outside
 the folder: anything but letters, digits, `_`, `-` and inner dots is refused before the filesystem is touched.
+Names are unique case-insensitively (`Alice` and `alice` would be one file on macOS or Windows file systems).
+
+Uploads are untrusted: their length is read from the header and refused before decoding, decoding stops after
+MAX_REFERENCE_S whatever the header says (a 1 MB FLAC of silence can hold hours), few decode at once, and the
+temporary file is created exclusively under a random name, never through a symlink planted in the folder.
 """
 from __future__ import annotations
 
 import io
 import os
 import re
+import secrets
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -22,6 +28,11 @@ MAX_NAME = 64
 MIN_REFERENCE_S = 5.0   # Chatterbox asserts a prompt longer than 5 s
 MAX_REFERENCE_S = 60.0
 SILENCE_DBFS = -50.0
+MAX_SAMPLE_RATE = 192000
+MAX_CHANNELS = 16
+DECODE_BLOCK = 1 << 16    # frames decoded at a time; only the mono mix is kept
+MAX_CONCURRENT_DECODES = 2
+_decoding = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
 # OpenAI's voice names: clients send them by default; they mean "the default voice" here.
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage",
@@ -43,28 +54,62 @@ def clean_name(name: str) -> str:
     return stem
 
 
-def check_reference(data: bytes) -> float:
-    """Decode a reference recording and check it can condition a voice; returns its duration in seconds."""
+def load_reference(data: bytes) -> Tuple[np.ndarray, int]:
+    """Decode a reference recording to mono float32 with bounded memory and check that it can condition a voice.
+
+    The header's length is checked before decoding; decoding stops past MAX_REFERENCE_S whatever the header says,
+    and at most MAX_CONCURRENT_DECODES recordings decode at once (others wait). Returns (mono, sample_rate).
+    """
     import soundfile as sf
-    try:
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means "not usable audio"
-        raise VoiceError(f"not a readable audio file ({type(exc).__name__}); upload WAV, FLAC or OGG") from exc
-    if sr <= 0 or audio.size == 0:
-        raise VoiceError("the audio file is empty")
-    mono = audio.mean(axis=1)
+    with _decoding:
+        try:
+            f = sf.SoundFile(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "not usable audio"
+            raise VoiceError(f"not a readable audio file ({type(exc).__name__}); upload WAV, FLAC or OGG") from exc
+        with f:
+            sr, channels = int(f.samplerate), int(f.channels)
+            if not 0 < sr <= MAX_SAMPLE_RATE or not 0 < channels <= MAX_CHANNELS:
+                raise VoiceError(f"unsupported audio: {sr} Hz, {channels} channels (at most {MAX_SAMPLE_RATE} Hz "
+                                 f"and {MAX_CHANNELS} channels)")
+            limit = int(MAX_REFERENCE_S * sr)
+            known = 0 < f.frames < (1 << 62)  # libsndfile reports 2**63-1 when the header does not say
+            if known and f.frames > limit:
+                raise VoiceError(f"reference is {f.frames / sr:.0f} s long; keep it under {MAX_REFERENCE_S:.0f} s")
+            parts: List[np.ndarray] = []
+            got = 0
+            while got <= limit:
+                try:
+                    block = f.read(min(DECODE_BLOCK, limit + 1 - got), dtype="float32", always_2d=True)
+                except Exception as exc:  # noqa: BLE001 - a stream of unknown length ends with a failed seek
+                    if known or not got:
+                        raise VoiceError(f"not a readable audio file ({type(exc).__name__})") from exc
+                    break
+                if not len(block):
+                    break
+                parts.append(block.mean(axis=1))
+                got += len(block)
+    mono = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     dur = len(mono) / float(sr)
+    if mono.size == 0:
+        raise VoiceError("the audio file is empty")
+    if len(mono) > limit:
+        raise VoiceError(f"reference is longer than {MAX_REFERENCE_S:.0f} s; keep it under "
+                         f"{MAX_REFERENCE_S:.0f} s")
     if dur <= MIN_REFERENCE_S:
         raise VoiceError(f"reference is {dur:.1f} s long; a voice needs more than {MIN_REFERENCE_S:.0f} s "
                          f"of clear speech")
-    if dur > MAX_REFERENCE_S:
-        raise VoiceError(f"reference is {dur:.0f} s long; keep it under {MAX_REFERENCE_S:.0f} s")
     if not np.isfinite(mono).all():
         raise VoiceError("reference contains invalid samples")
     rms = float(np.sqrt(np.mean(mono.astype(np.float64) ** 2)))
     if rms <= 0 or 20 * np.log10(rms) < SILENCE_DBFS:
         raise VoiceError("reference is silent; record clear speech")
-    return dur
+    return mono, sr
+
+
+def check_reference(data: bytes) -> float:
+    """Check that a reference recording can condition a voice (see load_reference); returns its duration (s)."""
+    mono, sr = load_reference(data)
+    return len(mono) / float(sr)
 
 
 class VoiceLibrary:
@@ -87,6 +132,11 @@ class VoiceLibrary:
     def names(self) -> List[str]:
         return sorted(self._files())
 
+    def find(self, name: str) -> Optional[str]:
+        """The existing voice whose name equals `name` ignoring case, or None."""
+        folded = clean_name(name).casefold()
+        return next((n for n in self._files() if n.casefold() == folded), None)
+
     def path(self, name: str) -> Path:
         """The recording of a voice, or VoiceError naming the voices that exist."""
         stem = clean_name(name)
@@ -100,23 +150,44 @@ class VoiceLibrary:
         return real
 
     def add(self, name: str, data: bytes, overwrite: bool = False) -> Path:
-        """Store a validated upload as <name>.wav (re-encoded, so the file is always plain WAV)."""
+        """Store a validated upload as <name>.wav (re-encoded, so the file is always plain WAV).
+
+        A voice whose name differs only in case is the same voice: refused, or replaced with overwrite=True.
+        """
         import soundfile as sf
         stem = clean_name(name)
-        check_reference(data)
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        mono, sr = load_reference(data)
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
-            existing = self._files().get(stem)
+            files = self._files()
+            existing = next((p for n, p in files.items() if n.casefold() == stem.casefold()), None)
             if existing is not None and not overwrite:
-                raise VoiceError(f"voice '{stem}' already exists; delete it first or choose another name")
+                raise VoiceError(f"voice '{clean_name(existing.name)}' already exists; delete it first or choose "
+                                 f"another name")
             target = self.folder / f"{stem}.wav"
-            tmp = self.folder / f".{stem}.upload.wav"
-            sf.write(str(tmp), audio.mean(axis=1), sr, subtype="PCM_16")
-            os.replace(tmp, target)
-            if existing is not None and existing != target:
-                existing.unlink(missing_ok=True)
+            tmp = self._write_temp(lambda f: sf.write(f, mono, sr, format="WAV", subtype="PCM_16"))
+            try:
+                if existing is not None and existing.name != target.name:
+                    existing.unlink(missing_ok=True)  # first: on a case-insensitive disk it is the target
+                os.replace(tmp, target)  # replaces a planted symlink itself, never its target
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         return target
+
+    def _write_temp(self, write) -> Path:
+        """A new file in the folder, created exclusively under a random name without following symlinks."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        tmp = self.folder / f".upload-{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)  # readable like the other voices; set on the open file, not a path
+                write(f)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     def delete(self, name: str) -> None:
         with self._lock:

@@ -16,9 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ros2_chatterbox.config import defaults  # noqa: E402
 from ros2_chatterbox.core import SpeechCore  # noqa: E402
-from ros2_chatterbox.http_server import HttpServer  # noqa: E402
+from ros2_chatterbox.http.server import HttpServer  # noqa: E402
+from ros2_chatterbox.settings import HttpSettings, defaults  # noqa: E402
 
 REFERENCE_VOICE = "alice"
 
@@ -55,13 +55,15 @@ def make_core(voices_dir: Path, with_voice: bool = True, **overrides: Any) -> Sp
     return core
 
 
+def http_settings(core: SpeechCore, **settings: Any) -> HttpSettings:
+    """The core's HTTP settings with overrides (`http__api_key="k"` sets http.api_key)."""
+    return core.settings.with_values({key.replace("__", "."): value for key, value in settings.items()}).http
+
+
 @contextlib.contextmanager
 def serving(core: SpeechCore, **settings: Any) -> Iterator[HttpServer]:
-    """An HttpServer over `core` on a free loopback port; `settings` override core.config for the app."""
-    cfg = dict(core.config)
-    for key, value in settings.items():
-        cfg[key.replace("__", ".")] = value
-    server = HttpServer(core, cfg, host="127.0.0.1", port=0)
+    """An HttpServer over `core` on a free loopback port; `settings` override the core's HTTP settings."""
+    server = HttpServer(core, http_settings(core, **settings), host="127.0.0.1", port=0)
     server.start(timeout=15.0)
     try:
         yield server

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("chatterbox")
+from optional import requires
+
+pytestmark = requires("torch", "chatterbox", hint="make setup")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -487,6 +487,8 @@ def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch, caplog):
     import logging
     from ros2_chatterbox.engines.fast_t3 import FastT3
     monkeypatch.setattr(FastT3, "self_check", lambda self, *a, **k: {"ok": False, "n": 64, "match": 3})
+    # an earlier test's logging.config.dictConfig (uvicorn, ...) may have disabled the existing loggers
+    monkeypatch.setattr(logging.getLogger("ros2_chatterbox"), "disabled", False)
     engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt))
     with caplog.at_level(logging.WARNING, logger="ros2_chatterbox"):
         engine.load()

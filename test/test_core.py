@@ -1,20 +1,22 @@
-"""The speech core without ROS: faults, cancellation, idle unload, exactly-once answers (fake and Piper engines)."""
+"""The speech core without ROS: faults, cancellation, idle unload, exactly-once answers, voice management."""
+import io
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from ros2_chatterbox import config as cfgmod
-from ros2_chatterbox.core import RequestError, SpeechCore
+from ros2_chatterbox import settings as cfgmod
+from ros2_chatterbox.core import VOICE_EXISTS, VOICE_IN_USE, VOICE_NOT_FOUND, RequestError, SpeechCore
 from ros2_chatterbox.engine import Engine, GenerationSettings
-from ros2_chatterbox.speech_queue import CANCELLED, ENGINE_ERROR, INVALID, QUEUE_FULL, JobListener
+from ros2_chatterbox.speech_queue import CANCELLED, ENGINE_ERROR, INVALID, QUEUE_FULL, UNAVAILABLE, JobListener
 
 SR = 16000
 
 
 class FakeEngine(Engine):
-    """Yields 0.1 s parts; `plan` maps text to a behaviour: "explode" raises mid-utterance, "memhog" raises CUDA OOM."""
+    """Yields 0.1 s parts, one per 10 characters. Text containing "explode" raises mid-utterance, "memhog" raises
+    CUDA OOM, "hold" yields two parts and then blocks until the request is cancelled."""
     name = "fake"
     can_clone = True
 
@@ -24,7 +26,7 @@ class FakeEngine(Engine):
         self._loaded = False
         self.loads = 0
         self.freed = 0
-        self.part_delay = 0.0
+        self.part_delay = 0.0  # simulated synthesis time per part (never used to synchronise a test)
 
     def load(self):
         self._loaded = True
@@ -46,7 +48,10 @@ class FakeEngine(Engine):
                 raise RuntimeError("kaboom inside the engine")
             if "memhog" in text and i == 1:
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            time.sleep(self.part_delay)
+            if "hold" in text and i == 2:  # two parts out (the core holds one back for its fade), then wait
+                cancel.wait(30)
+            elif self.part_delay:
+                cancel.wait(self.part_delay)
             yield np.full(SR // 10, 0.1, dtype=np.float32)
 
 
@@ -67,9 +72,11 @@ class Collect(JobListener):
     def __init__(self):
         self.samples = 0
         self.results = []
+        self.audio = threading.Event()
 
     def on_audio(self, job, samples):
         self.samples += len(samples)
+        self.audio.set()
 
     def on_done(self, job, result):
         self.results.append(result)
@@ -117,26 +124,50 @@ def test_each_request_answered_exactly_once_under_concurrency(core):
     assert core.submit("still alive after the burst").wait(10).success
 
 
-def test_stop_cancels_current_within_one_chunk_and_clears_queue(core):
-    core.config["audio.chunk_ms"] = 100
-    core.fake.part_delay = 0.05
+def test_cancel_all_stops_current_within_one_chunk_and_clears_queue(core):
     lst = Collect()
-    running = core.submit("x" * 400, listener=lst)  # 4 s of audio
+    running = core.submit("hold " + "x " * 200, listener=lst, chunk_ms=50)  # 4 s of audio, held after 0.1 s
     waiting = core.submit("queued behind it")
-    while lst.samples == 0:
-        time.sleep(0.01)
-    n = core.stop("operator pressed stop")
+    assert lst.audio.wait(10)
+    n = core.cancel_all("operator pressed stop")
     before = lst.samples
     r = running.wait(5)
     assert r.kind == CANCELLED and "operator pressed stop" in r.message
-    assert lst.samples - before <= SR // 10  # at most one more chunk after the stop
+    assert lst.samples - before <= SR // 20  # at most one more chunk after the stop
     assert waiting.wait(5).kind == CANCELLED and n == 2
 
 
+def test_cancel_one_request_leaves_the_others(core):
+    lst = Collect()
+    running = core.submit("hold " + "x " * 50, listener=lst)
+    waiting = core.submit("waiting in line")
+    after = core.submit("and another one")
+    assert lst.audio.wait(10)
+    core.cancel(waiting, "not needed")
+    assert waiting.wait(5).kind == CANCELLED
+    core.cancel(running, "goal canceled")
+    assert running.wait(5).kind == CANCELLED and "goal canceled" in running.result.message
+    assert after.wait(10).success
+
+
+def test_chunk_size_is_chosen_per_request(core):
+    class Sizes(JobListener):
+        def __init__(self):
+            self.sizes = []
+
+        def on_audio(self, job, samples):
+            self.sizes.append(len(samples))
+
+    a, b = Sizes(), Sizes()
+    assert core.submit("x" * 40, listener=a, chunk_ms=20).wait(10).success
+    assert core.submit("x" * 40, listener=b, chunk_ms=200).wait(10).success
+    assert set(a.sizes) == {SR // 50} and b.sizes[0] == SR // 5 and sum(a.sizes) == sum(b.sizes)
+
+
 def test_interrupt_option_replaces_current_speech(core):
-    core.fake.part_delay = 0.05
-    long = core.submit("y" * 400)
-    time.sleep(0.2)
+    lst = Collect()
+    long = core.submit("hold " + "y " * 200, listener=lst)
+    assert lst.audio.wait(10)
     urgent = core.submit("urgent words", interrupt=True)
     assert long.wait(5).kind == CANCELLED
     assert urgent.wait(5).success
@@ -174,7 +205,7 @@ def test_control_characters_are_removed_not_spoken(core):
 
 def test_idle_unload_frees_the_model_and_reloads_on_demand(core):
     assert core.submit("warm up the model").wait(10).success
-    core.config["idle_unload_s"] = 0.5
+    core.apply(core.settings.with_values({"idle_unload_s": 0.5}))
     deadline = time.monotonic() + 10
     while core.fake.loaded and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -184,31 +215,29 @@ def test_idle_unload_frees_the_model_and_reloads_on_demand(core):
 
 
 def test_unload_answers_in_flight_requests_as_cancelled(core):
-    core.fake.part_delay = 0.05
-    jobs = [core.submit("z" * 300) for _ in range(3)]
-    time.sleep(0.2)
-    t0 = time.monotonic()
+    lst = Collect()
+    jobs = [core.submit("hold " + "z " * 150, listener=lst)] + [core.submit("z" * 300) for _ in range(2)]
+    assert lst.audio.wait(10)
     core.unload("cleanup during synthesis")
-    assert time.monotonic() - t0 < 5
-    assert all(j.wait(5).kind == CANCELLED for j in jobs)
+    assert all(j.done and j.result.kind == CANCELLED for j in jobs)  # answered before unload returned
     with pytest.raises(RequestError):
         core.submit("after unload")
 
 
 def test_queue_full_is_reported(core):
-    core.fake.part_delay = 0.05
-    core.submit("w" * 300)
-    time.sleep(0.1)
+    lst = Collect()
+    core.submit("hold " + "w " * 150, listener=lst)
+    assert lst.audio.wait(10)  # the worker holds it: four more fit
     for _ in range(4):
         core.submit("waiting in line")
     with pytest.raises(RequestError) as info:
         core.submit("one too many")
     assert info.value.kind == QUEUE_FULL
-    core.stop()
+    core.cancel_all()
 
 
 def test_generation_settings_from_config_and_overrides():
-    s = GenerationSettings.from_config(cfgmod.defaults())
+    s = GenerationSettings.from_values(cfgmod.defaults())
     assert s.top_k == 1000 and s.watermark is True
     t = s.with_overrides({"temperature": 1, "seed": 7})
     assert t.temperature == 1.0 and isinstance(t.temperature, float) and t.seed == 7
@@ -229,3 +258,86 @@ def test_parts_of_one_piece_join_without_a_dip(core):
     edge = int(SR * 0.005)
     assert x[0] == 0.0 and x[-1] == 0.0
     assert np.allclose(x[edge:-edge], 0.1)
+
+
+def _reference_wav(seconds=6.0, sr=16000):
+    import soundfile as sf
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    buf = io.BytesIO()
+    sf.write(buf, x.astype(np.float32), sr, format="WAV")
+    return buf.getvalue()
+
+
+def test_voices_list_add_delete_through_the_core(core, tmp_path):
+    assert core.list_voices() == []
+    added = core.add_voice("alice", _reference_wav())
+    assert added.name == "alice" and added.file == "alice.wav" and added.duration == pytest.approx(6.0)
+    assert [v.name for v in core.list_voices()] == ["alice"]
+    assert core.submit("hello from alice", voice="alice").wait(10).success
+    with pytest.raises(RequestError) as info:
+        core.add_voice("alice", _reference_wav())
+    assert info.value.kind == VOICE_EXISTS
+    assert core.add_voice("alice", _reference_wav(7.0), overwrite=True).duration == pytest.approx(7.0)
+    assert core.delete_voice("alice") == "alice" and core.list_voices() == []
+    with pytest.raises(RequestError) as info:
+        core.delete_voice("alice")
+    assert info.value.kind == VOICE_NOT_FOUND
+
+
+def test_add_voice_from_a_file_and_from_a_file_name(core, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    path = src / "My voice (2).wav"
+    path.write_bytes(_reference_wav())
+    assert core.add_voice_file("", str(path)).name == "My_voice_2"
+    assert core.add_voice_file("bob", str(path)).name == "bob"
+    with pytest.raises(RequestError) as info:
+        core.add_voice_file("carl", str(tmp_path / "missing.wav"))
+    assert info.value.kind == INVALID and info.value.param == "file"
+
+
+@pytest.mark.parametrize("name, data, param", [
+    ("../evil", None, "name"), ("a/b", None, "name"), ("ok", b"not audio at all", "file"), ("short", 1.0, "file")])
+def test_bad_voice_uploads_are_refused_with_the_field_at_fault(core, name, data, param):
+    if data is None:
+        data = _reference_wav()
+    elif isinstance(data, float):
+        data = _reference_wav(seconds=data)
+    with pytest.raises(RequestError) as info:
+        core.add_voice(name, data)
+    assert info.value.kind == INVALID and info.value.param == param
+    assert core.list_voices() == []
+
+
+def test_the_default_voice_cannot_be_deleted(core):
+    core.add_voice("alice", _reference_wav())
+    core.apply(core.settings.with_values({"default_voice": "alice"}))
+    with pytest.raises(RequestError) as info:
+        core.delete_voice("alice")
+    assert info.value.kind == VOICE_IN_USE
+
+
+def test_voices_are_unavailable_before_load():
+    c = SpeechCore(cfgmod.Settings())
+    with pytest.raises(RequestError) as info:
+        c.list_voices()
+    assert info.value.kind == UNAVAILABLE
+    with pytest.raises(RequestError) as info:
+        c.submit("hello")
+    assert info.value.kind == UNAVAILABLE
+
+
+def test_status_has_no_door_notions_and_readiness_means_the_configured_engine(core):
+    st = core.status()
+    assert "lifecycle_state" not in st
+    assert st["ready"] and st["accepting"] and not st["using_fallback"]
+    core.fallback_reason = "engine 'chatterbox_turbo' could not load: no weights"
+    st = core.status()
+    assert st["accepting"] and not st["ready"] and st["using_fallback"]
+
+
+def test_run_time_settings_apply_to_the_next_request(core):
+    core.apply(core.settings.with_values({"text.max_chars": 10}))
+    with pytest.raises(RequestError, match="limit is 10"):
+        core.submit("this is longer than ten characters")

@@ -1,16 +1,18 @@
 """The HTTP API against a live server (piper engine, in-process uvicorn thread on a free loopback port)."""
 from __future__ import annotations
 
+import collections
 import socket
 import threading
+from pathlib import Path
 import time
 
 import httpx
 import pytest
 
-from http_fixtures import REFERENCE_VOICE, http_core, http_server, make_core, reference_wav, serving  # noqa: F401
+from http_fixtures import REFERENCE_VOICE, http_core, http_server, http_settings, make_core, reference_wav, serving  # noqa: F401
 from ros2_chatterbox import encoding
-from ros2_chatterbox.http_server import HttpServer
+from ros2_chatterbox.http.server import HttpServer
 from ros2_chatterbox.speech_queue import JobListener
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,6 +37,14 @@ def assert_error(response: httpx.Response, status: int, param=None) -> dict:
     if param is not None:
         assert err["param"] == param
     return err
+
+
+def counters(core):
+    return collections.Counter(core.status()["counters"])
+
+
+def voices_folder(core):
+    return Path(core.settings.core.voices_dir)
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:
@@ -76,7 +86,7 @@ def test_page_docs_and_assets(client):
     assert "http" not in page.text.split("<footer")[0].replace("http.api_key", "")  # no CDN links
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/static/style.css").status_code == 200
-    assert_error(client.get("/static/../http_api.py"), 404)
+    assert_error(client.get("/static/../http/app.py"), 404)
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert "/v1/audio/speech" in schema["paths"]
@@ -212,7 +222,7 @@ def test_voice_upload_list_delete(client, http_core):
     assert client.delete("/v1/audio/voices/bob").json() == {"id": "bob", "object": "voice.deleted", "deleted": True}
     assert client.delete("/v1/audio/voices/My_Voice_2.wav").status_code == 200
     assert_error(client.delete("/v1/audio/voices/bob"), 404)
-    assert sorted(p.name for p in http_core.voices.folder.iterdir()) == [f"{REFERENCE_VOICE}.wav"]
+    assert sorted(p.name for p in voices_folder(http_core).iterdir()) == [f"{REFERENCE_VOICE}.wav"]
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "..", "a b", "x/y", ".hidden"])
@@ -220,14 +230,14 @@ def test_voice_upload_rejects_bad_names(client, http_core, name):
     r = client.post("/v1/audio/voices", files={"file": ("x.wav", reference_wav(), "audio/wav")},
                     data={"name": name})
     assert_error(r, 400, "name")
-    assert sorted(p.name for p in http_core.voices.folder.iterdir()) == [f"{REFERENCE_VOICE}.wav"]
-    assert not any(p.name == "passwd" for p in http_core.voices.folder.parent.rglob("passwd"))
+    assert sorted(p.name for p in voices_folder(http_core).iterdir()) == [f"{REFERENCE_VOICE}.wav"]
+    assert not any(p.name == "passwd" for p in voices_folder(http_core).parent.rglob("passwd"))
 
 
 def test_voice_upload_filename_tricks_are_sanitized(client, http_core):
     r = client.post("/v1/audio/voices", files={"file": ("../../evil.wav", reference_wav(), "audio/wav")})
     assert r.status_code == 201 and r.json()["id"] == "evil"
-    assert (http_core.voices.folder / "evil.wav").is_file()
+    assert (voices_folder(http_core) / "evil.wav").is_file()
     assert client.delete("/v1/audio/voices/evil").status_code == 200
 
 
@@ -237,7 +247,7 @@ def test_voice_delete_path_tricks(client, http_core, path):
     r = client.delete(path)
     assert 400 <= r.status_code < 500
     assert_error(r, r.status_code)
-    assert (http_core.voices.folder / f"{REFERENCE_VOICE}.wav").is_file()
+    assert (voices_folder(http_core) / f"{REFERENCE_VOICE}.wav").is_file()
 
 
 @pytest.mark.parametrize("payload,code", [
@@ -258,7 +268,7 @@ def test_voice_upload_size_limit(http_core):
         r = httpx.post(f"{server.url}/v1/audio/voices", files={"file": ("big.wav", big, "audio/wav")},
                        data={"name": "big"}, timeout=10)
         assert_error(r, 413)
-        assert "big" not in http_core.voices.names()
+        assert "big" not in [v.name for v in http_core.list_voices()]
 
 
 def test_default_voice_cannot_be_deleted(tmp_path):
@@ -278,7 +288,8 @@ def test_api_key(http_core):
                             {"Authorization": "Basic s3cret-key"}, {"Authorization": "Bearer s3cret-key-and-more"}):
                 err = assert_error(c.get("/v1/models", headers=headers), 401)
                 assert err["type"] == "authentication_error"
-            r = c.post("/v1/audio/speech", content=b"{bad", headers={"Authorization": "Bearer nope"})
+            r = c.post("/v1/audio/speech", content=b"{bad", headers={"Authorization": "Bearer nope",
+                                                                     "Content-Type": "application/json"})
             assert_error(r, 401)  # the key is checked before the body is read
             assert r.headers["www-authenticate"] == "Bearer"
             ok = {"Authorization": "Bearer s3cret-key"}
@@ -329,7 +340,7 @@ def test_queue_full_answers_503_with_retry_after(small_queue):
         assert err["code"] == "queue_full" and int(r.headers["retry-after"]) >= 1
     finally:
         blocker.release.set()
-        core.stop("test over")
+        core.cancel_all("test over")
     assert running.wait(10) is not None and waiting.wait(10) is not None
 
 
@@ -338,35 +349,34 @@ def test_client_gone_while_queued_cancels_its_job(small_queue):
     blocker = BlockingListener()
     core.submit("Hold the worker.", listener=blocker)
     assert blocker.started.wait(10)
-    before = core.queue.counters["cancelled"]
+    before = counters(core)["cancelled"]
     try:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.url}/v1/audio/speech", json={"model": "m", "input": "Hi.", "voice": "alloy"},
                        timeout=httpx.Timeout(10, read=0.5))
-        assert wait_until(lambda: core.queue.depth == 0, 5), "the abandoned request should leave the queue"
-        assert core.queue.counters["cancelled"] == before + 1
+        assert wait_until(lambda: core.status()["queue_depth"] == 0, 5), "the abandoned request should leave the queue"
+        assert counters(core)["cancelled"] == before + 1
     finally:
         blocker.release.set()
-        core.stop("test over")
+        core.cancel_all("test over")
 
 
 def test_client_disconnect_mid_stream_cancels_the_job(client, http_core):
-    counters = http_core.queue.counters
-    before_cancelled, before_ok = counters["cancelled"], counters["ok"]
+    before_cancelled, before_ok = counters(http_core)["cancelled"], counters(http_core)["ok"]
     with client.stream("POST", "/v1/audio/speech", json={"model": "m", "input": LONG_TEXT, "voice": "alloy",
                                                          "response_format": "pcm"}) as r:
         assert r.status_code == 200
         first = next(r.iter_raw())
         assert first
     # leaving the block closes the connection long before 25 sentences are synthesized
-    assert wait_until(lambda: counters["cancelled"] == before_cancelled + 1, 10)
-    assert counters["ok"] == before_ok
-    assert wait_until(lambda: http_core.queue.current is None, 5)
+    assert wait_until(lambda: counters(http_core)["cancelled"] == before_cancelled + 1, 10)
+    assert counters(http_core)["ok"] == before_ok
+    assert wait_until(lambda: not http_core.status()["speaking"], 5)
 
 
 def test_engine_not_loaded_is_503(tmp_path):
     core = make_core(tmp_path / "voices")
-    server = HttpServer(core, dict(core.config), port=0)
+    server = HttpServer(core, http_settings(core), port=0)
     server.start()
     try:
         core.unload()
@@ -387,14 +397,14 @@ def port_open(port: int) -> bool:
 
 
 def test_server_start_stop_releases_port(http_core):
-    server = HttpServer(http_core, dict(http_core.config), port=0)
+    server = HttpServer(http_core, http_settings(http_core), port=0)
     server.start()
     port = server.port
     assert server.running and port_open(port)
     assert server.url == f"http://127.0.0.1:{port}"
     assert server.stop(timeout=5)
     assert not port_open(port)
-    again = HttpServer(http_core, dict(http_core.config), port=port)  # the same port binds again at once
+    again = HttpServer(http_core, http_settings(http_core), port=port)  # the same port binds again at once
     again.start()
     try:
         assert httpx.get(f"{again.url}/health", timeout=5).status_code == 200
@@ -404,41 +414,45 @@ def test_server_start_stop_releases_port(http_core):
 
 
 def test_port_in_use_is_a_readable_error(http_server, http_core):
-    other = HttpServer(http_core, dict(http_core.config), port=http_server.port)
+    other = HttpServer(http_core, http_settings(http_core), port=http_server.port)
     with pytest.raises(OSError, match="already in use"):
         other.start()
     assert httpx.get(f"{http_server.url}/health", timeout=5).status_code == 200
 
 
 def test_stop_during_a_stream_ends_it_and_cancels_the_job(http_core):
-    server = HttpServer(http_core, dict(http_core.config), port=0)
+    server = HttpServer(http_core, http_settings(http_core), port=0)
     server.start()
-    counters = http_core.queue.counters
-    before = counters["cancelled"]
+    before = counters(http_core)["cancelled"]
     with httpx.Client(timeout=10) as c:
         with c.stream("POST", f"{server.url}/v1/audio/speech",
                       json={"model": "m", "input": LONG_TEXT, "voice": "alloy", "response_format": "pcm"}) as r:
             next(r.iter_raw())
-            t0 = time.monotonic()
-            assert server.stop(timeout=5)
-            assert time.monotonic() - t0 < 5
-    assert wait_until(lambda: counters["cancelled"] == before + 1, 10)
+            assert server.stop(timeout=5)  # False if the server thread did not end
+    assert wait_until(lambda: counters(http_core)["cancelled"] == before + 1, 10)
     assert not port_open(server.port)
 
 
-def test_non_loopback_bind_without_key_warns(http_core):
+def test_non_loopback_bind_without_key_refuses_to_start(http_core):
+    """Attack 5: 0.0.0.0 without a key used to serve with a warning; now it refuses before binding, unless the user
+    opts out explicitly (then it warns)."""
     messages = []
-    server = HttpServer(http_core, dict(http_core.config, **{"http.host": "0.0.0.0"}), port=0,
+    server = HttpServer(http_core, http_settings(http_core, http__host="0.0.0.0"), port=0,
                         log=lambda level, msg: messages.append((level, msg)))
-    # binding 0.0.0.0 would expose the port: check the warning, then stop before binding by using a bad port
-    server.port = -1
-    with pytest.raises((OSError, OverflowError)):
+    with pytest.raises(RuntimeError, match="allow_unauthenticated_lan"):
         server.start()
-    assert any(level == "warning" and "api_key" in msg for level, msg in messages)
+    assert server._sock is None  # refused before binding: nothing listens
+    opted_out = HttpServer(http_core, http_settings(http_core, http__host="0.0.0.0",
+                                                    http__allow_unauthenticated_lan=True), port=0,
+                           log=lambda level, msg: messages.append((level, msg)))
+    opted_out.port = -1  # stop before binding 0.0.0.0 for real: the warning comes first
+    with pytest.raises((OSError, OverflowError)):
+        opted_out.start()
+    assert any(level == "warning" and "WITHOUT an API key" in msg for level, msg in messages)
 
 
 def test_runs_without_ros_as_a_program(tmp_path):
-    """`python -m ros2_chatterbox.http_server --params FILE --port P` serves, and SIGINT stops it cleanly."""
+    """`python -m ros2_chatterbox.http --params FILE --port P` serves, and SIGINT stops it cleanly."""
     import os
     import signal
     import subprocess
@@ -455,7 +469,7 @@ def test_runs_without_ros_as_a_program(tmp_path):
                       f"    http:\n      port: 1\n")
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "ros2_chatterbox.http_server", "--params", str(params),
+    proc = subprocess.Popen([sys.executable, "-m", "ros2_chatterbox.http", "--params", str(params),
                              "--host", "127.0.0.1", "--port", str(port)], cwd=str(root), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -481,7 +495,26 @@ def test_program_reports_a_taken_port(http_server):
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-m", "ros2_chatterbox.http_server", "--port", str(http_server.port)],
+    out = subprocess.run([sys.executable, "-m", "ros2_chatterbox.http", "--port", str(http_server.port)],
                          cwd=str(root), capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "already in use" in out.stderr and "Traceback" not in out.stderr
+
+
+def _healthcheck(port: int):
+    import os
+    import subprocess
+    import sys
+    script = Path(__file__).resolve().parent.parent / "docker" / "healthcheck.py"
+    return subprocess.run([sys.executable, str(script)], env={**os.environ, "CHATTERBOX_HTTP_PORT": str(port)},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_container_healthcheck_is_readiness(http_server, http_core, monkeypatch):
+    assert _healthcheck(http_server.port).returncode == 0
+    # serving on the fallback engine: alive, but not ready, so GPU services that wait on it do not start yet
+    monkeypatch.setattr(http_core, "fallback_reason", "engine 'chatterbox_turbo' could not load: no weights")
+    assert httpx.get(f"{http_server.url}/health").status_code == 200
+    assert httpx.get(f"{http_server.url}/health/ready").status_code == 503
+    out = _healthcheck(http_server.port)
+    assert out.returncode == 1 and "fallback" in out.stderr

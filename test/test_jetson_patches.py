@@ -10,9 +10,11 @@ import types
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from optional import optional_import, requires
+from ros2_chatterbox import jetson_patches as jp
 
-from ros2_chatterbox import jetson_patches as jp  # noqa: E402
+torch = optional_import("torch")
+pytestmark = requires("torch", hint="make setup")
 
 
 def _originals():
@@ -24,7 +26,7 @@ def _originals():
     }
 
 
-ORIGINALS = _originals()
+ORIGINALS = _originals() if torch is not None else {}
 
 
 @pytest.fixture(autouse=True)

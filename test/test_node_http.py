@@ -34,7 +34,7 @@ def test_deactivate_closes_the_port_and_activate_opens_it(client):
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert health.status_code == 200
         h = health.json()  # liveness and readiness, lifecycle, engine, device, queue, last error, latency
-        assert h["ready"] and h["lifecycle_state"] == "active" and h["engine"] == "piper" and h["device"] == "cpu"
+        assert h["ready"] and h["accepting"] and h["engine"] == "piper" and h["device"] == "cpu"
         assert {"queue_depth", "last_error", "last_latency_s"} <= set(h)
         assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10).status_code == 200
         assert client.change_state("deactivate", "/hl/tts_node")
@@ -104,5 +104,36 @@ def test_fifty_http_and_ros_requests_share_the_queue(client):
                                               "response_format": "wav"})
         assert r.status_code == 200
         assert client.speak("Still alive over ROS too.", ns="/hload").success
+    finally:
+        proc.stop()
+
+
+def test_lan_bind_without_a_key_fails_activate_and_env_keys_work(client, tmp_path):
+    """Issue 11: http.host beyond loopback without a key used to serve with a warning; now activate fails with the
+    reason (nothing listens), and a key from CHATTERBOX_API_KEY_FILE protects the API without appearing in the
+    process's arguments."""
+    port = free_port()
+    proc = NodeProcess({"http.host": "0.0.0.0", "http.port": port}, autostart=False, name="http_lan", namespace="/hn",
+                       env={"CHATTERBOX_API_KEY": "", "CHATTERBOX_API_KEY_FILE": ""})
+    try:
+        assert client.wait_until(lambda: client.try_state("/hn/tts_node") == "unconfigured", 60)
+        assert client.change_state("configure", "/hn/tts_node")
+        assert not client.change_state("activate", "/hn/tts_node")
+        assert proc.wait_for_log("allow_unauthenticated_lan", 5), proc.output()
+        assert not port_open(port) and proc.alive()
+    finally:
+        proc.stop()
+    key_file = tmp_path / "key"
+    key_file.write_text("node-secret\n")
+    port = free_port()
+    proc = NodeProcess({"http.port": port, "audio.realtime": False}, name="http_key", namespace="/hk",
+                       env={"CHATTERBOX_API_KEY_FILE": str(key_file)})
+    try:
+        assert proc.wait_for_log("active: ready to speak", 90), proc.output()
+        with open(f"/proc/{proc.proc.pid}/cmdline", "rb") as f:
+            assert b"node-secret" not in f.read()
+        models = f"http://127.0.0.1:{port}/v1/models"
+        assert httpx.get(models, timeout=10).status_code == 401
+        assert httpx.get(models, headers={"Authorization": "Bearer node-secret"}, timeout=10).status_code == 200
     finally:
         proc.stop()

@@ -6,34 +6,37 @@ give different tokens and the comparison means something.
 """
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("chatterbox")
-pytest.importorskip("transformers")
+from optional import optional_import, requires
 
-from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo  # noqa: E402
-from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings  # noqa: E402
+NEEDS = ("torch", "chatterbox", "transformers")
+pytestmark = requires(*NEEDS, hint="make setup")
+torch = optional_import("torch")
+if all(optional_import(name) is not None for name in NEEDS):
+    from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
+    from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings
+
+    GREEDY = SamplingSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
 
 STOP = 6562
 START = 6561
-GREEDY = SamplingSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
 TEXTS = ["Hello world.", "The quick brown fox jumps over the lazy dog. Testing one two three.",
          "Hi there [laugh] how are you today?"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def _tiny(tmp_path_factory, model):
+    """A tiny T3 in `model`'s shape (turbo: GPT-2-medium-shaped, 64 wide; nano: GPT-2-small-shaped, 96 = 3 x 32
+    wide like 768 = 3 x 256), built like the engine builds it (models.build_t3), with test voices and texts."""
     from transformers import AutoTokenizer
-    from chatterbox.models.t3 import T3
     from chatterbox.models.t3.modules.cond_enc import T3Cond
+    from ros2_chatterbox.engines.chatterbox import models
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to a busy machine
     folder = tmp_path_factory.mktemp("tiny_tok")
     tiny_turbo.write_tokenizer(folder)
     tok = AutoTokenizer.from_pretrained(folder)
-    with tiny_turbo.tiny_patches():
-        torch.manual_seed(0)
-        t3 = T3(tiny_turbo.turbo_hp())
+    torch.manual_seed(0)
+    t3 = models.build_t3(models.model_spec(model), tiny_turbo.arch_for(model)["t3"])
     del t3.tfmr.wte  # as from_local does
     t3.eval()
     with torch.no_grad():
@@ -56,6 +59,19 @@ def tiny(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    yield from _tiny(tmp_path_factory, "turbo")
+
+
+@pytest.fixture(scope="module")
+def tiny_nano(tmp_path_factory):
+    yield from _tiny(tmp_path_factory, "nano")
+
+
+both_shapes = pytest.mark.parametrize("shape", ["tiny", "tiny_nano"])
+
+
 def upstream(t3, cond, text, s=GREEDY, n=60):
     return t3.inference_turbo(cond, text, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                               repetition_penalty=s.repetition_penalty, max_gen_len=n)[0].tolist()
@@ -66,8 +82,9 @@ def set_stop_bias(t3, value):
         t3.speech_head.bias[STOP] = value
 
 
-def test_greedy_tokens_equal_upstream(tiny):
-    t3, voices, texts = tiny
+@both_shapes
+def test_greedy_tokens_equal_upstream(shape, request):
+    t3, voices, texts = request.getfixturevalue(shape)
     fast = FastT3(t3)
     seen = set()
     for cond in voices:
@@ -91,9 +108,10 @@ def test_greedy_with_processors_and_without_prefix_cache(tiny):
                                                                                              n=40)
 
 
-def test_bucketed_masked_step_equals_upstream(tiny):
+@both_shapes
+def test_bucketed_masked_step_equals_upstream(shape, request):
     """The step the CUDA graphs replay (bucketed attention length + additive mask), run eagerly."""
-    t3, voices, texts = tiny
+    t3, voices, texts = request.getfixturevalue(shape)
     fast = FastT3(t3, bucket=64, check_every=5)
     fast._masked_eager = True
     text = texts[1]
@@ -108,8 +126,10 @@ def test_bucketed_masked_step_equals_upstream(tiny):
     assert torch.equal(a, b)
 
 
-def test_triton_kernels_step_equals_upstream(tiny):
-    """The Triton decode kernels (CUDA graphs use them where they win), run by Triton's CPU interpreter."""
+@both_shapes
+def test_triton_kernels_step_equals_upstream(shape, request):
+    """The Triton decode kernels (CUDA graphs use them where they win), run by Triton's CPU interpreter; the Nano
+    shape's width (96) takes the kernel's masked column tiles."""
     import importlib.util
     import os
     if importlib.util.find_spec("triton") is None:
@@ -117,7 +137,7 @@ def test_triton_kernels_step_equals_upstream(tiny):
     if os.environ.get("TRITON_INTERPRET") != "1":  # set before Python starts: triton reads it at import
         pytest.skip("slow (~6 min): run with TRITON_INTERPRET=1 and triton installed to check the Triton kernels "
                     "on CPU")
-    t3, voices, texts = tiny
+    t3, voices, texts = request.getfixturevalue(shape)
     fast = FastT3(t3, bucket=64, check_every=16)
     try:
         fast._set_out_in_layout()

@@ -1,5 +1,6 @@
-"""Chatterbox Turbo, in small modules:
+"""Chatterbox Turbo (and Chatterbox-Nano), in small modules:
 
+    models.py           turbo | nano: hub repository, T3 file, GPT-2 config; builds Nano's T3 with chatterbox 0.1.7
     checkpoint.py       the checkpoint's files, checks, loader errors, hub download
     voice_cache.py      reference recordings -> conditioning, one bounded LRU cache
     tokens.py           speech-token sources (upstream's loop, the fast path)

@@ -1,6 +1,7 @@
-"""The Chatterbox Turbo checkpoint: which files it has, checking them one by one (a missing or damaged file fails
-with its name and what to do), explaining loader errors, and finding the folder (model_dir, or a hub snapshot: from
-the cache offline, else downloaded with timeouts).
+"""The Chatterbox Turbo / Nano checkpoint (models.py: only the T3 file differs): which files it has, checking them
+one by one (a missing or damaged file, or the other model's T3 file, fails with its name and what to do), explaining
+loader errors, and finding the folder (model_dir, or a hub snapshot: from the cache offline, else downloaded with
+timeouts).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ...engine import EngineLoadError
+from . import models
 
 HUB_REPO_DEFAULT = "ResembleAI/chatterbox-turbo"
 REQUIRED_FILES: Dict[str, str] = {
@@ -24,9 +26,28 @@ REQUIRED_FILES: Dict[str, str] = {
 }
 OPTIONAL_FILES = ("added_tokens.json", "special_tokens_map.json", "conds.pt")
 HUB_PATTERNS = sorted(set(REQUIRED_FILES) | {"*.json", "conds.pt"})
-# the module whose weights a state-dict error is about -> the file that holds them
+# the module whose weights a state-dict error is about -> the file that holds them ("T3": the model's T3 file)
 _STATE_DICT_FILES = (("VoiceEncoder", "ve.safetensors"), ("T3", "t3_turbo_v1.safetensors"),
                      ("S3Gen", "s3gen_meanflow.safetensors"), ("S3Token2Wav", "s3gen_meanflow.safetensors"))
+_TURBO = models.MODELS["turbo"]
+
+
+def required_files(spec: models.ModelSpec = _TURBO) -> Dict[str, str]:
+    """REQUIRED_FILES with `spec`'s T3 file."""
+    return {(spec.t3_file if name == _TURBO.t3_file else name): what for name, what in REQUIRED_FILES.items()}
+
+
+def hub_patterns(spec: models.ModelSpec = _TURBO):
+    return sorted(set(required_files(spec)) | {"*.json", "conds.pt"})
+
+
+def resolve_repo(hub_repo: str, spec: models.ModelSpec) -> str:
+    """The repository to fetch: the model's own when hub_repo is empty or names either official repository (so
+    that `model: nano` alone is enough), else hub_repo as given (a mirror)."""
+    hub_repo = (hub_repo or "").strip()
+    if not hub_repo or hub_repo in {m.hub_repo for m in models.MODELS.values()}:
+        return spec.hub_repo
+    return hub_repo
 
 
 def fetch_hint(repo: str = HUB_REPO_DEFAULT) -> str:
@@ -36,22 +57,28 @@ def fetch_hint(repo: str = HUB_REPO_DEFAULT) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoint files
-def check_checkpoint(folder: Path, repo: str = HUB_REPO_DEFAULT) -> None:
-    """Raise EngineLoadError naming each missing file, or the first damaged one, of a Turbo checkpoint folder."""
+def check_checkpoint(folder: Path, repo: str = HUB_REPO_DEFAULT, spec: models.ModelSpec = _TURBO) -> None:
+    """Raise EngineLoadError naming each missing file, or the first damaged one, of a checkpoint folder of `spec`'s
+    model, or naming the other model's T3 file when the folder holds that one instead (and the parameter to change)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EngineLoadError(f"model_dir '{folder}' does not exist or is not a folder; {fetch_hint(repo)}")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    from .tiny_checkpoint import ARCH_FILE
+    wrong = models.wrong_model_message(folder, spec, tiny=(folder / ARCH_FILE).is_file())
+    if wrong:
+        raise EngineLoadError(wrong)
+    required = required_files(spec)
+    missing = [name for name in required if not (folder / name).is_file()]
     if missing:
-        what = ", ".join(f"{name} ({REQUIRED_FILES[name]})" for name in missing)
-        raise EngineLoadError(f"the Chatterbox Turbo checkpoint in '{folder}' is missing {what}; {fetch_hint(repo)}")
+        what = ", ".join(f"{name} ({required[name]})" for name in missing)
+        raise EngineLoadError(f"the {spec.title} checkpoint in '{folder}' is missing {what}; {fetch_hint(repo)}")
 
     def damaged(name: str, exc: BaseException) -> EngineLoadError:
         return EngineLoadError(f"{name} in '{folder}' is damaged or incomplete ({type(exc).__name__}: "
                                f"{str(exc)[:200]}); delete it and fetch it again: {fetch_hint(repo)}")
 
     from safetensors import safe_open
-    for name in ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors"):
+    for name in ("ve.safetensors", spec.t3_file, "s3gen_meanflow.safetensors"):
         path = folder / name
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -91,34 +118,36 @@ def check_checkpoint(folder: Path, repo: str = HUB_REPO_DEFAULT) -> None:
             raise damaged("conds.pt", exc) from exc
 
 
-def explain_load_error(exc: BaseException, folder: Path, repo: str) -> EngineLoadError:
-    """Turn an exception from from_local into a message that names the file involved."""
+def explain_load_error(exc: BaseException, folder: Path, repo: str,
+                       spec: models.ModelSpec = _TURBO) -> EngineLoadError:
+    """Turn an exception from the loader into a message that names the file involved."""
     msg = str(exc)
     for cls_name, filename in _STATE_DICT_FILES:
         if f"state_dict for {cls_name}" in msg or f"state_dict for Tiny{cls_name}" in msg:
+            filename = spec.t3_file if cls_name == "T3" else filename
             first = msg.splitlines()[0] if msg else type(exc).__name__
             return EngineLoadError(
-                f"{filename} in '{folder}' does not match the Chatterbox Turbo architecture ({first[:300]}); is this "
-                f"the chatterbox-turbo checkpoint? {fetch_hint(repo)}")
+                f"{filename} in '{folder}' does not match the {spec.title} architecture ({first[:300]}); is this "
+                f"the {spec.hub_repo} checkpoint (parameter model: {spec.name})? {fetch_hint(repo)}")
     if "tokenizer" in msg.lower() or type(exc).__name__ in ("OSError", "EnvironmentError"):
         return EngineLoadError(f"the tokenizer files in '{folder}' could not be loaded ({type(exc).__name__}: "
                                f"{msg[:300]}); {fetch_hint(repo)}")
-    return EngineLoadError(f"Chatterbox Turbo could not load from '{folder}': {type(exc).__name__}: {msg[:400]}")
+    return EngineLoadError(f"{spec.title} could not load from '{folder}': {type(exc).__name__}: {msg[:400]}")
 
 
 
 # ------------------------------------------------------------------------------------------------ finding the folder
-def locate_checkpoint(cfg, repo: str):
+def locate_checkpoint(cfg, repo: str, spec: models.ModelSpec = _TURBO):
     """(folder, source): model_dir when set, else a complete hub snapshot of `repo`. `cfg(key, default)` reads a
     setting."""
     model_dir = str(cfg("model_dir", "")).strip()
     if model_dir:
         return Path(model_dir).expanduser(), "model_dir"
-    return download(repo, float(cfg("hub_timeout_s", 30.0)), str(cfg("hub_cache_dir", "")).strip() or None), \
-        f"hub:{repo}"
+    return download(repo, float(cfg("hub_timeout_s", 30.0)), str(cfg("hub_cache_dir", "")).strip() or None,
+                    spec), f"hub:{repo}"
 
 
-def download(repo: str, timeout: float, cache_dir: Optional[str]) -> Path:
+def download(repo: str, timeout: float, cache_dir: Optional[str], spec: models.ModelSpec = _TURBO) -> Path:
     """A complete hub snapshot: from the cache when there is one (offline), else downloaded with timeouts."""
     try:
         import huggingface_hub
@@ -127,11 +156,11 @@ def download(repo: str, timeout: float, cache_dir: Optional[str]) -> Path:
         raise EngineLoadError(f"huggingface_hub is not installed, so hub_repo cannot be fetched; set model_dir "
                               f"instead ({fetch_hint(repo)})") from exc
     token = os.environ.get("HF_TOKEN") or None
-    kwargs = dict(repo_id=repo, cache_dir=cache_dir, token=token, allow_patterns=HUB_PATTERNS)
+    kwargs = dict(repo_id=repo, cache_dir=cache_dir, token=token, allow_patterns=hub_patterns(spec))
     where = cache_dir or hf_constants.HF_HUB_CACHE
     try:  # 1. a snapshot already in the cache loads without any network access
         path = Path(huggingface_hub.snapshot_download(local_files_only=True, **kwargs))
-        if all((path / name).is_file() for name in REQUIRED_FILES):
+        if all((path / name).is_file() for name in required_files(spec)):
             return path
     except Exception:  # noqa: BLE001 - not cached (or incomplete): go on to the network
         pass

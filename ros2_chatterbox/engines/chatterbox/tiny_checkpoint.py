@@ -4,16 +4,18 @@ Real weights (~3 GB) cannot be downloaded on machines without internet, yet the 
 the real loader. `build_tiny_checkpoint(dir)` writes the same files as the hub snapshot of
 `ResembleAI/chatterbox-turbo` (ve.safetensors, t3_turbo_v1.safetensors, s3gen_meanflow.safetensors, GPT-2 tokenizer
 files, conds.pt) with the real module classes at small widths, plus `tiny_arch.json`, which records those widths.
+With `model="nano"` the layout is Chatterbox-Nano's (`t3_nano_v1.safetensors`, a GPT-2-small-shaped T3: see models.py).
 
 `ChatterboxTurboTTS.from_local` hard-codes the GPT-2 medium config and the S3Gen sizes, so loading needs
-`tiny_patches(arch)`: while it is active, `LLAMA_CONFIGS["GPT2_medium"]` is the tiny GPT-2 config and
+`tiny_patches(arch)`: while it is active, `LLAMA_CONFIGS["GPT2_medium"]` (Nano: "GPT2_small") is the tiny config and
 `chatterbox.tts_turbo.S3Gen` builds the tiny S3Gen. Everything else (state-dict loading with strict=True, tokenizer,
 conds.pt, perth watermarker) is upstream code. The engine detects `tiny_arch.json` and loads inside the patches.
 
 The speech is noise, of course. Random weights never choose the stop token on their own, so its bias in the speech
 head is raised (`eos_bias`) and generation ends after a few to a few dozen tokens.
 
-    python -m ros2_chatterbox.engines.chatterbox.tiny_checkpoint DIR [--seed N] [--no-conds] [--voice-wav FILE]
+    python -m ros2_chatterbox.engines.chatterbox.tiny_checkpoint DIR [--model turbo|nano] [--seed N] [--no-conds]
+        [--voice-wav FILE]
 """
 from __future__ import annotations
 
@@ -29,10 +31,12 @@ from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
+from . import models
+
 ARCH_FILE = "tiny_arch.json"
 ARCH_FORMAT = "ros2_chatterbox-tiny-turbo-1"
-TEXT_VOCAB = 50276      # ChatterboxTurboTTS.from_local hard-codes the text embedding size
-SPEECH_VOCAB = 6563     # 6561 S3 codes + start + stop
+TEXT_VOCAB = models.TEXT_VOCAB      # ChatterboxTurboTTS.from_local hard-codes the text embedding size
+SPEECH_VOCAB = models.SPEECH_VOCAB  # 6561 S3 codes + start + stop
 STOP_SPEECH = 6562
 PARALINGUISTIC_TAGS = ("[laugh]", "[chuckle]", "[cough]", "[sigh]", "[gasp]", "[groan]", "[sniff]", "[shush]",
                        "[clear throat]")
@@ -53,8 +57,22 @@ DEFAULT_ARCH: Dict[str, Any] = {
     },
     "eos_bias": 4.0,
 }
+# Chatterbox-Nano's layout (t3_nano_v1.safetensors), GPT-2-small-shaped: a width that is not a power of two (768 =
+# 3 x 256 there, 96 = 3 x 32 here), one head per 32 columns, more layers than the tiny Turbo
+NANO_ARCH: Dict[str, Any] = dict(copy.deepcopy(DEFAULT_ARCH), model="nano", t3={
+    "n_layer": 3, "n_embd": 96, "hidden_size": 96, "n_head": 3, "n_ctx": 2048, "n_positions": 2048})
 
 _PATCH_LOCK = threading.RLock()
+
+
+def arch_for(model: str = "turbo") -> Dict[str, Any]:
+    """The default tiny architecture of a model ("turbo" or "nano")."""
+    return copy.deepcopy(NANO_ARCH if models.model_spec(model).name == "nano" else DEFAULT_ARCH)
+
+
+def arch_spec(arch: Optional[Dict[str, Any]]) -> "models.ModelSpec":
+    """Which model a tiny architecture is laid out as (files written before Nano existed: Turbo)."""
+    return models.model_spec((arch or {}).get("model", "turbo"))
 
 
 def read_arch(model_dir: Path) -> Optional[Dict[str, Any]]:
@@ -135,39 +153,26 @@ def _tiny_s3gen_class(s3: Dict[str, Any]):
 
 @contextlib.contextmanager
 def tiny_patches(arch: Optional[Dict[str, Any]] = None) -> Iterator[None]:
-    """While active, `ChatterboxTurboTTS.from_local` (and `T3(hp)`, `S3Gen()`) build the tiny architecture.
-
-    Patches two module globals of chatterbox and restores them on exit; one patch at a time per process.
+    """While active, `ChatterboxTurboTTS.from_local` / `models.load_local` (and `T3(hp)`, `S3Gen()`) build the tiny
+    architecture: the model's GPT-2 config name (GPT2_medium, or GPT2_small for Nano) maps to the tiny config and
+    `chatterbox.tts_turbo.S3Gen` is the tiny S3Gen. Restored on exit; one patch at a time per process.
     """
     import chatterbox.tts_turbo as tts_turbo
-    from chatterbox.models.t3 import llama_configs
 
     arch = arch or DEFAULT_ARCH
-    gpt2 = dict(llama_configs.GPT2_MEDIUM_CONFIG)
-    gpt2.update(arch["t3"])
-    with _PATCH_LOCK:
-        saved_cfg = llama_configs.LLAMA_CONFIGS["GPT2_medium"]
+    spec = arch_spec(arch)
+    with _PATCH_LOCK, models.gpt2_configs({spec.gpt2_name: models.gpt2_config(spec, arch["t3"])}):
         saved_s3gen = tts_turbo.S3Gen
-        llama_configs.LLAMA_CONFIGS["GPT2_medium"] = gpt2  # t3.py reads this same dict object at T3() time
         tts_turbo.S3Gen = _tiny_s3gen_class(arch["s3gen"])
         try:
             yield
         finally:
-            llama_configs.LLAMA_CONFIGS["GPT2_medium"] = saved_cfg
             tts_turbo.S3Gen = saved_s3gen
 
 
 def turbo_hp():
     """The T3 hyper-parameters exactly as ChatterboxTurboTTS.from_local sets them (0.1.6/0.1.7)."""
-    from chatterbox.models.t3.modules.t3_config import T3Config
-    hp = T3Config(text_tokens_dict_size=TEXT_VOCAB)
-    hp.llama_config_name = "GPT2_medium"
-    hp.speech_tokens_dict_size = SPEECH_VOCAB
-    hp.input_pos_emb = None
-    hp.speech_cond_prompt_len = 375
-    hp.use_perceiver_resampler = False
-    hp.emotion_adv = False
-    return hp
+    return models.t3_hp(models.MODELS["turbo"])
 
 
 def write_tokenizer(folder: Path) -> None:
@@ -219,8 +224,9 @@ def write_builtin_voice(path: Path, seed: int = 0) -> None:
 
 
 def build_tiny_checkpoint(folder, seed: int = 0, with_conds: bool = True,
-                          arch: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Write a tiny random Chatterbox Turbo checkpoint into `folder`; returns build facts (params, seconds)."""
+                          arch: Optional[Dict[str, Any]] = None, model: str = "turbo") -> Dict[str, Any]:
+    """Write a tiny random checkpoint into `folder` in the layout of `model` (turbo: t3_turbo_v1.safetensors,
+    nano: t3_nano_v1.safetensors, GPT-2-small-shaped; an `arch` says its own model); returns build facts."""
     import torch
     import chatterbox.tts_turbo as tts_turbo
     from chatterbox.models.t3 import T3
@@ -228,22 +234,25 @@ def build_tiny_checkpoint(folder, seed: int = 0, with_conds: bool = True,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    arch = copy.deepcopy(arch or DEFAULT_ARCH)
+    arch = copy.deepcopy(arch) if arch is not None else arch_for(model)
     arch["seed"] = seed
+    spec = arch_spec(arch)
     t0 = time.perf_counter()
     with tiny_patches(arch):
         saved_rng = torch.random.get_rng_state()  # seed the build without changing the caller's RNG
         torch.manual_seed(seed)
         try:
             ve = VoiceEncoder()
-            t3 = T3(turbo_hp())
+            t3 = T3(models.t3_hp(spec))
             with torch.no_grad():
                 t3.speech_head.bias[STOP_SPEECH] += float(arch.get("eos_bias", 0.0))
             s3 = tts_turbo.S3Gen(meanflow=True)
         finally:
             torch.random.set_rng_state(saved_rng)
     _save(ve, folder / "ve.safetensors")
-    _save(t3, folder / "t3_turbo_v1.safetensors")  # includes tfmr.wte, which from_local deletes, as upstream's does
+    for other in models.MODELS.values():  # a folder holds one model's T3
+        (folder / other.t3_file).unlink(missing_ok=True)
+    _save(t3, folder / spec.t3_file)  # includes tfmr.wte, which from_local deletes, as upstream's does
     _save(s3, folder / "s3gen_meanflow.safetensors")
     write_tokenizer(folder)
     if with_conds:
@@ -270,13 +279,14 @@ def write_reference_wav(path, seconds: float = 6.0, sr: int = 24_000, f0: float 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Write a tiny random Chatterbox Turbo checkpoint (real file layout).")
+    ap = argparse.ArgumentParser(description="Write a tiny random Chatterbox checkpoint (real file layout).")
     ap.add_argument("folder", type=Path)
+    ap.add_argument("--model", choices=sorted(models.MODELS), default="turbo", help="file layout (default turbo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-conds", action="store_true", help="leave out conds.pt (no built-in voice)")
     ap.add_argument("--voice-wav", type=Path, default=None, help="also write a synthetic 6 s reference recording")
     args = ap.parse_args(argv)
-    facts = build_tiny_checkpoint(args.folder, seed=args.seed, with_conds=not args.no_conds)
+    facts = build_tiny_checkpoint(args.folder, seed=args.seed, with_conds=not args.no_conds, model=args.model)
     if args.voice_wav is not None:
         write_reference_wav(args.voice_wav)
     print(json.dumps(facts))

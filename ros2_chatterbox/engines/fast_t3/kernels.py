@@ -11,6 +11,7 @@ PyTorch rounds them). FastT3 uses these only after checking them against the PyT
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -30,26 +31,38 @@ def available() -> bool:
 if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, lnw_ptr, lnb_ptr, N, eps,
-                     K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     LN: tl.constexpr, ACT: tl.constexpr, RES: tl.constexpr):
+                     K: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     EVEN_K: tl.constexpr, LN: tl.constexpr, ACT: tl.constexpr, RES: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         out_ty = y_ptr.dtype.element_ty
-        if LN:
-            offs = tl.arange(0, K)
-            xv = tl.load(x_ptr + offs).to(tl.float32)
+        if LN:  # statistics over the whole row: KP = next power of two >= K, the tail masked to 0
+            offs = tl.arange(0, KP)
+            omask = offs < K
+            xv = tl.load(x_ptr + offs, mask=omask, other=0.0).to(tl.float32)
             mean = tl.sum(xv, axis=0) / K
-            d = xv - mean
+            d = tl.where(omask, xv - mean, 0.0)
             rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / K + eps)
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            xk = tl.load(x_ptr + ks).to(tl.float32)
-            if LN:
-                xk = (xk - mean) * rstd * tl.load(lnw_ptr + ks).to(tl.float32) + tl.load(lnb_ptr + ks).to(tl.float32)
-                xk = xk.to(out_ty).to(tl.float32)
-            w = tl.load(w_ptr + rows[:, None] * K + ks[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
+            if EVEN_K:  # BLOCK_K divides K: no column mask (the common case: 768, 1024, 3072, 4096)
+                xk = tl.load(x_ptr + ks).to(tl.float32)
+                if LN:
+                    xk = (xk - mean) * rstd * tl.load(lnw_ptr + ks).to(tl.float32) \
+                        + tl.load(lnb_ptr + ks).to(tl.float32)
+                    xk = xk.to(out_ty).to(tl.float32)
+                w = tl.load(w_ptr + rows[:, None] * K + ks[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
+            else:  # the last tile runs past K: masked loads, zeros contribute nothing
+                kmask = ks < K
+                xk = tl.load(x_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+                if LN:
+                    xk = (xk - mean) * rstd * tl.load(lnw_ptr + ks, mask=kmask, other=0.0).to(tl.float32) \
+                        + tl.load(lnb_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+                    xk = tl.where(kmask, xk.to(out_ty).to(tl.float32), 0.0)
+                w = tl.load(w_ptr + rows[:, None] * K + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                            other=0.0).to(tl.float32)
             acc += w * xk[None, :]
         y = tl.sum(acc, axis=1) + tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         if ACT:  # gelu_new: 0.5 y (1 + tanh(sqrt(2/pi) (y + 0.044715 y^3)))
@@ -62,25 +75,87 @@ if triton is not None:
         tl.store(y_ptr + rows, y.to(out_ty), mask=rmask)
 
 
-def _blocks(N: int, K: int) -> Tuple[int, int]:
-    block_k = min(K, 512)
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+MAX_BLOCK_K = 512
+MIN_BLOCK_K = 16  # narrower tiles than this buy nothing
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How `gemv` tiles a (N, K) weight: programs of `block_n` rows, each walking K in `block_k` columns;
+    `even_k` when block_k divides K (no column masks), `kp` the power of two the layer norm's row is padded to."""
+    block_n: int
+    block_k: int
+    even_k: bool
+    kp: int
+    programs: int
+
+
+def tiling(N: int, K: int) -> Tiling:
+    """Any N >= 1, K >= 1. block_k: the largest power of two <= 512 that divides K if that is >= 128 (768 -> 256,
+    1600 -> 64 is too narrow, so 512 with a masked tail), else K's next power of two within [16, 512], masked."""
+    if N < 1 or K < 1:
+        raise ValueError(f"gemv needs N, K >= 1, got N={N}, K={K}")
+    divisor = min(K & -K, MAX_BLOCK_K)  # largest power of two dividing K, capped
+    if divisor >= 128 or divisor == next_pow2(K):
+        block_k = divisor
+    else:
+        block_k = min(next_pow2(K), MAX_BLOCK_K)
+    block_k = max(block_k, MIN_BLOCK_K)
     block_n = 4 if N <= 1024 else 8
-    return block_n, block_k
+    return Tiling(block_n, block_k, K % block_k == 0, next_pow2(K), -(-N // block_n))
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln: Optional[Tuple] = None, act: bool = False,
-         res: Optional[torch.Tensor] = None) -> torch.Tensor:
+         res: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4) -> torch.Tensor:
     """x (1, K), w (N, K) contiguous, b (N,), ln = (weight, bias, eps) over K, res (1, N) -> (1, N) in x's dtype.
-    K must be a power of two (GPT-2: 1024 and 4096)."""
+    Any N and K (GPT-2 small 768/3072, medium 1024/4096, ...). block_n / num_warps override the tiling's (tuning)."""
     N, K = w.shape
-    if not w.is_contiguous() or x.numel() != K or K & (K - 1):
-        raise ValueError(f"gemv: w must be contiguous (N, K) with K a power of two, x of K elements; got "
+    if not w.is_contiguous() or x.numel() != K:
+        raise ValueError(f"gemv: w must be contiguous (N, K) and x of K elements; got "
                          f"w {tuple(w.shape)} contiguous={w.is_contiguous()}, x {tuple(x.shape)}")
+    t = tiling(N, K)
+    if block_n is not None:
+        t = Tiling(block_n, t.block_k, t.even_k, t.kp, -(-N // block_n))
     y = torch.empty(1, N, dtype=x.dtype, device=x.device)
-    block_n, block_k = _blocks(N, K)
     lnw, lnb, eps = ln if ln is not None else (b, b, 0.0)
-    _gemv_kernel[(triton.cdiv(N, block_n),)](
+    _gemv_kernel[(t.programs,)](
         x, w, b, res if res is not None else b, y, lnw, lnb, N, float(eps),
-        K=K, BLOCK_N=block_n, BLOCK_K=block_k, LN=ln is not None, ACT=bool(act), RES=res is not None,
-        num_warps=4)
+        K=K, KP=t.kp, BLOCK_N=t.block_n, BLOCK_K=t.block_k, EVEN_K=t.even_k,
+        LN=ln is not None, ACT=bool(act), RES=res is not None, num_warps=num_warps)
     return y
+
+
+# shapes of the decode step's products: (N, K, LN, ACT, RES) per GPT-2 width D (qkv, attention out, MLP up, MLP down,
+# speech head)
+def step_shapes(D: int, vocab: int = 6563):
+    return [(3 * D, D, True, False, False), (D, D, False, False, True), (4 * D, D, True, True, False),
+            (D, 4 * D, False, False, True), (vocab, D, True, False, False)]
+
+
+def check(shapes, dtype=torch.float16, device="cuda", seed: int = 0):
+    """`gemv` against the PyTorch ops FastT3 uses (layer_norm, addmm, gelu tanh, residual add) on random data:
+    one dict per shape with the relative error (max |got - ref| / max |ref|) and whether the argmax agrees."""
+    import torch.nn.functional as F
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for N, K, ln, act, res in shapes:
+        r = lambda *s: torch.randn(*s, generator=g, device=device, dtype=torch.float32)  # noqa: E731
+        x, w, b = r(1, K).to(dtype), (r(N, K) / K ** 0.5).to(dtype), (0.1 * r(N)).to(dtype)
+        lnp = (1 + 0.1 * r(K)).to(dtype), (0.1 * r(K)).to(dtype), 1e-5
+        rv = r(1, N).to(dtype)
+        h = F.layer_norm(x, (K,), lnp[0], lnp[1], lnp[2]) if ln else x
+        ref = torch.addmm(b, h, w.t())
+        if act:
+            ref = F.gelu(ref, approximate="tanh")
+        if res:
+            ref = ref + rv
+        got = gemv(x, w, b, ln=lnp if ln else None, act=act, res=rv if res else None)
+        err = float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6))
+        out.append({"N": N, "K": K, "ln": ln, "act": act, "res": res, "dtype": str(dtype).replace("torch.", ""),
+                    "tiling": tiling(N, K).__dict__, "rel_err": err,
+                    "same_argmax": bool(torch.equal(got.argmax(-1), ref.argmax(-1)))})
+    return out

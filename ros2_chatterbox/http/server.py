@@ -5,34 +5,27 @@ line from a thread, and returns only when uvicorn is serving. `stop()` asks uvic
 a short grace period, then are cancelled, which cancels their jobs) and returns once the port is released.
 uvicorn's signal handlers are off: the owner handles signals.
 
-Without ROS: `python -m ros2_chatterbox.http_server --params config/params.yaml [--host H] [--port P]`
-(console script `ros2-chatterbox-http`).
+Without ROS: `python -m ros2_chatterbox.http [--params FILE] [--host H] [--port P]` (console script
+`ros2-chatterbox-http`); the default parameter file is the package's config/params.yaml, wherever it is installed.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import logging
 import signal
 import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from dataclasses import replace
+from typing import Any, Callable, Iterator, List, Optional
+
+from ..settings import HttpSettings
 
 log = logging.getLogger("ros2_chatterbox.http")
 
 LogFn = Callable[[str, str], None]
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _ForwardHandler(logging.Handler):
@@ -69,9 +62,9 @@ def _server_class():
 class HttpServer:
     """The HTTP API of one SpeechCore, served by uvicorn on a background thread.
 
-    HttpServer(core, settings=None, log=None, host=None, port=None)
-      settings: flat configuration (default core.config); http.host / http.port unless host/port are given
-                (port 0 = any free port; `.port` tells which after start()).
+    HttpServer(core, settings, log=None, host=None, port=None)
+      settings: HttpSettings, or a callable returning the current ones; http.host / http.port unless host/port
+                are given (port 0 = any free port; `.port` tells which after start()).
       log: callable(level, message), level in debug/info/warning/error (the node passes its ROS logger).
     bind(): reserve the address now (optional; OSError when taken) so a program can fail before loading a model.
     start(timeout=10.0): bind (unless bound) and serve; returns when listening. OSError when the address cannot
@@ -80,19 +73,21 @@ class HttpServer:
     url, host, port, running.
     """
 
-    def __init__(self, core: Any, settings: Optional[Dict[str, Any]] = None, log: Optional[LogFn] = None,
+    def __init__(self, core: Any, settings: Any, log: Optional[LogFn] = None,
                  host: Optional[str] = None, port: Optional[int] = None):
         self.core = core
-        self.settings = settings if settings is not None else core.config
+        self.settings: Callable[[], HttpSettings] = settings if callable(settings) else (lambda: settings)
         self._log = log
-        self.host = str(host if host is not None else self.settings.get("http.host", "127.0.0.1"))
-        self.port = int(port if port is not None else self.settings.get("http.port", 8004))
+        first = self.settings()
+        self.host = str(host if host is not None else first.host)
+        self.port = int(port if port is not None else first.port)
         self.graceful_s = 2.0
         self._server = None
         self._thread: Optional[threading.Thread] = None
         self._sock: Optional[socket.socket] = None
         self._error: Optional[BaseException] = None
         self._handler: Optional[_ForwardHandler] = None
+        self._api_key = ""
 
     def log(self, level: str, msg: str) -> None:
         if self._log is not None:
@@ -113,7 +108,25 @@ class HttpServer:
         """Reserve the address now (optional: start() binds when this was not called). Lets a program fail on a
         taken port before it spends time loading a model."""
         if self._sock is None:
+            self._api_key = self._checked_api_key()
             self._sock = self._bind()
+
+    def _checked_api_key(self) -> str:
+        """The API key from parameters, key file or environment; RuntimeError when serving would be unsafe."""
+        from . import security
+        settings = self.settings()
+        try:
+            security.parse_allowed_hosts(settings.allowed_hosts)
+            api_key = security.resolve_api_key(settings)
+            warning = security.check_exposure(self.host, settings, api_key)
+        except security.SecurityError as exc:
+            raise RuntimeError(f"HTTP: {exc}") from None
+        if warning:
+            self.log("warning", f"HTTP: {warning}")
+        if security.key_on_command_line(api_key):
+            self.log("warning", "HTTP: the API key is on this process's command line, where every user of the "
+                                "machine can read it; use CHATTERBOX_API_KEY_FILE or http.api_key_file instead")
+        return api_key
 
     def _bind(self) -> socket.socket:
         try:
@@ -140,16 +153,18 @@ class HttpServer:
         if self.running:
             return
         import uvicorn
-        from .http_api import create_app
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-        api_key = str(self.settings.get("http.api_key", "") or "")
-        if not is_loopback(self.host) and not api_key:
-            self.log("warning", f"HTTP: listening on {self.host} beyond loopback without an API key: anyone who "
-                                f"can reach this host can make the robot speak; set http.api_key")
-        app = create_app(self.core, self.settings)
+        from . import security
+        from .app import create_app
+
         self.bind()
+        key = self._api_key  # resolved from the parameters, a key file or the environment
+        app = create_app(self.core, lambda: replace(self.settings(), api_key=key))
+        first = self.settings()
+        protocol = security.guarded_protocol(AutoHTTPProtocol, first.header_timeout_s, first.max_connections)
         config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-                                ws="none", timeout_graceful_shutdown=self.graceful_s)
+                                ws="none", http=protocol, timeout_graceful_shutdown=self.graceful_s)
         self._server = _server_class()(config)
         if self._log is not None:
             self._handler = _ForwardHandler(self._log)
@@ -202,38 +217,42 @@ class HttpServer:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The HTTP API without ROS, on the same engine core and parameter file as the node."""
-    from .config import ConfigError, check, load_params_file, package_share
-    from .core import SpeechCore
-    from .engine import EngineLoadError
+    from ..core import EngineLoadError, SpeechCore
+    from ..settings import ConfigError, default_params_file, load_params_file
 
-    default_params = package_share() / "config" / "params.yaml"
+    default_params = default_params_file()
     parser = argparse.ArgumentParser(prog="ros2-chatterbox-http",
                                      description="Serve the ros2_chatterbox HTTP API (OpenAI-compatible speech, "
                                                  "web page) without ROS.")
-    parser.add_argument("--params", default=str(default_params) if default_params.exists() else "",
+    parser.add_argument("--params", default=str(default_params or ""),
                         help="ROS parameter file (tts_node: ros__parameters: ...); default: the package's "
-                             "config/params.yaml")
+                             f"config/params.yaml ({default_params or 'not found: built-in defaults'})")
     parser.add_argument("--host", help="bind address (parameter http.host)")
     parser.add_argument("--port", type=int, help="port (parameter http.port)")
-    parser.add_argument("--api-key", help="bearer token required on every endpoint but /health "
-                                          "(parameter http.api_key)")
+    parser.add_argument("--api-key-file", help="file holding the bearer token required on every endpoint but "
+                                               "/health (parameter http.api_key_file; or set CHATTERBOX_API_KEY)")
+    parser.add_argument("--api-key", help=argparse.SUPPRESS)  # refused below: it would show in the process list
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="[%(levelname)s] %(name)s: %(message)s")
     logger = logging.getLogger("ros2_chatterbox")
+    if args.api_key is not None:
+        logger.error("--api-key would show the key to every user in the process list: put it in a file "
+                     "(--api-key-file FILE, or CHATTERBOX_API_KEY_FILE) or in CHATTERBOX_API_KEY")
+        return 2
     try:
-        config = load_params_file(args.params or None)
-        for name, value in (("http.host", args.host), ("http.port", args.port), ("http.api_key", args.api_key)):
-            if value is not None:
-                config[name] = check(name, value)
+        settings = load_params_file(args.params or None)
+        settings = settings.with_values({name: value for name, value in (
+            ("http.host", args.host), ("http.port", args.port), ("http.api_key_file", args.api_key_file))
+            if value is not None})
     except (OSError, ConfigError, ValueError) as exc:
         logger.error("cannot read parameters: %s", exc)
         return 2
-    core = SpeechCore(config)
-    server = HttpServer(core, config)
+    core = SpeechCore(settings)
+    server = HttpServer(core, settings.http)
     try:
-        server.bind()  # a taken port fails now, not after loading the model
-    except OSError as exc:
+        server.bind()  # a taken port or an unsafe bind fails now, not after loading the model
+    except (OSError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1
     stop = threading.Event()
@@ -251,7 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (OSError, RuntimeError) as exc:
             logger.error("%s", exc)
             return 1
-        logger.info("engine %s at %d Hz; Ctrl-C stops", core.engine_name, core.engine.sample_rate)
+        logger.info("engine %s at %d Hz; Ctrl-C stops", core.engine_name, core.sample_rate)
         while not stop.wait(0.5):
             pass
         logger.info("stopping")

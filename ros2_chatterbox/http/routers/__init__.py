@@ -1,0 +1,1 @@
+"""One APIRouter per area of the HTTP API; app.create_app includes them all."""

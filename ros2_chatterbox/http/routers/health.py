@@ -1,0 +1,42 @@
+"""Liveness (/health, /health/live: 200 while the server runs) and readiness (/health/ready: 200 only when the
+configured engine serves; 503 on the fallback engine or before it is loaded). Container health checks and
+start-up gating use readiness."""
+from typing import Any, Dict
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from ...core import SpeechCore
+from ..deps import get_core
+from ..schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+def health_body(core: SpeechCore) -> Dict[str, Any]:
+    st = core.status()
+    status = "unavailable" if not st["accepting"] else ("degraded" if st["using_fallback"] else "ok")
+    body = {k: st.get(k) for k in Health.model_fields if k in st}
+    body.update({"status": status, "engine": core.engine_name, "device": str(st.get("device", "") or "")})
+    return body
+
+
+@router.get("/health", response_model=Health,
+            summary="Liveness: always 200 while the server runs; `ready` says whether the configured engine serves")
+def health(core: SpeechCore = Depends(get_core)) -> Dict[str, Any]:
+    return health_body(core)
+
+
+@router.get("/health/live", response_model=Health, include_in_schema=False)
+def health_live(core: SpeechCore = Depends(get_core)) -> Dict[str, Any]:
+    return health_body(core)
+
+
+@router.get("/health/ready", response_model=Health,
+            summary="Readiness: 200 when the configured engine (not the fallback) serves, 503 otherwise",
+            responses={503: {"model": Health, "description": "Not ready (not loaded, or on the fallback engine)"}})
+def health_ready(core: SpeechCore = Depends(get_core)):
+    body = health_body(core)
+    if not body["ready"]:
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    return body

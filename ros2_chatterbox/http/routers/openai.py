@@ -1,0 +1,48 @@
+"""OpenAI-compatible speech: POST /v1/audio/speech (bytes as they are synthesized, or server-sent events) and
+GET /v1/models."""
+from typing import Any, Dict, Type
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+
+from ...core import SpeechCore
+from ...settings import HttpSettings
+from .. import streaming
+from ..deps import get_core, get_settings
+from ..errors import documented
+from ..schemas import AUDIO_CONTENT, SSE_EVENT_SCHEMA, ModelList
+
+MODEL_IDS = ("chatterbox", "chatterbox-turbo", "chatterbox-nano", "tts-1", "tts-1-hd",
+             "gpt-4o-mini-tts")  # all accepted, all the same engine (parameter `model` chooses turbo or nano)
+
+
+def router(SpeechRequest: Type[BaseModel], started: int) -> APIRouter:
+    """The routes, with the request model whose limits follow the parameters."""
+    api = APIRouter(tags=["openai"])
+
+    @api.post("/v1/audio/speech", summary="Text to speech (OpenAI-compatible)", response_class=Response,
+              responses={200: {"content": {**AUDIO_CONTENT, "text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+                               "description": "Audio bytes, streamed as they are synthesized (chunked), or "
+                                              "server-sent events with stream_format=sse."},
+                         **documented(400, 401, 413, 500, 503)})
+    async def speech(body: SpeechRequest, request: Request,  # type: ignore[valid-type]
+                     core: SpeechCore = Depends(get_core), settings: HttpSettings = Depends(get_settings)):
+        fmt = body.response_format
+        job, listener = await streaming.start_job(core, settings, body.input, body.voice, None, fmt, body.speed,
+                                                  streaming=True)
+        first = await streaming.first_item(core, request, job, listener)
+        headers = streaming.audio_headers(listener, job, fmt)
+        if body.stream_format == "sse":
+            headers.pop("Content-Disposition")
+            return StreamingResponse(streaming.sse_stream(core, job, listener, first, body.input),
+                                     media_type="text/event-stream", headers=headers)
+        return StreamingResponse(streaming.audio_stream(core, job, listener, first),
+                                 media_type=listener.encoder.content_type, headers=headers)
+
+    @api.get("/v1/models", response_model=ModelList, responses=documented(401))
+    def models() -> Dict[str, Any]:
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": started,
+                                            "owned_by": "ros2_chatterbox"} for m in MODEL_IDS]}
+
+    return api

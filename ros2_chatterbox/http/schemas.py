@@ -1,0 +1,173 @@
+"""Request and response models of the HTTP API; the request limits follow the parameters, so /openapi.json tells
+the truth."""
+# No `from __future__ import annotations`: FastAPI must resolve the request models built in request_models().
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model
+
+from .. import encoding
+from ..settings import SETTINGS_BY_NAME
+
+OPENAI_MAX_INSTRUCTIONS = 4096
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "seed", "watermark")
+Format = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+class VoiceId(BaseModel):
+    """OpenAI's custom-voice form: {"id": "<voice name>"}."""
+    id: str = Field(..., max_length=200, description="A voice name from GET /v1/audio/voices")
+
+
+VoiceOrName = Union[str, VoiceId]
+
+
+def _gen_field(name: str, kind: Any, description: str) -> Tuple[Any, Any]:
+    s = SETTINGS_BY_NAME[f"generation.{name}"]
+    extra: Dict[str, Any] = {}
+    if s.min is not None:
+        extra["ge"] = s.min
+    if s.max is not None:
+        extra["le"] = s.max
+    return (Optional[kind], Field(None, description=f"{description} Default: parameter generation.{name} "
+                                                    f"({s.default}).", **extra))
+
+
+def request_models(max_input: int) -> Tuple[Type[BaseModel], Type[BaseModel]]:
+    """(SpeechRequest, TTSRequest) whose text limit is `max_input` characters (parameter http.max_input_chars)."""
+
+    class SpeechRequest(BaseModel):
+        model_config = ConfigDict(extra="ignore")  # unknown fields are ignored, as OpenAI does
+        model: str = Field("chatterbox-turbo", max_length=200,
+                           description="Any model id; every id uses this node's engine.")
+        input: str = Field(..., min_length=1, max_length=max_input, description="Text to speak.")
+        voice: VoiceOrName = Field(
+            "", description="A voice name (with or without .wav), {\"id\": name}, or an OpenAI voice name "
+                            "(alloy, ash, ...), which means the default voice.")
+        instructions: Optional[str] = Field(None, max_length=OPENAI_MAX_INSTRUCTIONS,
+                                            description="Accepted for compatibility; ignored.")
+        response_format: Format = Field("mp3", description="mp3, opus (Ogg), aac (ADTS), flac, wav, or pcm "
+                                                           "(raw 16-bit LE mono at X-Sample-Rate).")
+        speed: StrictFloat = Field(1.0, ge=encoding.MIN_SPEED, le=encoding.MAX_SPEED,
+                                   description="Tempo 0.25-4.0 (pitch unchanged).")
+        stream_format: Literal["audio", "sse"] = Field(
+            "audio", description="audio: the file's bytes stream as they are synthesized; sse: server-sent "
+                                 "events speech.audio.delta (base64 audio) then speech.audio.done.")
+
+    fields = {
+        "text": (str, Field(..., min_length=1, max_length=max_input, description="Text to speak.")),
+        "voice": (VoiceOrName, Field("", description="Voice name; '' = the default voice.")),
+        "format": (Format, Field("wav", description="Audio format of the answer.")),
+        "speed": (StrictFloat, Field(1.0, ge=encoding.MIN_SPEED, le=encoding.MAX_SPEED,
+                                     description="Tempo 0.25-4.0 (pitch unchanged).")),
+        "temperature": _gen_field("temperature", StrictFloat, "Sampling temperature (Chatterbox)."),
+        "top_p": _gen_field("top_p", StrictFloat, "Nucleus sampling threshold (Chatterbox)."),
+        "top_k": _gen_field("top_k", StrictInt, "Top-k sampling (Chatterbox)."),
+        "repetition_penalty": _gen_field("repetition_penalty", StrictFloat, "Repetition penalty (Chatterbox)."),
+        "seed": _gen_field("seed", StrictInt, "Random seed; 0 = new seed per request."),
+        "watermark": (Optional[StrictBool], Field(None, description="Perth watermark on Chatterbox output.")),
+        "stream": (StrictBool, Field(False, description="Stream the bytes as they are synthesized (chunked) instead "
+                                                        "of answering with the complete file.")),
+    }
+    TTSRequest = create_model("TTSRequest", __config__=ConfigDict(extra="forbid"), **fields)
+    return SpeechRequest, TTSRequest
+
+
+def voice_value(voice: Any) -> Any:
+    """A request's voice as the core takes it (a name, or OpenAI's {"id": name})."""
+    return {"id": voice.id} if isinstance(voice, VoiceId) else voice
+
+
+# -- responses (documented in /openapi.json) ----------------------------------------------------------------------
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: List[ModelCard]
+
+
+class VoiceCard(BaseModel):
+    id: str
+    name: str
+    object: str = "voice"
+    file: str
+    bytes: int
+
+
+class VoiceList(BaseModel):
+    object: str = "list"
+    data: List[VoiceCard]
+    default_voice: str
+    openai_aliases: List[str]
+    can_clone: bool
+
+
+class PredefinedVoice(BaseModel):
+    display_name: str
+    filename: str
+
+
+class VoiceUploaded(BaseModel):
+    id: str
+    object: str = "voice"
+    name: str
+    file: str
+    duration: float
+    can_clone: bool
+    message: str
+
+
+class VoiceDeleted(BaseModel):
+    id: str
+    object: str = "voice.deleted"
+    deleted: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"]
+    ready: bool = Field(..., description="The configured engine (not the fallback) serves requests.")
+    accepting: bool = Field(..., description="Speech requests are accepted (also on the fallback engine).")
+    engine: str
+    using_fallback: bool
+    queue_depth: int
+    queue_max: int
+    speaking: bool
+    device: str = ""
+    model: str = Field("", description="The Chatterbox model serving (chatterbox-turbo or chatterbox-nano).")
+    fast_path_warning: str = Field("", description="Why the engine runs without its fast path ('' = fast).")
+    last_error: str = ""
+    last_latency_s: Optional[float] = None
+    last_first_audio_s: Optional[float] = None
+
+
+# One server-sent event (Open API before 3.2: `schema` of text/event-stream describes each event).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"oneOf": [
+                {"type": "object", "required": ["type", "audio"], "properties": {
+                    "type": {"const": "speech.audio.delta"},
+                    "audio": {"type": "string", "description": "base64 bytes of response_format"}}},
+                {"type": "object", "required": ["type", "usage"], "properties": {
+                    "type": {"const": "speech.audio.done"},
+                    "usage": {"type": "object", "required": ["input_tokens", "output_tokens", "total_tokens"],
+                              "properties": {"input_tokens": {"type": "integer"},
+                                             "output_tokens": {"type": "integer"},
+                                             "total_tokens": {"type": "integer"}}}}},
+                {"type": "object", "required": ["type", "error"], "properties": {
+                    "type": {"const": "error"}, "error": {"type": "object"}}},
+            ]},
+        },
+    },
+}
+AUDIO_CONTENT = {ct: {"schema": {"type": "string", "format": "binary"}}
+                 for ct in sorted(set(encoding.CONTENT_TYPES.values()))}
