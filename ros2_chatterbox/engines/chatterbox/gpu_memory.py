@@ -43,7 +43,8 @@ def allocator_stats(device: str) -> Dict[str, int]:
 
 
 def device_used_bytes(device: str) -> int:
-    """Device memory in use by every process on this GPU (total - free: the CUDA context included); 0 off CUDA."""
+    """Device memory in use by every process on this GPU (total - free: the CUDA context included); 0 off CUDA. On a
+    Jetson (unified memory) that is all RAM in use: there RSS + torch's reserved bytes is this process's share."""
     if not device.startswith("cuda"):
         return 0
     import torch
