@@ -267,7 +267,7 @@ def main(argv=None) -> int:
         doc["memory_after"] = {**gpu_memory.memory_report(device),
                                "reserved_mb": round(end["reserved_bytes"] / 2**20, 1),
                                "allocated_mb": round(end["allocated_bytes"] / 2**20, 1),
-                               "host_sync": gpu_memory.sync_mode(device)}
+                               "host_sync": gpu_memory.sync_mode(device), "rss": gpu_memory.rss_breakdown()}
         if cuda:
             doc["memory_after"]["max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
             own = process_device_mb()

@@ -684,6 +684,8 @@ def node_markdown(d: Dict[str, Any]) -> List[str]:
                                           "reserved_mb_max"))),
         ("host RSS MiB (of it: CUDA runtime + libraries before the model)", lambda n: cell(
             n, "memory_after", "rss_mb") + " (" + cell(n, "rss_cuda_runtime_mb") + ")"),
+        ("host RSS MiB: anonymous / shared libraries", lambda n: cell(n, "memory_after", "rss", "anon_mb") + " / " +
+         cell(n, "memory_after", "rss", "files_mb")),
         ("device MiB (this process, nvidia-smi)", lambda n: cell(n, "memory_after", "process_device_mb")),
         ("RSS + device MiB", lambda n: cell(n, "memory_after", "rss_plus_process_device_mb")),
         ("peak allocated MiB", lambda n: cell(n, "memory_after", "max_allocated_mb")),

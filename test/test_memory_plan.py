@@ -54,3 +54,15 @@ def test_shorter_pieces_plan_less_and_impossible_ones_are_refused():
     assert small.max_speech_tokens == 150 + 6 * 40 and small.kv_positions < mp.make_plan(250, **TURBO).kv_positions
     with pytest.raises(ValueError, match="speech_tokens.max"):
         mp.make_plan(250, **{**TURBO, "max_positions": 1024})
+
+
+def test_rss_breakdown_splits_anonymous_and_file_memory():
+    """The bench's view of host RSS (item 7): anonymous vs shared-library pages, largest files first."""
+    from ros2_chatterbox.engines.chatterbox import gpu_memory
+    rss = gpu_memory.rss_breakdown()
+    assert rss["anon_mb"] > 0 and rss["files_mb"] > 0
+    sizes = [mb for _name, mb in rss["largest_files_mb"]]
+    assert sizes == sorted(sizes, reverse=True)
+    total = gpu_memory.rss_bytes() / 2 ** 20
+    assert abs(rss["anon_mb"] + rss["files_mb"] - total) < 0.2 * total
+    assert gpu_memory.allocator_stats("cpu")["num_device_alloc"] == 0 and gpu_memory.blocking_sync("cpu") == "n/a"
