@@ -8,8 +8,9 @@ VENV ?= $(if $(filter kilted,$(DISTRO)),.venv,.venv-$(DISTRO))
 PY := $(VENV)/bin/python
 PARAMS ?= config/params.yaml
 PYTEST_ARGS ?=
-# The ROS tests (node, action, launch, command line): what CI also runs on Jazzy
-ROS_TESTS ?= test/test_node.py test/test_node_http.py test/test_node_reliability.py test/test_say_action.py \
+# The ROS tests (node, action, reliability, launch, command line): what CI also runs on Jazzy. Engine, HTTP and
+# everything else does not depend on the ROS distribution and runs once, on Kilted.
+ROS_TESTS ?= test/test_node.py test/test_say_action.py test/test_node_reliability.py \
 	test/test_launch.py test/test_launch_failures.py test/test_ros2_cli.py
 SETUP := VENV=$(VENV) bash tools/setup_venv.sh --distro $(DISTRO)
 WITH_TOOLS := tools/with_ros2_tools.sh --distro $(DISTRO)
@@ -17,7 +18,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE ?= 0
 
-.PHONY: setup setup-test run http test test-ros bench lint clean help
+.PHONY: setup setup-test run http test test-ros bench clean help
 
 help:
 	@echo "make run [PARAMS=file]   set up if needed, then start the node (HTTP on 127.0.0.1:8004)"

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+PY = sys.executable  # the set-up's interpreter that runs the tests (.venv/, or .venv-jazzy/ for Jazzy)
 ARTIFACTS = ROOT / "test-artifacts"
 
 

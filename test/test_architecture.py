@@ -73,19 +73,8 @@ def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
     return found
 
 
-def through_engine_registry(cycle: List[str]) -> bool:
-    """engine.create_engine imports the engines, which import engine.py: issue 13 moves the registry."""
-    return "ros2_chatterbox.engine" in cycle and any(m.startswith("ros2_chatterbox.engines.") for m in cycle)
-
-
 def test_no_import_circles():
-    assert [c for c in cycles(internal(imports())) if not through_engine_registry(c)] == []
-
-
-@pytest.mark.xfail(reason="issue 13 moves the engine registry from engine.py into engines/__init__.py",
-                   strict=False)
-def test_no_circle_through_the_engine_registry():
-    assert [c for c in cycles(internal(imports())) if through_engine_registry(c)] == []
+    assert cycles(internal(imports())) == []
 
 
 @pytest.mark.parametrize("door", sorted(m for m in imports() if m.startswith(DOOR_PREFIXES)))

@@ -60,8 +60,9 @@ async function refreshStatus() {
       const h = await (await fetch("/health")).json();
       $("engine").textContent = h.engine || "–";
       $("queue").textContent = h.queue_depth + "/" + h.queue_max;
-      $("ready").textContent = h.ready ? "ready" : "not ready";
-      $("ready").className = "badge " + (h.ready ? "ok" : "bad");
+      // accepting: speech is served (also on the fallback engine); ready: the configured engine serves
+      $("ready").textContent = h.accepting ? (h.ready ? "ready" : "ready (fallback)") : "not ready";
+      $("ready").className = "badge " + (h.accepting ? "ok" : "bad");
     } catch (e2) {
       $("ready").textContent = "offline";
       $("ready").className = "badge bad";
