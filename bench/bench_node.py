@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     stubs = install_stubs()
     import numpy as np
     import torch
-    from ros2_chatterbox import config as cfgmod
+    from ros2_chatterbox import settings as cfgmod
     from ros2_chatterbox.core import SpeechCore
     from ros2_chatterbox.engines.chatterbox import gpu_memory, s3gen_stream
     from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny
