@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     stubs = install_stubs()
     import numpy as np
     import torch
-    from ros2_chatterbox import config as cfgmod
+    from ros2_chatterbox import settings as cfgmod
     from ros2_chatterbox.core import SpeechCore
     from ros2_chatterbox.engines.chatterbox import gpu_memory, s3gen_stream
     from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
         doc["memory_after"] = {**gpu_memory.memory_report(device),
                                "reserved_mb": round(end["reserved_bytes"] / 2**20, 1),
                                "allocated_mb": round(end["allocated_bytes"] / 2**20, 1),
-                               "host_sync": gpu_memory.sync_mode(device)}
+                               "host_sync": gpu_memory.sync_mode(device), "rss": gpu_memory.rss_breakdown()}
         if cuda:
             doc["memory_after"]["max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
             own = process_device_mb()

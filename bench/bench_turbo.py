@@ -146,7 +146,6 @@ def build_full_checkpoint(folder: Path, seed: int = 0, model: str = "turbo") -> 
     conditioned)."""
     import torch
     from chatterbox.models.s3gen import S3Gen
-    from chatterbox.models.t3 import T3
     from chatterbox.models.voice_encoder import VoiceEncoder
     from safetensors.torch import save_file
     from ros2_chatterbox.engines.chatterbox import models, tiny_checkpoint as tiny_turbo
@@ -685,6 +684,8 @@ def node_markdown(d: Dict[str, Any]) -> List[str]:
                                           "reserved_mb_max"))),
         ("host RSS MiB (of it: CUDA runtime + libraries before the model)", lambda n: cell(
             n, "memory_after", "rss_mb") + " (" + cell(n, "rss_cuda_runtime_mb") + ")"),
+        ("host RSS MiB: anonymous / shared libraries", lambda n: cell(n, "memory_after", "rss", "anon_mb") + " / " +
+         cell(n, "memory_after", "rss", "files_mb")),
         ("device MiB (this process, nvidia-smi)", lambda n: cell(n, "memory_after", "process_device_mb")),
         ("RSS + device MiB", lambda n: cell(n, "memory_after", "rss_plus_process_device_mb")),
         ("peak allocated MiB", lambda n: cell(n, "memory_after", "max_allocated_mb")),

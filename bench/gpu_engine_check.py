@@ -27,7 +27,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from ros2_chatterbox.config import defaults
+    from ros2_chatterbox.settings import defaults
     from ros2_chatterbox.core import SpeechCore
     from ros2_chatterbox.engine import GenerationSettings
     from ros2_chatterbox.engines.chatterbox.engine import ChatterboxTurboEngine

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
     torch.set_num_threads(args.threads)
-    from ros2_chatterbox.config import defaults
+    from ros2_chatterbox.settings import defaults
     from ros2_chatterbox.core import SpeechCore
     from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
     from ros2_chatterbox.speech_queue import JobListener

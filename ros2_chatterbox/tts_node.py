@@ -424,6 +424,8 @@ class TtsNode(LifecycleNode):
             message = "ready"
             if st.get("using_fallback"):
                 level, message = DiagnosticStatus.WARN, f"using fallback engine: {st['fallback_reason']}"
+            elif st.get("fast_path_warning"):
+                level, message = DiagnosticStatus.WARN, f"slow: {st['fast_path_warning']}"
             elif st.get("last_error"):
                 level, message = DiagnosticStatus.WARN, f"last error: {st['last_error']}"
             values = {"lifecycle_state": self._state_label()}

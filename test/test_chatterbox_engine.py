@@ -481,24 +481,38 @@ def test_fast_path_state_is_reported(turbo_engine):
     assert info["fast_path_active"] == fp["active"]
 
 
-def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch, caplog):
+def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch):
     """A fast path that fails its check falls back to the reference loop with a warning in the configure log and a
     fallback flag + warning text in info() (which /diagnostics, /health/ready and the doctor show)."""
     import logging
     from ros2_chatterbox.engines.fast_t3 import FastT3
     monkeypatch.setattr(FastT3, "self_check", lambda self, *a, **k: {"ok": False, "n": 64, "match": 3})
-    # an earlier test's logging.config.dictConfig (uvicorn, ...) may have disabled the existing loggers
-    monkeypatch.setattr(logging.getLogger("ros2_chatterbox"), "disabled", False)
+
+    class Records(logging.Handler):  # on the package's logger itself: whatever other tests did to propagation
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    logger = logging.getLogger("ros2_chatterbox")
+    seen = Records()
+    monkeypatch.setattr(logger, "disabled", False)  # another test's logging.config.dictConfig may have disabled it
+    logger.addHandler(seen)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt))
-    with caplog.at_level(logging.WARNING, logger="ros2_chatterbox"):
-        engine.load()
     try:
+        engine.load()
         info = engine.info()
         assert info["fast_path"]["requested"] and not info["fast_path"]["active"] and info["fast_path"]["fallback"]
         assert "equality check" in info["fast_path_warning"] and "reference loop" in info["fast_path_warning"]
-        assert any("fast path" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        assert any("fast path" in r.getMessage() and r.levelno == logging.WARNING for r in seen.records)
         assert joined(speak(engine, "Still speaking.", seed=3)).size > 0  # the reference loop speaks
     finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
         engine.unload()
 
 

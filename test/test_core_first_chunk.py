@@ -6,7 +6,7 @@ import threading
 import numpy as np
 
 from ros2_chatterbox import audio
-from ros2_chatterbox import config as cfgmod
+from ros2_chatterbox import settings as cfgmod
 from ros2_chatterbox.core import SpeechCore
 from ros2_chatterbox.engine import Engine
 from ros2_chatterbox.speech_queue import JobListener

@@ -39,8 +39,30 @@ def test_plan_for_the_default_piece_length():
     assert d["kv_mb"] == round(plan.kv_bytes / 2 ** 20, 1) and d["buckets"] == list(plan.buckets)
 
 
+def test_without_the_piece_length_the_caps_bound_the_plan():
+    """SpeechCore's text.chunk_chars is not an engine setting: without it, the tokenizer's limit bounds the text and
+    speech_tokens.max the speech (the knob for S3Gen's worst case)."""
+    plan = mp.make_plan(None, speech_max=600, **TURBO)
+    assert plan.chunk_chars is None and plan.max_text_tokens == 1024 and plan.max_speech_tokens == 600
+    assert plan.flow_tokens_max == 250 + 600 + 3
+    assert plan.kv_positions == 2048  # 376 + 1024 + 1 + 600 = 2001, rounded up to the bucket
+    assert mp.make_plan(60, speech_base=100, speech_per_char=2.0, **TURBO).max_speech_tokens == 100 + 2 * 60
+
+
 def test_shorter_pieces_plan_less_and_impossible_ones_are_refused():
     small = mp.make_plan(40, **TURBO)
     assert small.max_speech_tokens == 150 + 6 * 40 and small.kv_positions < mp.make_plan(250, **TURBO).kv_positions
-    with pytest.raises(ValueError, match="chunk_chars"):
+    with pytest.raises(ValueError, match="speech_tokens.max"):
         mp.make_plan(250, **{**TURBO, "max_positions": 1024})
+
+
+def test_rss_breakdown_splits_anonymous_and_file_memory():
+    """The bench's view of host RSS (item 7): anonymous vs shared-library pages, largest files first."""
+    from ros2_chatterbox.engines.chatterbox import gpu_memory
+    rss = gpu_memory.rss_breakdown()
+    assert rss["anon_mb"] > 0 and rss["files_mb"] > 0
+    sizes = [mb for _name, mb in rss["largest_files_mb"]]
+    assert sizes == sorted(sizes, reverse=True)
+    total = gpu_memory.rss_bytes() / 2 ** 20
+    assert abs(rss["anon_mb"] + rss["files_mb"] - total) < 0.2 * total
+    assert gpu_memory.allocator_stats("cpu")["num_device_alloc"] == 0 and gpu_memory.blocking_sync("cpu") == "n/a"

@@ -93,7 +93,7 @@ def test_renamed_t3_file_of_the_other_width_is_named(tmp_path):
 
 
 def test_model_parameter_values_and_hub_repository():
-    from ros2_chatterbox.config import SETTINGS
+    from ros2_chatterbox.settings import SETTINGS
     from ros2_chatterbox.engines.chatterbox import models
     from ros2_chatterbox.engines.chatterbox.checkpoint import resolve_repo
     setting = next(s for s in SETTINGS if s.name == "model")

@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ros2_chatterbox.config import defaults  # noqa: E402
+from ros2_chatterbox.settings import defaults  # noqa: E402
 
 
 def require_chatterbox() -> None:

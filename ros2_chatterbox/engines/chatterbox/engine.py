@@ -39,14 +39,28 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from ...engine import Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError
+from ...settings import SETTINGS_BY_NAME, ConfigError, EngineSettings, check
 from . import models
 from .checkpoint import check_checkpoint, explain_load_error, locate_checkpoint, resolve_repo
 from .s3gen_stream import SAMPLE_RATE, StreamDecoder
-from .tokens import MAX_SPEECH_TOKENS, SPEECH_VOCAB, FastTokenSource, TokenSampler
+from .tokens import SPEECH_VOCAB, FastTokenSource, TokenSampler
 from .voice_cache import DEC_COND_SAMPLES, VoiceCache, compute_conds, prepare_t3_cond
 from . import gpu_memory, memory_plan
 
 log = logging.getLogger("ros2_chatterbox")
+
+
+def _settings_from_dict(values: Dict[str, Any]) -> EngineSettings:
+    """EngineSettings from flat parameter values; a value that does not validate keeps its default here, and load()
+    reports it the engine's own way (e.g. an unknown model names the choices)."""
+    good = {}
+    for key, value in values.items():
+        try:
+            check(key, value)
+        except ConfigError:
+            continue
+        good[key] = value
+    return EngineSettings.from_values(good)
 
 
 _LIBC_TRIM = None
@@ -75,8 +89,8 @@ class ChatterboxTurboEngine(Engine):
 
     # streaming schedule (speech tokens): first decode after this many, then chunks doubling up to the max;
     # stream_first_tokens <= 0 decodes each piece once, when T3 is done
-    stream_first_tokens = 25
-    stream_max_tokens = 200
+    stream_first_tokens = SETTINGS_BY_NAME["stream.first_tokens"].default   # per engine: from its settings
+    stream_max_tokens = SETTINGS_BY_NAME["stream.max_tokens"].default
     CROSSFADE_FRAMES = 8      # vocoder overlap between chunks (160 ms), as CosyVoice's streaming HiFT cache
     CONTEXT_FRAMES = 4        # extra mel frames of left context for the vocoder's convolutions
     NOISE_BLOCK_FRAMES = 50   # vocoder noise is drawn in blocks seeded by absolute position
@@ -84,8 +98,14 @@ class ChatterboxTurboEngine(Engine):
     SELF_CHECK_TOKENS = 64    # greedy tokens compared with upstream at load (stop held down for the check)
     CFM_STEPS = 2             # upstream generate() uses n_cfm_timesteps=2 with the meanflow decoder
 
-    def __init__(self, config: Dict[str, Any]):
+    def __init__(self, config: Any):
         super().__init__(config)
+        # typed settings (settings.EngineSettings, as SpeechCore hands them over; a flat dict of parameter values is
+        # read the same way, for tests and the bench); the defaults are the settings table's, nowhere else
+        self.settings = config if isinstance(config, EngineSettings) else _settings_from_dict(config)
+        self.stream_first_tokens = int(self.settings.stream_first_tokens)
+        self.stream_max_tokens = int(self.settings.stream_max_tokens)
+        self.speech_cap = int(self.settings.speech_tokens_max)
         self.sample_rate = SAMPLE_RATE
         self._model = None
         self._builtin = None          # Conditionals of conds.pt, prepared (T3 dtype, prompt embedding)
@@ -114,7 +134,11 @@ class ChatterboxTurboEngine(Engine):
         self.last_first_chunk_s: Optional[float] = None
 
     # -- configuration -------------------------------------------------------------------------------------------
-    def _cfg(self, key: str, default: Any) -> Any:
+    def _cfg(self, key: str, default: Any = None) -> Any:
+        """A setting by parameter name, live from the config (tests change voice-cache bounds at run time); without
+        a default, the settings table's."""
+        if default is None and key in SETTINGS_BY_NAME:
+            default = SETTINGS_BY_NAME[key].default
         value = self.config.get(key, default)
         return default if value is None else value
 
@@ -342,11 +366,14 @@ class ChatterboxTurboEngine(Engine):
         t3 = model.t3
         cfg = t3.cfg
         fast = self.fast
-        chunk_chars = int(self._cfg("text.chunk_chars", 250))
+        # the longest piece: SpeechCore splits text at text.chunk_chars (a core setting: known here only when the
+        # config is a flat dict that has it; otherwise the plan bounds text by the tokenizer's limit)
+        chunk_chars = self.config.get("text.chunk_chars") if isinstance(self.config, dict) else None
         limit = getattr(model.tokenizer, "model_max_length", 1024) or 1024
         try:
             self.plan = memory_plan.make_plan(
-                chunk_chars, n_layer=int(cfg.n_layer), n_head=int(cfg.num_attention_heads),
+                chunk_chars, speech_max=self.speech_cap, speech_base=int(self.settings.speech_tokens_base),
+                speech_per_char=float(self.settings.speech_tokens_per_char), n_layer=int(cfg.n_layer), n_head=int(cfg.num_attention_heads),
                 head_dim=int(cfg.hidden_size) // int(cfg.num_attention_heads),
                 dtype_bytes=int(t3.speech_head.weight.element_size()), max_positions=int(t3.tfmr.wpe.weight.shape[0]),
                 bucket=fast.bucket if fast is not None else 256, tokenizer_limit=int(min(limit, 10 ** 6)),
@@ -366,9 +393,9 @@ class ChatterboxTurboEngine(Engine):
         except Exception as exc:  # noqa: BLE001
             if "out of memory" in str(exc).lower():
                 raise EngineLoadError(
-                    f"out of memory while taking the working memory for pieces of up to {chunk_chars} characters "
-                    f"({exc}); lower text.chunk_chars, use dtype float16, or start this node before other GPU "
-                    f"services") from exc
+                    f"out of memory while taking the working memory for pieces of up to {self.plan.max_speech_tokens} "
+                    f"speech tokens ({exc}); lower speech_tokens.max, use dtype float16, or start this node before "
+                    f"other GPU services") from exc
             self.memory_state = f"warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); memory grows on demand"
             log.warning("Chatterbox Turbo: %s", self.memory_state)
             return
@@ -650,9 +677,9 @@ class ChatterboxTurboEngine(Engine):
 
     # -- generation ----------------------------------------------------------------------------------------------
     def max_tokens_for(self, text: str) -> int:
-        """Speech-token cap for one piece: upstream's 1000, tighter for short text so a model that never stops
-        cannot babble for 40 s after 'Hi.' (~6 tokens per character is 3-4x normal speech)."""
-        return int(min(MAX_SPEECH_TOKENS, 150 + 6 * len(text)))
+        """Speech-token cap for one piece (speech_tokens.*): upstream's 1000, tighter for short text so a model that
+        never stops cannot babble for 40 s after 'Hi.' (~6 tokens per character is 3-4x normal speech)."""
+        return self.settings.max_tokens_for(text)
 
     def tokenize(self, text: str):
         """Upstream's text path: punc_norm, then the GPT-2 tokenizer (tags such as [laugh] are added tokens)."""

@@ -28,6 +28,31 @@ def rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def rss_breakdown(top: int = 8) -> Dict[str, Any]:
+    """Where host RSS sits (from /proc/self/smaps): anonymous memory (heap, tensors on the CPU, allocator arenas)
+    vs file-backed mappings (shared libraries: the CUDA libraries' code and fatbins), and the largest files."""
+    anon, files = 0, {}
+    name = ""
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if not head.endswith(":"):  # a mapping line: address perms offset dev inode [path]
+                    parts = line.split(None, 5)
+                    name = parts[5].strip() if len(parts) == 6 else ""
+                elif head == "Rss:":
+                    kb = int(line.split()[1])
+                    if name.startswith("/") and not name.startswith("/dev/"):
+                        files[name] = files.get(name, 0) + kb
+                    else:
+                        anon += kb
+    except (OSError, ValueError, IndexError):
+        return {}
+    largest = sorted(files.items(), key=lambda kv: -kv[1])[:top]
+    return {"anon_mb": round(anon / 1024, 1), "files_mb": round(sum(files.values()) / 1024, 1),
+            "largest_files_mb": [(os.path.basename(n), round(kb / 1024, 1)) for n, kb in largest]}
+
+
 def allocator_stats(device: str) -> Dict[str, int]:
     """Counters of PyTorch's CUDA caching allocator (zeros off CUDA)."""
     if not device.startswith("cuda"):
@@ -43,7 +68,8 @@ def allocator_stats(device: str) -> Dict[str, int]:
 
 
 def device_used_bytes(device: str) -> int:
-    """Device memory in use by every process on this GPU (total - free: the CUDA context included); 0 off CUDA."""
+    """Device memory in use by every process on this GPU (total - free: the CUDA context included); 0 off CUDA. On a
+    Jetson (unified memory) that is all RAM in use: there RSS + torch's reserved bytes is this process's share."""
     if not device.startswith("cuda"):
         return 0
     import torch

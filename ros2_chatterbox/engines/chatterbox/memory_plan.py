@@ -5,13 +5,15 @@ At configure the engine takes this much working memory once (fast_t3's static KV
 streaming decoder whose blocks PyTorch's caching allocator then keeps), so that no text of an allowed length makes a
 new device allocation afterwards. This module is pure arithmetic (no torch): the bounds are unit-tested on CPU.
 
-Bounds, for a piece of at most `chunk_chars` characters (SpeechCore splits every request so):
+Bounds, for a piece of at most `chunk_chars` characters (SpeechCore splits every request at text.chunk_chars; when
+the engine does not know it, text is bounded by the tokenizer's limit and speech by speech_tokens.max):
 
 * text tokens: upstream's punc_norm never makes the text longer in UTF-8 bytes (its replacements shrink or keep
   the byte count) except for one added full stop, or its 41-character message for empty text; GPT-2's byte-level BPE
   makes at most one token per byte (added tokens such as [laugh] are fewer), and the tokenizer truncates at its
   model_max_length. So at most min(4 * chunk_chars + 1, tokenizer limit) and at least 41.
-* speech tokens: the engine's per-piece cap, min(1000, 150 + 6 * characters) (`max_tokens_for`).
+* speech tokens: the engine's per-piece cap, min(speech_tokens.max, speech_tokens.base + speech_tokens.per_char x
+  characters) (`EngineSettings.max_tokens_for`): speech_tokens.max is the knob for S3Gen's worst case.
 * T3 positions: voice prefix (speaker embedding + up to 375 prompt tokens = 376) + text tokens + start-of-speech +
   speech tokens, rounded up to the graph bucket and never past GPT-2's positions.
 * S3Gen: the flow runs over prompt tokens (a 10 s reference: 250) + speech tokens + 3 silence tokens; the streaming
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 SPEECH_CAP = 1000            # upstream's cap per generate(); tokens.MAX_SPEECH_TOKENS
 PREFIX_POSITIONS = 376       # speaker embedding + 375 prompt speech tokens (ChatterboxTurboTTS's longest prompt)
@@ -33,13 +35,18 @@ FINAL_SILENCE_TOKENS = 3     # appended before the last decode (s3gen_stream)
 FRAMES_PER_TOKEN = 2
 
 
-def max_speech_tokens(chars: int, cap: int = SPEECH_CAP) -> int:
-    """The engine's speech-token cap for a piece of `chars` characters (ChatterboxTurboEngine.max_tokens_for)."""
-    return int(min(cap, 150 + 6 * max(0, int(chars))))
+def max_speech_tokens(chars: Optional[int], cap: int = SPEECH_CAP, base: int = 150, per_char: float = 6.0) -> int:
+    """The engine's speech-token cap for a piece of `chars` characters (None: any piece)."""
+    if chars is None:
+        return int(cap)
+    return int(min(cap, base + per_char * max(0, int(chars))))
 
 
-def max_text_tokens(chunk_chars: int, tokenizer_limit: int = 1024) -> int:
-    """The most GPT-2 text tokens a piece of at most `chunk_chars` characters can become (see the module doc)."""
+def max_text_tokens(chunk_chars: Optional[int], tokenizer_limit: int = 1024) -> int:
+    """The most GPT-2 text tokens a piece of at most `chunk_chars` characters can become (see the module doc);
+    None: the tokenizer's limit (it truncates there)."""
+    if chunk_chars is None:
+        return int(max(EMPTY_TEXT_CHARS, int(tokenizer_limit)))
     return int(max(EMPTY_TEXT_CHARS, min(4 * max(1, int(chunk_chars)) + 1, int(tokenizer_limit))))
 
 
@@ -58,7 +65,7 @@ def decode_points(cap: int, first: int, max_step: int) -> List[int]:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    chunk_chars: int
+    chunk_chars: Optional[int]
     max_text_tokens: int
     max_speech_tokens: int
     kv_positions: int            # T3 static cache capacity (bucket-rounded)
@@ -77,16 +84,17 @@ class MemoryPlan:
         return out
 
 
-def make_plan(chunk_chars: int, *, n_layer: int, n_head: int, head_dim: int, dtype_bytes: int, max_positions: int,
+def make_plan(chunk_chars: Optional[int], *, n_layer: int, n_head: int, head_dim: int, dtype_bytes: int,
+              max_positions: int, speech_max: int = SPEECH_CAP, speech_base: int = 150, speech_per_char: float = 6.0,
               bucket: int = 256, tokenizer_limit: int = 1024, stream_first: int = 25, stream_max: int = 200,
               crossfade_frames: int = 8, context_frames: int = 4) -> MemoryPlan:
     text = max_text_tokens(chunk_chars, tokenizer_limit)
-    speech = max_speech_tokens(chunk_chars)
+    speech = max_speech_tokens(chunk_chars, speech_max, speech_base, speech_per_char)
     need = PREFIX_POSITIONS + text + 1 + speech
     kv_positions = min(int(max_positions), int(math.ceil(need / bucket) * bucket))
     if need > max_positions:
-        raise ValueError(f"a piece of {chunk_chars} characters can need {need} T3 positions; the model has "
-                         f"{max_positions}: lower text.chunk_chars")
+        raise ValueError(f"a piece ({chunk_chars or 'any'} characters, {speech} speech tokens) can need {need} T3 "
+                         f"positions; the model has {max_positions}: lower speech_tokens.max or text.chunk_chars")
     buckets = tuple(range(bucket, kv_positions + 1, bucket))
     if not buckets or buckets[-1] != kv_positions:
         buckets = buckets + (kv_positions,)
@@ -96,7 +104,7 @@ def make_plan(chunk_chars: int, *, n_layer: int, n_head: int, head_dim: int, dty
     longest = max(b - a for a, b in zip([0] + points, points)) + FINAL_SILENCE_TOKENS
     vocoder = FRAMES_PER_TOKEN * longest + (crossfade_frames + context_frames if len(points) > 1 else 0)
     return MemoryPlan(
-        chunk_chars=int(chunk_chars), max_text_tokens=text, max_speech_tokens=speech, kv_positions=kv_positions,
+        chunk_chars=None if chunk_chars is None else int(chunk_chars), max_text_tokens=text, max_speech_tokens=speech, kv_positions=kv_positions,
         bucket=int(bucket), buckets=buckets,
         kv_bytes=int(n_layer) * 2 * int(n_head) * kv_positions * int(head_dim) * int(dtype_bytes),
         flow_tokens_max=PROMPT_TOKENS_MAX + speech + FINAL_SILENCE_TOKENS, vocoder_frames_max=int(vocoder),

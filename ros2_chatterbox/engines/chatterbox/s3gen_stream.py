@@ -112,7 +112,8 @@ class StreamDecoder:
         self.seed = seed
         flow = self.s3gen.flow
         self.prompt_frames = int(ref["prompt_feat"].shape[1])
-        bank_frames = self.prompt_frames + FRAMES_PER_TOKEN * (MAX_SPEECH_TOKENS + 3 + 2)
+        cap = int(getattr(engine, "speech_cap", MAX_SPEECH_TOKENS))  # the engine's speech_tokens.max
+        bank_frames = self.prompt_frames + FRAMES_PER_TOKEN * (max(cap, MAX_SPEECH_TOKENS) + 3 + 2)
         g = torch.Generator(device=self.device).manual_seed(mix_seed(seed, 2))
         # the flow's starting noise, one value per absolute frame position, fixed for the whole piece
         self.z = torch.randn(1, flow.output_size, bank_frames, generator=g, device=self.device,

@@ -1,6 +1,6 @@
 """Liveness (/health, /health/live: 200 while the server runs) and readiness (/health/ready: 200 only when the
 configured engine serves; 503 on the fallback engine or before it is loaded). Container health checks and
-start-up gating use readiness."""
+start-up gating use readiness. An engine serving without its fast path is `degraded`, with `fast_path_warning`."""
 from typing import Any, Dict
 
 from fastapi import APIRouter, Depends
@@ -15,7 +15,8 @@ router = APIRouter(tags=["health"])
 
 def health_body(core: SpeechCore) -> Dict[str, Any]:
     st = core.status()
-    status = "unavailable" if not st["accepting"] else ("degraded" if st["using_fallback"] else "ok")
+    slow = bool(st.get("fast_path_warning"))  # the engine runs without its fast path: never silent
+    status = "unavailable" if not st["accepting"] else ("degraded" if st["using_fallback"] or slow else "ok")
     body = {k: st.get(k) for k in Health.model_fields if k in st}
     body.update({"status": status, "engine": core.engine_name, "device": str(st.get("device", "") or "")})
     return body
