@@ -6,7 +6,6 @@ Licence: piper-tts is GPL-3.0-or-later, so it is an optional extra of this packa
 """
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -14,8 +13,7 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 
 from ..engine import Engine, EngineLoadError, GenerationSettings
-
-_TAG = re.compile(r"\[[^\[\]]{1,32}\]")
+from ..text import TAG_RE
 
 
 def embedded_model_path() -> Path:
@@ -65,7 +63,7 @@ class PiperEngine(Engine):
                    cancel: threading.Event) -> Iterator[np.ndarray]:
         if self._voice is None:
             raise RuntimeError("piper engine is not loaded")
-        spoken = " ".join(_TAG.sub(" ", text).split())
+        spoken = " ".join(TAG_RE.sub(" ", text).split())
         if not spoken:
             return
         for chunk in self._voice.synthesize(spoken):
