@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
-from .settings import GenerationSettings  # noqa: F401 - re-exported until the engines import settings
+from .settings import ConfigError, EngineSettings, GenerationSettings
 
 
 class EngineError(RuntimeError):
@@ -37,8 +37,16 @@ class Engine(abc.ABC):
     name = "engine"
     can_clone = False
 
-    def __init__(self, config: Dict[str, Any]):
-        self.config = config
+    def __init__(self, settings: Union[EngineSettings, Mapping[str, Any]]):
+        """`settings`: the typed `EngineSettings` (what SpeechCore hands over), or flat parameter values (tests,
+        bench), validated by `EngineSettings.from_values` (EngineLoadError names a bad value); names of other
+        components are ignored."""
+        if not isinstance(settings, EngineSettings):
+            try:
+                settings = EngineSettings.from_values(settings)
+            except ConfigError as exc:
+                raise EngineLoadError(f"parameter {exc}") from None
+        self.settings = settings
         self.sample_rate = 0
 
     @abc.abstractmethod

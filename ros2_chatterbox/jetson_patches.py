@@ -1,4 +1,4 @@
-"""Workarounds that Chatterbox needs on NVIDIA Jetson (Orin, JetPack 6), as explicit functions.
+"""The cuFFT workaround that Chatterbox needs on NVIDIA Jetson (Orin, JetPack 6): FFT routing, as explicit functions.
 
 Nothing happens at import time: this module imports with the standard library only (torch is imported when a
 function needs it, chatterbox never). The engine calls :func:`apply` with the ``jetson_patches`` parameter
@@ -20,12 +20,8 @@ FFT routing
     patching the attributes of ``torch`` and ``torch.fft`` is enough. Code that bound a function earlier
     (``from torch.fft import rfft``) keeps the original: such code is not patched, by design.
 
-fp16
-    :func:`to_fp16` casts T3 (the GPT-2 speech-token model, most of the weights and all of the per-token time)
-    and its conditioning to half precision and keeps the parts that break under ``.half()`` in fp32: VoiceEncoder,
-    S3Tokenizer, CAMPPlus and the HiFT vocoder (the rest of S3Gen stays fp32 too: it is ~4% of the time).
-    :func:`cast_conditionals` must be called again after every ``prepare_conditionals`` (which builds fp32
-    conditioning), and :func:`autocast_context` wraps generation.
+Half precision is not here: the engine casts T3 itself (``dtype`` parameter) and its conditioning with
+``engines.fast_t3.cast_cond``; see ``engines/chatterbox/engine.py``.
 """
 from __future__ import annotations
 
@@ -255,93 +251,3 @@ def patched(mode: Optional[str] = "on") -> Iterator[bool]:
             install_fft_routing()
         else:
             remove()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# fp16
-# ---------------------------------------------------------------------------------------------------------------
-
-# Attribute paths of a ChatterboxTurboTTS that must stay fp32 (FACTS: they break under .half(), HiFT on CUDA too).
-FP32_PARTS = ("ve", "s3gen.tokenizer", "s3gen.speaker_encoder", "s3gen.mel2wav")
-HALF_PARTS = ("t3",)
-
-
-def _resolve(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _dtype(dtype: Any) -> Any:
-    import torch
-
-    if dtype is None:
-        return torch.float16
-    if isinstance(dtype, str):
-        names = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                 "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
-        if dtype.lower() not in names:
-            raise ValueError(f"unknown dtype {dtype!r}: use float16, bfloat16 or float32")
-        return names[dtype.lower()]
-    return dtype
-
-
-def cast_conditionals(conds: Any, dtype: Any = None) -> Any:
-    """Cast the floating-point T3 conditioning tensors of a ``Conditionals`` (or a bare ``T3Cond``) to ``dtype``.
-
-    T3 in half precision needs its conditioning in the same dtype. Integer tensors (prompt speech tokens) keep
-    their dtype; the S3Gen half of the conditioning stays fp32 because S3Gen does. Works in place, returns conds.
-    """
-    import torch
-
-    dtype = _dtype(dtype)
-    t3_cond = getattr(conds, "t3", conds)
-    if t3_cond is None:
-        return conds
-    for key, value in list(vars(t3_cond).items()):
-        if torch.is_tensor(value) and value.is_floating_point():
-            setattr(t3_cond, key, value.to(dtype=dtype))
-    return conds
-
-
-def to_fp16(model: Any, dtype: Any = None) -> Dict[str, List[str]]:
-    """Cast T3 and its conditioning of a ChatterboxTurboTTS-like object to half; keep the fragile parts fp32.
-
-    ``dtype`` may be ``torch.float16`` (default) or ``torch.bfloat16``. Returns ``{"half": [...], "fp32": [...]}``
-    with the attribute paths it handled, for status reports. Call :func:`cast_conditionals` again after each
-    ``prepare_conditionals`` (new voice), and generate inside :func:`autocast_context`.
-    """
-    dtype = _dtype(dtype)
-    report: Dict[str, List[str]] = {"half": [], "fp32": []}
-    for path in HALF_PARTS:
-        module = _resolve(model, path)
-        if module is not None:
-            module.to(dtype=dtype)
-            report["half"].append(path)
-    # Explicitly fp32: a no-op on a freshly loaded model, a repair if something halved the whole model.
-    for path in FP32_PARTS:
-        module = _resolve(model, path)
-        if module is not None and hasattr(module, "float"):
-            module.float()
-            report["fp32"].append(path)
-    if getattr(model, "conds", None) is not None:
-        cast_conditionals(model.conds, dtype)
-        report["half"].append("conds.t3")
-    return report
-
-
-def autocast_context(device: Any, dtype: Any = None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for CUDA with a half dtype; a null context otherwise.
-
-    CPU autocast is left off on purpose: fp16/bf16 on CPU was measured slower than fp32 (FACTS.md).
-    """
-    import torch
-
-    dtype = _dtype(dtype)
-    device_type = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
-    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return contextlib.nullcontext()

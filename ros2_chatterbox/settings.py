@@ -261,13 +261,6 @@ class EngineSettings(_Group):
     speech_tokens_base: int = _default("speech_tokens.base")
     speech_tokens_per_char: float = _default("speech_tokens.per_char")
 
-    def get(self, name: str, default: Any = None) -> Any:
-        """Dict-style read by parameter name, for engine code written against the old flat config dict."""
-        s = SETTINGS_BY_NAME.get(name)
-        if s is None or s.group != self.GROUP:
-            return default
-        return getattr(self, s.attr)
-
     def max_tokens_for(self, text: str) -> int:
         """Speech-token cap for one piece of text (see speech_tokens.base)."""
         return int(min(self.speech_tokens_max, self.speech_tokens_base + self.speech_tokens_per_char * len(text)))

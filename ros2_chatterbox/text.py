@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 # Paralinguistic tags such as [laugh] are tokenizer tokens of Chatterbox Turbo: never split inside one.
 _TAG = r"\[[^\[\]]{1,32}\]"
-_TAG_RE = re.compile(_TAG)
+TAG_RE = re.compile(_TAG)  # also used by the Piper engine, which drops tags
 _WORD_RE = re.compile(r"(?:" + _TAG + r"|\S)+")  # a tag may hold spaces: "[clear throat]" is one unit
 _SENTENCE_END = re.compile(r"[.!?\u2026\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s)")
 _ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "sr.", "jr.", "vs.", "etc.", "e.g.", "i.e.",
@@ -46,7 +46,7 @@ def validate(text: object, max_chars: int) -> str:
 
 
 def _tag_spans(text: str) -> List[Tuple[int, int]]:
-    return [m.span() for m in _TAG_RE.finditer(text)]
+    return [m.span() for m in TAG_RE.finditer(text)]
 
 
 def _inside(spans: List[Tuple[int, int]], pos: int) -> bool:

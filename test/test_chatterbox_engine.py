@@ -10,8 +10,8 @@ import math
 import os
 import socket
 import threading
-import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +48,7 @@ def long_generation(engine, max_tokens):
         with torch.no_grad():
             bias[stop] += 40.0
         engine.max_tokens_for, engine.stream_first_tokens, engine.stream_max_tokens = saved
-        for name in ("max_tokens_for", "stream_first_tokens", "stream_max_tokens"):
-            engine.__dict__.pop(name, None)
+        engine.__dict__.pop("max_tokens_for", None)  # the method again
 
 
 class CountdownEvent(threading.Event):
@@ -130,19 +129,24 @@ def test_weights_of_another_architecture_are_named(tiny_ckpt, tmp_path):
 
 
 def test_offline_hub_without_cache_fails_fast(tmp_path, monkeypatch):
+    """Offline and not cached: configure fails at once, without trying the network (no hub_timeout_s wait)."""
     require_chatterbox()
+    from ros2_chatterbox.engines.chatterbox import checkpoint
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("HF_HUB_OFFLINE is set, yet the hub was contacted")
+
+    monkeypatch.setattr(checkpoint, "_fetch_in_child", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     engine = create_engine("chatterbox_turbo", turbo_config("", hub_cache_dir=str(tmp_path / "hub")))
-    t0 = time.monotonic()
     with pytest.raises(EngineLoadError) as err:
         engine.load()
-    assert time.monotonic() - t0 < 10
     assert "ResembleAI/chatterbox-turbo" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
     assert "download" in str(err.value)
 
 
 def test_unreachable_hub_fails_within_the_timeout(tmp_path, monkeypatch):
-    """A hub that accepts connections and never answers: configure fails after ~hub_timeout_s, not minutes."""
+    """A hub that accepts connections and never answers: configure fails on hub_timeout_s (1 s here), and says so."""
     require_chatterbox()
     from huggingface_hub import constants
     server = socket.socket()
@@ -154,12 +158,10 @@ def test_unreachable_hub_fails_within_the_timeout(tmp_path, monkeypatch):
     engine = create_engine("chatterbox_turbo", turbo_config("", hub_cache_dir=str(tmp_path / "hub"),
                                                             hub_timeout_s=1.0))
     saved_timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
-    t0 = time.monotonic()
     try:
-        with pytest.raises(EngineLoadError) as err:
+        with pytest.raises(EngineLoadError, match=r"did not answer within 1 s \(hub_timeout_s\)") as err:
             engine.load()
-        assert time.monotonic() - t0 < 15
-        assert "hub" in str(err.value) and "model_dir" in str(err.value)
+        assert "model_dir" in str(err.value)
         # nothing of the failed attempt outlives it: no download process, no thread; nothing changed process-wide
         assert fetch_children() == []
         assert not [th.name for th in threading.enumerate() if th.name.startswith("hub-")]
@@ -275,11 +277,10 @@ def test_bad_references_are_rejected_with_reasons(turbo_engine, tmp_path):
 
 def test_cache_is_bounded_by_count_lru_and_refreshes_on_change(turbo_engine, tmp_path):
     engine = turbo_engine
-    cfg = engine.config
-    saved = cfg["voice_cache.max_voices"]
+    saved = engine.settings
     paths = [write_voice(tmp_path / f"v{i}.wav", f0=120.0 + 15 * i, seed=i) for i in range(3)]
     try:
-        cfg["voice_cache.max_voices"] = 2
+        engine.settings = replace(saved, voice_cache_max_voices=2)
         engine.free_memory()
         engine.prepare_voice(str(paths[0]))
         engine.prepare_voice(str(paths[1]))
@@ -295,31 +296,30 @@ def test_cache_is_bounded_by_count_lru_and_refreshes_on_change(turbo_engine, tmp
         assert not np.array_equal(new.t3.speaker_emb.float().numpy(), old.t3.speaker_emb.float().numpy())
         assert engine.info()["voice_cache_voices"] == 2
     finally:
-        cfg["voice_cache.max_voices"] = saved
+        engine.settings = saved
         engine.free_memory()
 
 
 def test_cache_is_bounded_by_memory(turbo_engine, tmp_path):
     engine = turbo_engine
-    cfg = engine.config
-    saved = cfg["voice_cache.max_mb"]
+    saved = engine.settings
     paths = [write_voice(tmp_path / f"m{i}.wav", f0=130.0 + 20 * i, seed=10 + i) for i in range(2)]
     try:
         engine.free_memory()
         engine.prepare_voice(str(paths[0]))
         one_voice_mb = engine.info()["voice_cache_mb"]
         assert one_voice_mb > 0
-        cfg["voice_cache.max_mb"] = one_voice_mb * 1.5   # room for one voice, not two
+        engine.settings = replace(saved, voice_cache_max_mb=one_voice_mb * 1.5)   # room for one voice, not two
         evictions = engine.info()["voice_cache_evictions"]
         engine.prepare_voice(str(paths[1]))
         info = engine.info()
         assert engine.cached_voices() == [str(paths[1].resolve())]
         assert info["voice_cache_evictions"] == evictions + 1 and info["voice_cache_mb"] <= one_voice_mb * 1.5
-        cfg["voice_cache.max_mb"] = one_voice_mb / 10   # a voice larger than the whole cache: used, not kept
+        engine.settings = replace(saved, voice_cache_max_mb=one_voice_mb / 10)   # a voice larger than the whole cache: used, not kept
         assert joined(speak(engine, "Hi.", voice=str(paths[0]), seed=1)).size > 0
         assert engine.cached_voices() == []
     finally:
-        cfg["voice_cache.max_mb"] = saved
+        engine.settings = saved
         engine.free_memory()
 
 
@@ -381,9 +381,8 @@ def test_cancel_stops_promptly(turbo_engine):
         first = next(gen)
         assert first.size > 0
         cancel.set()
-        t0 = time.monotonic()
-        rest = list(gen)
-        assert rest == [] and time.monotonic() - t0 < 5
+        assert list(gen) == []      # the generator ends with nothing more after the cancel
+        assert engine.last_chunks == 1  # no decode ran after it: only the one that made the first part
         # cancel noticed between T3 steps (every token, or every few with the fast path): set from the 5th look on
         cancel = CountdownEvent(5)
         engine.stream_first_tokens = 0

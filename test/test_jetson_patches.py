@@ -1,4 +1,4 @@
-"""ros2_chatterbox.jetson_patches on a CPU: routing rule, equal results, exact restore, modes, fp16 helpers.
+"""ros2_chatterbox.jetson_patches on a CPU: routing rule, equal results, exact restore, modes.
 
 Without CUDA, the routing branch is exercised by making `_is_cuda` answer True for CPU tensors: the wrapped call
 then computes on the "compute device" (the CPU) and moves the result back, exactly as it would for a CUDA tensor.
@@ -246,73 +246,3 @@ def test_invalid_modes_are_clear_errors(monkeypatch):
     with pytest.raises(ValueError, match=jp.ENV_VAR):
         jp.apply("on")
     assert not jp.is_applied()
-
-
-# ---- fp16 ------------------------------------------------------------------------------------------------------
-
-class _T3Cond:
-    def __init__(self):
-        self.speaker_emb = torch.randn(1, 256)
-        self.cond_prompt_speech_tokens = torch.arange(10).unsqueeze(0)
-        self.emotion_adv = 0.5 * torch.ones(1, 1, 1)
-        self.clap_emb = None
-
-
-class _FakeTurbo:
-    """The attribute layout of ChatterboxTurboTTS that the helper relies on."""
-
-    def __init__(self):
-        self.t3 = torch.nn.Sequential(torch.nn.Embedding(20, 8), torch.nn.Linear(8, 8))
-        self.ve = torch.nn.LSTM(4, 4)
-        self.s3gen = torch.nn.Module()
-        self.s3gen.tokenizer = torch.nn.Linear(4, 4)
-        self.s3gen.speaker_encoder = torch.nn.Conv1d(4, 4, 3)
-        self.s3gen.mel2wav = torch.nn.Conv1d(4, 4, 3)
-        self.s3gen.flow = torch.nn.Linear(4, 4)
-        self.conds = types.SimpleNamespace(t3=_T3Cond(), gen={"embedding": torch.randn(1, 192)})
-
-
-def _dtypes(module):
-    return {p.dtype for p in module.parameters()}
-
-
-def test_to_fp16_halves_t3_and_keeps_fragile_parts_fp32():
-    model = _FakeTurbo()
-    model.s3gen.mel2wav.half()  # as if someone had halved the whole model: the helper repairs it
-    report = jp.to_fp16(model)
-    assert _dtypes(model.t3) == {torch.float16}
-    for part in (model.ve, model.s3gen.tokenizer, model.s3gen.speaker_encoder, model.s3gen.mel2wav, model.s3gen.flow):
-        assert _dtypes(part) == {torch.float32}
-    cond = model.conds.t3
-    assert cond.speaker_emb.dtype == torch.float16
-    assert cond.emotion_adv.dtype == torch.float16
-    assert cond.cond_prompt_speech_tokens.dtype == torch.int64  # tokens keep their integer type
-    assert model.conds.gen["embedding"].dtype == torch.float32  # S3Gen conditioning stays fp32
-    assert report["half"] == ["t3", "conds.t3"]
-    assert set(report["fp32"]) == set(jp.FP32_PARTS)
-
-
-def test_to_fp16_bfloat16_and_missing_parts():
-    model = types.SimpleNamespace(t3=torch.nn.Linear(2, 2), conds=None)
-    report = jp.to_fp16(model, "bfloat16")
-    assert _dtypes(model.t3) == {torch.bfloat16}
-    assert report == {"half": ["t3"], "fp32": []}
-    with pytest.raises(ValueError):
-        jp.to_fp16(model, "float8")
-
-
-def test_cast_conditionals_accepts_bare_t3cond():
-    cond = _T3Cond()
-    jp.cast_conditionals(cond, torch.float16)
-    assert cond.speaker_emb.dtype == torch.float16 and cond.clap_emb is None
-
-
-@pytest.mark.filterwarnings("ignore:CUDA is not available")
-def test_autocast_context():
-    import contextlib
-    assert isinstance(jp.autocast_context("cpu", torch.float16), contextlib.nullcontext)
-    assert isinstance(jp.autocast_context(torch.device("cpu"), "bfloat16"), contextlib.nullcontext)
-    assert isinstance(jp.autocast_context("cuda", torch.float32), contextlib.nullcontext)
-    ctx = jp.autocast_context("cuda:0", "float16")
-    assert isinstance(ctx, torch.autocast)  # constructed, not entered: no GPU needed
-    assert ctx.fast_dtype == torch.float16

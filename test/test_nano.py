@@ -110,7 +110,7 @@ def test_model_parameter_values_and_hub_repository():
 def test_unknown_model_fails_configure_clearly(nano_ckpt):
     from ros2_chatterbox.engine import EngineLoadError
     from ros2_chatterbox.engines import create_engine
-    with pytest.raises(EngineLoadError, match="model must be one of turbo, nano"):
+    with pytest.raises(EngineLoadError, match="model='large' is not one of 'turbo', 'nano'"):
         create_engine("chatterbox_turbo", turbo_config(nano_ckpt, model="large")).load()
 
 

@@ -78,10 +78,10 @@ def test_generation_overrides_are_range_checked():
         g.with_overrides({"loudness": 1})
 
 
-def test_engine_settings_read_by_parameter_name_and_token_cap():
+def test_engine_settings_from_parameter_values_and_token_cap():
     e = st.Settings.from_values({"voice_cache.max_voices": 3, "speech_tokens.max": 400}).engine
-    assert e.get("voice_cache.max_voices", 8) == 3 and e.voice_cache_max_voices == 3
-    assert e.get("http.port", "absent") == "absent"
+    assert e.voice_cache_max_voices == 3
+    assert st.EngineSettings.from_values({"voice_cache.max_voices": 3, "speech_tokens.max": 400, "http.port": 1}) == e
     assert e.max_tokens_for("hi") == 150 + 12
     assert e.max_tokens_for("x" * 1000) == 400
 

@@ -10,9 +10,10 @@ alone, with a message saying what to install.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Union
 
 from ..engine import Engine, EngineLoadError
+from ..settings import EngineSettings
 
 # name -> (module, class)
 REGISTRY: Dict[str, tuple] = {
@@ -33,5 +34,6 @@ def engine_class(name: str) -> type:
                               f"(`make setup`, or see README 'Installation')") from exc
 
 
-def create_engine(name: str, config: Dict[str, Any]) -> Engine:
-    return engine_class(name)(config)
+def create_engine(name: str, settings: Union[EngineSettings, Mapping[str, Any]]) -> Engine:
+    """The engine `name` with its settings (see `Engine.__init__`)."""
+    return engine_class(name)(settings)

@@ -6,16 +6,15 @@ Licence: piper-tts is GPL-3.0-or-later, so it is an optional extra of this packa
 """
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
-from ..engine import Engine, EngineLoadError, GenerationSettings
-
-_TAG = re.compile(r"\[[^\[\]]{1,32}\]")
+from ..engine import Engine, EngineLoadError
+from ..settings import EngineSettings, GenerationSettings
+from ..text import TAG_RE
 
 
 def embedded_model_path() -> Path:
@@ -31,8 +30,8 @@ class PiperEngine(Engine):
     name = "piper"
     can_clone = False
 
-    def __init__(self, config: Dict[str, Any]):
-        super().__init__(config)
+    def __init__(self, settings: Union[EngineSettings, Mapping[str, Any]]):
+        super().__init__(settings)
         self._voice = None
         self.model_path = ""
 
@@ -42,7 +41,7 @@ class PiperEngine(Engine):
         except ImportError as exc:
             raise EngineLoadError("piper-tts is not installed: pip install piper-tts==1.8.0 (GPL-3.0-or-later; "
                                   "or run `make setup`)") from exc
-        path = Path(self.config.get("piper_model") or embedded_model_path())
+        path = Path(self.settings.piper_model or embedded_model_path())
         if not path.is_file():
             raise EngineLoadError(f"piper voice model not found: {path}")
         if not Path(str(path) + ".json").is_file():
@@ -65,7 +64,7 @@ class PiperEngine(Engine):
                    cancel: threading.Event) -> Iterator[np.ndarray]:
         if self._voice is None:
             raise RuntimeError("piper engine is not loaded")
-        spoken = " ".join(_TAG.sub(" ", text).split())
+        spoken = " ".join(TAG_RE.sub(" ", text).split())
         if not spoken:
             return
         for chunk in self._voice.synthesize(spoken):

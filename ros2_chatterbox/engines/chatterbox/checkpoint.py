@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ...engine import EngineLoadError
+from ...settings import EngineSettings
 from . import models
 
 HUB_REPO_DEFAULT = "ResembleAI/chatterbox-turbo"
@@ -137,14 +138,12 @@ def explain_load_error(exc: BaseException, folder: Path, repo: str,
 
 
 # ------------------------------------------------------------------------------------------------ finding the folder
-def locate_checkpoint(cfg, repo: str, spec: models.ModelSpec = _TURBO):
-    """(folder, source): model_dir when set, else a complete hub snapshot of `repo`. `cfg(key, default)` reads a
-    setting."""
-    model_dir = str(cfg("model_dir", "")).strip()
+def locate_checkpoint(settings: EngineSettings, repo: str, spec: models.ModelSpec = _TURBO):
+    """(folder, source): model_dir when set, else a complete hub snapshot of `repo`."""
+    model_dir = settings.model_dir.strip()
     if model_dir:
         return Path(model_dir).expanduser(), "model_dir"
-    return download(repo, float(cfg("hub_timeout_s", 30.0)), str(cfg("hub_cache_dir", "")).strip() or None,
-                    spec), f"hub:{repo}"
+    return download(repo, settings.hub_timeout_s, settings.hub_cache_dir.strip() or None, spec), f"hub:{repo}"
 
 
 def download(repo: str, timeout: float, cache_dir: Optional[str], spec: models.ModelSpec = _TURBO) -> Path:

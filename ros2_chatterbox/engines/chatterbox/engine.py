@@ -34,12 +34,12 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 import numpy as np
 
-from ...engine import Engine, EngineError, EngineLoadError, GenerationSettings, VoiceError
-from ...settings import SETTINGS_BY_NAME, ConfigError, EngineSettings, check
+from ...engine import Engine, EngineError, EngineLoadError, VoiceError
+from ...settings import EngineSettings, GenerationSettings
 from . import models
 from .checkpoint import check_checkpoint, explain_load_error, locate_checkpoint, resolve_repo
 from .s3gen_stream import SAMPLE_RATE, StreamDecoder
@@ -48,19 +48,6 @@ from .voice_cache import DEC_COND_SAMPLES, VoiceCache, compute_conds, prepare_t3
 from . import gpu_memory, memory_plan
 
 log = logging.getLogger("ros2_chatterbox")
-
-
-def _settings_from_dict(values: Dict[str, Any]) -> EngineSettings:
-    """EngineSettings from flat parameter values; a value that does not validate keeps its default here, and load()
-    reports it the engine's own way (e.g. an unknown model names the choices)."""
-    good = {}
-    for key, value in values.items():
-        try:
-            check(key, value)
-        except ConfigError:
-            continue
-        good[key] = value
-    return EngineSettings.from_values(good)
 
 
 _LIBC_TRIM = None
@@ -87,10 +74,6 @@ class ChatterboxTurboEngine(Engine):
     name = "chatterbox_turbo"
     can_clone = True
 
-    # streaming schedule (speech tokens): first decode after this many, then chunks doubling up to the max;
-    # stream_first_tokens <= 0 decodes each piece once, when T3 is done
-    stream_first_tokens = SETTINGS_BY_NAME["stream.first_tokens"].default   # per engine: from its settings
-    stream_max_tokens = SETTINGS_BY_NAME["stream.max_tokens"].default
     CROSSFADE_FRAMES = 8      # vocoder overlap between chunks (160 ms), as CosyVoice's streaming HiFT cache
     CONTEXT_FRAMES = 4        # extra mel frames of left context for the vocoder's convolutions
     NOISE_BLOCK_FRAMES = 50   # vocoder noise is drawn in blocks seeded by absolute position
@@ -98,11 +81,13 @@ class ChatterboxTurboEngine(Engine):
     SELF_CHECK_TOKENS = 64    # greedy tokens compared with upstream at load (stop held down for the check)
     CFM_STEPS = 2             # upstream generate() uses n_cfm_timesteps=2 with the meanflow decoder
 
-    def __init__(self, config: Any):
-        super().__init__(config)
-        # typed settings (settings.EngineSettings, as SpeechCore hands them over; a flat dict of parameter values is
-        # read the same way, for tests and the bench); the defaults are the settings table's, nowhere else
-        self.settings = config if isinstance(config, EngineSettings) else _settings_from_dict(config)
+    def __init__(self, settings: Union[EngineSettings, Mapping[str, Any]]):
+        super().__init__(settings)
+        # the longest piece SpeechCore sends (text.chunk_chars, a core setting) sizes the memory plan; only flat
+        # values (tests, bench) can carry it, otherwise the plan bounds text by the tokenizer's limit
+        self.text_chunk_chars = settings.get("text.chunk_chars") if isinstance(settings, Mapping) else None
+        # streaming schedule (speech tokens): first decode after this many, then chunks doubling up to the max;
+        # stream_first_tokens <= 0 decodes each piece once, when T3 is done
         self.stream_first_tokens = int(self.settings.stream_first_tokens)
         self.stream_max_tokens = int(self.settings.stream_max_tokens)
         self.speech_cap = int(self.settings.speech_tokens_max)
@@ -134,14 +119,6 @@ class ChatterboxTurboEngine(Engine):
         self.last_first_chunk_s: Optional[float] = None
 
     # -- configuration -------------------------------------------------------------------------------------------
-    def _cfg(self, key: str, default: Any = None) -> Any:
-        """A setting by parameter name, live from the config (tests change voice-cache bounds at run time); without
-        a default, the settings table's."""
-        if default is None and key in SETTINGS_BY_NAME:
-            default = SETTINGS_BY_NAME[key].default
-        value = self.config.get(key, default)
-        return default if value is None else value
-
     @staticmethod
     def resolve_device(spec: str) -> str:
         import torch
@@ -194,20 +171,20 @@ class ChatterboxTurboEngine(Engine):
                                       f"chatterbox-tts and its dependencies into .venv)") from exc
             except Exception as exc:  # noqa: BLE001 - e.g. perth without pkg_resources
                 raise EngineLoadError(f"Chatterbox could not be imported: {type(exc).__name__}: {exc}") from exc
-            threads = int(self._cfg("cpu_threads", 0) or 0)
+            threads = int(self.settings.cpu_threads)
             if threads > 0:
                 torch.set_num_threads(threads)
-            device = self.resolve_device(str(self._cfg("device", "auto")))
-            self.check_allocator(device, bool(self._cfg("fast_path", True)))
+            device = self.resolve_device(self.settings.device)
+            self.check_allocator(device, self.settings.fast_path)
             self.sync_mode = gpu_memory.blocking_sync(device) if device.startswith("cuda") else "n/a"
-            dtype = self.resolve_dtype(str(self._cfg("dtype", "auto")), device)
+            dtype = self.resolve_dtype(self.settings.dtype, device)
             try:
-                spec = models.model_spec(self._cfg("model", models.DEFAULT_MODEL))
+                spec = models.model_spec(self.settings.model)
             except ValueError as exc:
                 raise EngineLoadError(f"parameter {exc}") from None
             self.spec = spec
-            repo = resolve_repo(str(self._cfg("hub_repo", "")), spec)
-            folder, self.model_source = locate_checkpoint(self._cfg, repo, spec)
+            repo = resolve_repo(self.settings.hub_repo, spec)
+            folder, self.model_source = locate_checkpoint(self.settings, repo, spec)
             check_checkpoint(folder, repo, spec)
             from . import tiny_checkpoint
             try:
@@ -281,7 +258,7 @@ class ChatterboxTurboEngine(Engine):
         Anything short of that while the fast path was asked for is a fallback, and a fallback is loud: a warning
         in the configure log and `fast_path.fallback` / `fast_path_warning` in info() (diagnostics, health, doctor)."""
         self.fast = None
-        if not bool(self._cfg("fast_path", True)):
+        if not self.settings.fast_path:
             self._fast_state("off (parameter fast_path)", fallback=False)
             return
         try:
@@ -295,7 +272,7 @@ class ChatterboxTurboEngine(Engine):
             if not ok:
                 self._fast_state(f"unsupported: {why}; using the reference loop")
                 return
-            fast = FastT3(model.t3, max_voices=int(self._cfg("voice_cache.max_voices", 8)),
+            fast = FastT3(model.t3, max_voices=self.settings.voice_cache_max_voices,
                           lookahead_tokens=self.LOOKAHEAD_TOKENS)
             cond = self._builtin.t3 if self._builtin is not None else self._dummy_t3_cond()
             text = self.tokenize("The quick brown fox jumps over the lazy dog.")
@@ -366,9 +343,7 @@ class ChatterboxTurboEngine(Engine):
         t3 = model.t3
         cfg = t3.cfg
         fast = self.fast
-        # the longest piece: SpeechCore splits text at text.chunk_chars (a core setting: known here only when the
-        # config is a flat dict that has it; otherwise the plan bounds text by the tokenizer's limit)
-        chunk_chars = self.config.get("text.chunk_chars") if isinstance(self.config, dict) else None
+        chunk_chars = self.text_chunk_chars  # the longest piece (None: the tokenizer's limit bounds it)
         limit = getattr(model.tokenizer, "model_max_length", 1024) or 1024
         try:
             self.plan = memory_plan.make_plan(
@@ -427,7 +402,7 @@ class ChatterboxTurboEngine(Engine):
             ref = model.s3gen.embed_ref(wav, SAMPLE_RATE, device=self.device)  # a 10 s voice: the longest prompt
             tokens = torch.randint(0, SPEECH_VOCAB, (plan.max_speech_tokens,), device=dev,
                                    generator=torch.Generator(device=dev).manual_seed(2))
-        decoder = StreamDecoder(self, model, ref, 1, bool(self._cfg("generation.watermark", True)))
+        decoder = StreamDecoder(self, model, ref, 1, True)  # watermarked, as requests are by default
         for at in plan.decode_points[:-1]:
             decoder.step(tokens[:at], final=False)
         decoder.step(tokens, final=True)
@@ -519,7 +494,7 @@ class ChatterboxTurboEngine(Engine):
 
 
     def _apply_jetson_patches(self) -> None:
-        mode = str(self._cfg("jetson_patches", "auto"))
+        mode = self.settings.jetson_patches
         try:
             from ... import jetson_patches
         except ImportError:
@@ -580,35 +555,35 @@ class ChatterboxTurboEngine(Engine):
         out = super().info()
         spec = self.spec  # the loaded model; before loading, the configured one
         if self._model is None:
-            spec = models.MODELS.get(str(self._cfg("model", "")).strip().lower(), spec)
+            spec = models.MODELS.get(self.settings.model, spec)
         mb = 1024.0 * 1024.0
         n_voices, cache_bytes = self._voices.size()
         out.update({
-            "device": self.device or str(self._cfg("device", "auto")),
-            "dtype": self.dtype or str(self._cfg("dtype", "auto")),
+            "device": self.device or self.settings.device,
+            "dtype": self.dtype or self.settings.dtype,
             "model": spec.model_id,
             "model_name": spec.title,
             "model_dir": self.model_dir,
             "model_source": self.model_source,
-            "hub_repo": resolve_repo(str(self._cfg("hub_repo", "")), spec),
+            "hub_repo": resolve_repo(self.settings.hub_repo, spec),
             "tiny_checkpoint": self.tiny,
             "builtin_voice": self._builtin is not None,
             "load_seconds": round(self.load_seconds, 3),
             "rss_mb": round(gpu_memory.rss_bytes() / mb, 1),
             "voice_cache_voices": n_voices,
             "voice_cache_mb": round(cache_bytes / mb, 3),
-            "voice_cache_max_voices": int(self._cfg("voice_cache.max_voices", 8)),
-            "voice_cache_max_mb": float(self._cfg("voice_cache.max_mb", 1024.0)),
+            "voice_cache_max_voices": self.settings.voice_cache_max_voices,
+            "voice_cache_max_mb": self.settings.voice_cache_max_mb,
             "voice_cache_hits": self._voices.stats["hits"],
             "voice_cache_misses": self._voices.stats["misses"],
             "voice_cache_evictions": self._voices.stats["evictions"],
-            "fast_path": {"requested": bool(self._cfg("fast_path", True)), "active": self.fast is not None,
+            "fast_path": {"requested": self.settings.fast_path, "active": self.fast is not None,
                           "cuda_graphs": bool(self.fast is not None and self.fast.use_graphs),
                           "fallback": self.fast_fallback, "reason": self.fast_reason},
             "fast_path_active": self.fast is not None,
             "fast_path_state": self.fast_reason,
             "fast_path_warning": self.fast_reason if self.fast_fallback else "",
-            "jetson_patches": str(self._cfg("jetson_patches", "auto")),
+            "jetson_patches": self.settings.jetson_patches,
             "jetson_patches_active": self.jetson_active,
             "stream_first_tokens": self.stream_first_tokens,
             "last_first_chunk_s": self.last_first_chunk_s,
@@ -660,8 +635,8 @@ class ChatterboxTurboEngine(Engine):
         return self._voices.get(voice_path, compute)
 
     def _voice_limits(self):
-        return (max(1, int(self._cfg("voice_cache.max_voices", 8))),
-                float(self._cfg("voice_cache.max_mb", 1024.0)) * 1024 * 1024)
+        return (max(1, self.settings.voice_cache_max_voices),
+                self.settings.voice_cache_max_mb * 1024 * 1024)
 
     def _forget_fast(self, conds) -> None:
         fast = self.fast

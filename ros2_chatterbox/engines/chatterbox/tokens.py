@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from typing import Any, List
 
-from ...engine import GenerationSettings
+from ...settings import GenerationSettings
 
 SPEECH_VOCAB = 6561           # valid S3 codes; 6561/6562 are T3's start/stop tokens
 MAX_SPEECH_TOKENS = 1000      # upstream's cap per generate() (~40 s); Turbo is unstable past ~25-30 s anyway

@@ -15,11 +15,11 @@ from typing import Any, Callable, List, Optional, Tuple
 import numpy as np
 
 from ...engine import VoiceError
+from ...voices import MIN_REFERENCE_S, check_reference
 from .s3gen_stream import SAMPLE_RATE
 
 DEC_COND_SAMPLES = 10 * SAMPLE_RATE   # ChatterboxTurboTTS.DEC_COND_LEN
 ENC_COND_SAMPLES = 15 * 16_000        # ChatterboxTurboTTS.ENC_COND_LEN (16 kHz)
-MIN_REFERENCE_S = 5.0                 # upstream asserts a prompt longer than 5 s
 
 
 def tensor_bytes(obj: Any, seen: Optional[set] = None) -> int:
@@ -125,17 +125,11 @@ class VoiceCache:
 
 # ------------------------------------------------------------------------------------------------ conditioning
 def prepare_t3_cond(model, conds):
-    """Cast T3's conditioning to T3's dtype and embed the prompt tokens once (upstream does it lazily)."""
-    import torch
+    """Cast T3's conditioning to T3's dtype and device and embed the prompt tokens once (upstream does it lazily).
+    `conds.t3` is replaced by the cast copy."""
+    from ..fast_t3.step import cast_cond
     t3 = model.t3
-    dtype = t3.speech_head.weight.dtype
-    cond = conds.t3
-    for key, value in list(vars(cond).items()):
-        if torch.is_tensor(value):
-            value = value.to(device=t3.device)
-            if value.is_floating_point():
-                value = value.to(dtype=dtype)
-            setattr(cond, key, value)
+    cond = conds.t3 = cast_cond(conds.t3, t3.speech_head.weight.dtype, t3.device)
     if cond.cond_prompt_speech_tokens is not None and cond.cond_prompt_speech_emb is None:
         cond.cond_prompt_speech_emb = t3.speech_emb(cond.cond_prompt_speech_tokens)
     return conds
@@ -145,7 +139,6 @@ def load_reference(path: str) -> np.ndarray:
     """The reference at 24 kHz, float32 mono, or VoiceError saying why it cannot be used."""
     import librosa
     import soundfile as sf
-    from ...voices import check_reference
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -10,7 +10,7 @@ from typing import Any, Dict
 
 import torch
 
-from ...engine import GenerationSettings
+from ...settings import GenerationSettings
 
 NEG_INF = float("-inf")
 _DEFAULT = GenerationSettings()
@@ -18,7 +18,7 @@ _DEFAULT = GenerationSettings()
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Upstream `inference_turbo`'s sampling knobs. The defaults are the project's (engine.GenerationSettings, which
+    """Upstream `inference_turbo`'s sampling knobs. The defaults are the project's (settings.GenerationSettings, which
     are `ChatterboxTurboTTS.generate`'s): one set of sampling defaults in the whole project."""
     temperature: float = _DEFAULT.temperature
     top_k: int = _DEFAULT.top_k
@@ -27,7 +27,7 @@ class SamplingSettings:
 
     @classmethod
     def coerce(cls, settings: Any = None, **overrides: Any) -> "SamplingSettings":
-        """From None, a dict, or any object with these attributes (e.g. engine.GenerationSettings)."""
+        """From None, a dict, or any object with these attributes (e.g. settings.GenerationSettings)."""
         values: Dict[str, Any] = {}
         if isinstance(settings, dict):
             values.update({k: settings[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty")
