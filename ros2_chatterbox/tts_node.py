@@ -461,6 +461,9 @@ def _limit_malloc_arenas(n: int = 2) -> None:
         pass  # not glibc: nothing to do
 
 
+SIGNAL_CHECK_S = 0.25  # longest wait of the main thread before it looks at Ctrl-C / SIGTERM
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     _limit_malloc_arenas()
     argv = list(sys.argv if argv is None else argv)
@@ -491,7 +494,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 node.get_logger().error("autostart: activate failed; the node stays inactive")
         threading.Thread(target=_autostart, name="autostart", daemon=True).start()
     try:
-        executor.spin()
+        # spin in short waits: Python runs a signal handler only between waits, and while unconfigured or finalized
+        # nothing else (no timer, no request) would wake the executor, so Ctrl-C would go unanswered
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -40,9 +40,6 @@ def _launch_missing() -> str:
 LAUNCH_MISSING = _launch_missing()
 # Known, not ours to fix here: tts_node's own SIGINT handler runs only when its executor wakes, and only the
 # diagnostics timer (configured states) wakes it. Tests that meet this skip (or xfail) with this reason.
-SIGINT_IGNORED = ("the node did not act on SIGINT/SIGTERM (launch had to SIGKILL it): while unconfigured or "
-                  "finalized no timer wakes its executor, so Python never runs its signal handler; needs the core "
-                  "branch (tts_node.main: a wake-up timer or rclpy's signal handling)")
 ROS2 = shutil.which("ros2")
 ROS2_MISSING = "" if ROS2 else f"the ros2 command is not installed here: {GET_THE_TOOLS}"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ros_helpers import ROOT, RosClient, write_params
-from ros_tools import LAUNCH_MISSING, SIGINT_IGNORED
+from ros_tools import LAUNCH_MISSING
 
 if not LAUNCH_MISSING:
     import launch
@@ -82,9 +82,5 @@ class TestAfterShutdown(unittest.TestCase):
         self.assertEqual(text.count("active: ready to speak"), 1, text[-4000:])  # the activate by hand
 
     def test_node_exit_codes(self, proc_info):
-        hung = [p for p in proc_info if p.returncode == -9 and "__ns:=/no_model" in " ".join(p.cmd)]
-        for p in proc_info:
-            if p not in hung:
-                self.assertEqual(p.returncode, 0, f"{p.process_name} exited with code {p.returncode}")
-        if hung:
-            self.skipTest(f"the unconfigured /no_model node: {SIGINT_IGNORED}")
+        for p in proc_info:  # the unconfigured /no_model node too: Ctrl-C ends a node in every state
+            self.assertEqual(p.returncode, 0, f"{p.process_name} exited with code {p.returncode}")

@@ -15,7 +15,7 @@ import pytest
 
 from ros_helpers import write_params
 from test_node_lifecycle import reference_wav
-from ros_tools import (LAUNCH_MISSING, ROS2_MISSING, SIGINT_IGNORED, Background, readme_command, readme_commands,
+from ros_tools import (LAUNCH_MISSING, ROS2_MISSING, Background, readme_command, readme_commands,
                        ros2, ros2_ok, wait_for_output)
 
 pytestmark = [pytest.mark.timeout(400),
@@ -212,7 +212,4 @@ def test_shutdown_transition_then_ctrl_c(node):
     """Last in this module: it ends the shared node."""
     ros2_ok(transition("shutdown"), "Transitioning successful")
     assert state() == "finalized [4]"
-    if not ended_cleanly(node):
-        if "escalating" in node.output():
-            pytest.xfail(SIGINT_IGNORED)
-        raise AssertionError(node.output()[-3000:])
+    assert ended_cleanly(node), node.output()[-3000:]
