@@ -42,7 +42,8 @@ def max_speech_tokens(chars: Optional[int], cap: int = _D.speech_tokens_max, bas
     """The engine's speech-token cap for a piece of `chars` characters (None: any piece)."""
     if chars is None:
         return int(cap)
-    return int(min(cap, base + per_char * max(0, int(chars))))
+    return EngineSettings(speech_tokens_max=cap, speech_tokens_base=base,
+                          speech_tokens_per_char=per_char).speech_token_cap(int(chars))
 
 
 def max_text_tokens(chunk_chars: Optional[int], tokenizer_limit: int = 1024) -> int:
