@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...settings import EngineSettings
+from .s3gen_stream import FRAMES_PER_TOKEN
 
 _D = EngineSettings()  # the settings table's defaults
 
@@ -34,7 +35,6 @@ PREFIX_POSITIONS = 376       # speaker embedding + 375 prompt speech tokens (Cha
 EMPTY_TEXT_CHARS = 41        # len("You need to add some text for me to talk.")
 PROMPT_TOKENS_MAX = 250      # S3Gen prompt tokens of a 10 s reference (25 tokens/s)
 FINAL_SILENCE_TOKENS = 3     # appended before the last decode (s3gen_stream)
-FRAMES_PER_TOKEN = 2
 
 
 def max_speech_tokens(chars: Optional[int], cap: int = _D.speech_tokens_max, base: int = _D.speech_tokens_base,
