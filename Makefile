@@ -8,10 +8,10 @@ VENV ?= $(if $(filter kilted,$(DISTRO)),.venv,.venv-$(DISTRO))
 PY := $(VENV)/bin/python
 PARAMS ?= config/params.yaml
 PYTEST_ARGS ?=
-# The ROS tests (node, action, reliability, launch, command line): what CI also runs on Jazzy. Engine, HTTP and
-# everything else does not depend on the ROS distribution and runs once, on Kilted.
-ROS_TESTS ?= test/test_node.py test/test_say_action.py test/test_node_reliability.py \
-	test/test_launch.py test/test_launch_failures.py test/test_ros2_cli.py
+# The ROS tests (node, action, launch, command line): what CI also runs on Jazzy. Engine, HTTP, load and everything
+# else does not depend on the ROS distribution and runs once, on Kilted.
+ROS_TESTS ?= test/test_node.py test/test_node_lifecycle.py test/test_say_action.py test/test_launch.py \
+	test/test_launch_failures.py test/test_ros2_cli.py test/test_install.py
 SETUP := VENV=$(VENV) bash tools/setup_venv.sh --distro $(DISTRO)
 WITH_TOOLS := tools/with_ros2_tools.sh --distro $(DISTRO)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
