@@ -202,11 +202,6 @@ def is_applied() -> bool:
     return bool(_originals)
 
 
-def patched_names() -> List[str]:
-    """Dotted names of the attributes currently patched (for status reports)."""
-    return sorted(f"{getattr(owner, '__name__', repr(owner))}.{name}" for owner, name in _originals)
-
-
 def install_fft_routing() -> None:
     """Install the FFT routing unconditionally (idempotent). Prefer :func:`apply`."""
     if _originals:

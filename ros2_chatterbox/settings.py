@@ -263,7 +263,11 @@ class EngineSettings(_Group):
 
     def max_tokens_for(self, text: str) -> int:
         """Speech-token cap for one piece of text (see speech_tokens.base)."""
-        return int(min(self.speech_tokens_max, self.speech_tokens_base + self.speech_tokens_per_char * len(text)))
+        return self.speech_token_cap(len(text))
+
+    def speech_token_cap(self, chars: int) -> int:
+        """Speech-token cap for a piece of `chars` characters (the memory plan sizes for the longest piece)."""
+        return int(min(self.speech_tokens_max, self.speech_tokens_base + self.speech_tokens_per_char * max(0, chars)))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@
     voice_cache.py      reference recordings -> conditioning, one bounded LRU cache
     tokens.py           speech-token sources (upstream's loop, the fast path)
     s3gen_stream.py     streaming S3Gen decoder (flow + HiFT, seamless joins, watermark)
+    memory_plan.py      the working memory the longest allowed piece needs (pure arithmetic), taken at configure
+    gpu_memory.py       allocator counters, host + device memory reports, the host thread's GPU wait mode
     engine.py           ChatterboxTurboEngine: load / unload / synthesize / info
     tiny_checkpoint.py  a tiny random checkpoint in the real layout (tests, CPU smoke runs)
 """

@@ -25,8 +25,6 @@ REQUIRED_FILES: Dict[str, str] = {
     "merges.txt": "tokenizer merges",
     "tokenizer_config.json": "tokenizer configuration",
 }
-OPTIONAL_FILES = ("added_tokens.json", "special_tokens_map.json", "conds.pt")
-HUB_PATTERNS = sorted(set(REQUIRED_FILES) | {"*.json", "conds.pt"})
 # the module whose weights a state-dict error is about -> the file that holds them ("T3": the model's T3 file)
 _STATE_DICT_FILES = (("VoiceEncoder", "ve.safetensors"), ("T3", "t3_turbo_v1.safetensors"),
                      ("S3Gen", "s3gen_meanflow.safetensors"), ("S3Token2Wav", "s3gen_meanflow.safetensors"))

@@ -347,8 +347,9 @@ class ChatterboxTurboEngine(Engine):
         limit = getattr(model.tokenizer, "model_max_length", 1024) or 1024
         try:
             self.plan = memory_plan.make_plan(
-                chunk_chars, speech_max=self.speech_cap, speech_base=int(self.settings.speech_tokens_base),
-                speech_per_char=float(self.settings.speech_tokens_per_char), n_layer=int(cfg.n_layer), n_head=int(cfg.num_attention_heads),
+                chunk_chars, speech_max=self.speech_cap, speech_base=self.settings.speech_tokens_base,
+                speech_per_char=self.settings.speech_tokens_per_char, n_layer=int(cfg.n_layer),
+                n_head=int(cfg.num_attention_heads),
                 head_dim=int(cfg.hidden_size) // int(cfg.num_attention_heads),
                 dtype_bytes=int(t3.speech_head.weight.element_size()), max_positions=int(t3.tfmr.wpe.weight.shape[0]),
                 bucket=fast.bucket if fast is not None else 256, tokenizer_limit=int(min(limit, 10 ** 6)),

@@ -26,20 +26,24 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-SPEECH_CAP = 1000            # upstream's cap per generate(); tokens.MAX_SPEECH_TOKENS
+from ...settings import EngineSettings
+from .s3gen_stream import FRAMES_PER_TOKEN
+
+_D = EngineSettings()  # the settings table's defaults
+
 PREFIX_POSITIONS = 376       # speaker embedding + 375 prompt speech tokens (ChatterboxTurboTTS's longest prompt)
 EMPTY_TEXT_CHARS = 41        # len("You need to add some text for me to talk.")
 PROMPT_TOKENS_MAX = 250      # S3Gen prompt tokens of a 10 s reference (25 tokens/s)
-PROMPT_FRAMES_MAX = 500      # S3Gen prompt mel frames of a 10 s reference (50 frames/s)
 FINAL_SILENCE_TOKENS = 3     # appended before the last decode (s3gen_stream)
-FRAMES_PER_TOKEN = 2
 
 
-def max_speech_tokens(chars: Optional[int], cap: int = SPEECH_CAP, base: int = 150, per_char: float = 6.0) -> int:
+def max_speech_tokens(chars: Optional[int], cap: int = _D.speech_tokens_max, base: int = _D.speech_tokens_base,
+                      per_char: float = _D.speech_tokens_per_char) -> int:
     """The engine's speech-token cap for a piece of `chars` characters (None: any piece)."""
     if chars is None:
         return int(cap)
-    return int(min(cap, base + per_char * max(0, int(chars))))
+    return EngineSettings(speech_tokens_max=cap, speech_tokens_base=base,
+                          speech_tokens_per_char=per_char).speech_token_cap(int(chars))
 
 
 def max_text_tokens(chunk_chars: Optional[int], tokenizer_limit: int = 1024) -> int:
@@ -85,8 +89,9 @@ class MemoryPlan:
 
 
 def make_plan(chunk_chars: Optional[int], *, n_layer: int, n_head: int, head_dim: int, dtype_bytes: int,
-              max_positions: int, speech_max: int = SPEECH_CAP, speech_base: int = 150, speech_per_char: float = 6.0,
-              bucket: int = 256, tokenizer_limit: int = 1024, stream_first: int = 25, stream_max: int = 200,
+              max_positions: int, speech_max: int = _D.speech_tokens_max, speech_base: int = _D.speech_tokens_base,
+              speech_per_char: float = _D.speech_tokens_per_char, bucket: int = 256, tokenizer_limit: int = 1024,
+              stream_first: int = _D.stream_first_tokens, stream_max: int = _D.stream_max_tokens,
               crossfade_frames: int = 8, context_frames: int = 4) -> MemoryPlan:
     text = max_text_tokens(chunk_chars, tokenizer_limit)
     speech = max_speech_tokens(chunk_chars, speech_max, speech_base, speech_per_char)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
+from ...settings import SETTINGS_BY_NAME
+
 TEXT_VOCAB = 50276      # GPT-2 tokenizer plus the paralinguistic tags (upstream's text embedding size)
 SPEECH_VOCAB = 6563     # 6561 S3 codes + start + stop
 
@@ -58,9 +60,7 @@ MODELS: Dict[str, ModelSpec] = {
                       {"n_layer": 12, "n_embd": 768, "hidden_size": 768, "n_head": 12, "n_ctx": 8196,
                        "n_positions": 8196, "vocab_size": 50276, "activation_function": "gelu_new"}),
 }
-DEFAULT_MODEL = "turbo"
-# names the OpenAI `model` field accepts: the generic one means "whatever this server runs"
-OPENAI_MODEL_IDS = ("chatterbox", "chatterbox-turbo", "chatterbox-nano")
+DEFAULT_MODEL = SETTINGS_BY_NAME["model"].default  # "turbo": the parameter's default, from the settings table
 
 _LOCK = threading.RLock()
 

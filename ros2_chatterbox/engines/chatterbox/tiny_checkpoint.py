@@ -170,11 +170,6 @@ def tiny_patches(arch: Optional[Dict[str, Any]] = None) -> Iterator[None]:
             tts_turbo.S3Gen = saved_s3gen
 
 
-def turbo_hp():
-    """The T3 hyper-parameters exactly as ChatterboxTurboTTS.from_local sets them (0.1.6/0.1.7)."""
-    return models.t3_hp(models.MODELS["turbo"])
-
-
 def write_tokenizer(folder: Path) -> None:
     """GPT-2-format tokenizer files (vocab.json, merges.txt, added tokens for the paralinguistic tags)."""
     from tokenizers import ByteLevelBPETokenizer
