@@ -21,6 +21,18 @@ PY = sys.executable  # the set-up's interpreter that runs the tests (.venv/, or 
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+def wait_for_text(read, proc: subprocess.Popen, text: str, timeout: float) -> bool:
+    """Poll a process's output (`read()`) with a deadline until `text` appears; give up early once it has ended."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if text in read():
+            return True
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    return text in read()
+
+
 def ros_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env = dict(os.environ)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -72,14 +84,7 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_for_log(self, text: str, timeout: float = 60.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if text in self.output():
-                return True
-            if self.proc.poll() is not None:
-                return text in self.output()
-            time.sleep(0.1)
-        return False
+        return wait_for_text(self.output, self.proc, text, timeout)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from ros_helpers import wait_for_text
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 GET_THE_TOOLS = ("run the tests with `make test` (it builds ../shared/ros2-cli/ into build/ros2-tools-<distro>/ "
@@ -119,14 +121,7 @@ class Background:
         return self.log_path.read_text(errors="replace")
 
     def wait_for(self, text: str, timeout: float = 120.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if text in self.output():
-                return True
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        return text in self.output()
+        return wait_for_text(self.output, self.proc, text, timeout)
 
     def interrupt(self, timeout: float = 60.0) -> Optional[int]:
         """Ctrl-C; the exit code, or None when it did not end within `timeout` (stop() then kills it)."""
