@@ -1,5 +1,5 @@
 """Shared pieces of the Chatterbox Turbo tests: a tiny random checkpoint in the real file layout, built once per
-test session, reference recordings, and an engine loaded from it through upstream's real `from_local`.
+test session, reference recordings, and an engine loaded from it through the engine's real loader.
 
 Import the fixtures into a test module (`from turbo_fixtures import tiny_ckpt, turbo_engine`) so pytest sees them.
 Everything is skipped with the reason when chatterbox-tts is not installed.
@@ -76,24 +76,11 @@ def voice_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def turbo_engine(tiny_ckpt):
-    """A ChatterboxTurboEngine loaded from the tiny checkpoint through the real from_local (shared: tests that change
-    its state restore it)."""
-    import chatterbox.tts_turbo as tts_turbo
+    """A ChatterboxTurboEngine loaded from the tiny checkpoint through the engine's real loader (shared: tests that
+    change its state restore it)."""
     from ros2_chatterbox.engines.chatterbox.engine import ChatterboxTurboEngine
-    calls = []
-    real = tts_turbo.ChatterboxTurboTTS.from_local.__func__
-
-    def spy(cls, ckpt_dir, device):
-        calls.append((str(ckpt_dir), device))
-        return real(cls, ckpt_dir, device)
-
-    tts_turbo.ChatterboxTurboTTS.from_local = classmethod(spy)
-    try:
-        engine = ChatterboxTurboEngine(turbo_config(tiny_ckpt))
-        engine.load()
-    finally:
-        tts_turbo.ChatterboxTurboTTS.from_local = classmethod(real)
-    engine.from_local_calls = calls
+    engine = ChatterboxTurboEngine(turbo_config(tiny_ckpt))
+    engine.load()
     yield engine
     engine.unload()
 

@@ -1,9 +1,10 @@
 """Chatterbox Turbo (Resemble AI, PyPI `chatterbox-tts`): cloned voices, paralinguistic tags, 24 kHz; or
 Chatterbox-Nano, the same with a GPT-2 small T3 (parameter `model: nano`, models.py).
 
-Loading goes through upstream's own `ChatterboxTurboTTS.from_local` (Nano: models.load_local, the same steps with a
-GPT-2 small T3; a hub snapshot is fetched first when no `model_dir` is given), after the folder has been checked file
-by file (checkpoint.py). Generation re-implements
+Loading goes through models.load_local: upstream's `ChatterboxTurboTTS.from_local`, step by step, with the model's
+T3 (GPT-2 medium for Turbo, GPT-2 small for Nano), no random init and the weights read once, straight onto the device
+(a hub snapshot is fetched first when no `model_dir` is given), after the folder has been checked file by file
+(checkpoint.py). Generation re-implements
 `ChatterboxTurboTTS.generate` step by step, because upstream's method has no seed, no cancel, no streaming and runs
 outside `inference_mode`:
 
@@ -165,7 +166,7 @@ class ChatterboxTurboEngine(Engine):
             t0 = time.monotonic()
             try:
                 import torch  # noqa: F401
-                import chatterbox.tts_turbo as tts_turbo
+                import chatterbox.tts_turbo  # noqa: F401 - a missing or broken install fails here, with the fix
             except ImportError as exc:
                 raise EngineLoadError(f"Chatterbox is not installed ({exc}); run `make setup` (installs "
                                       f"chatterbox-tts and its dependencies into .venv)") from exc
@@ -193,7 +194,7 @@ class ChatterboxTurboEngine(Engine):
                 raise EngineLoadError(f"{tiny_checkpoint.ARCH_FILE} in '{folder}' is damaged: {exc}") from exc
             self._apply_jetson_patches()
             try:
-                self._load_model(tts_turbo, tiny_checkpoint, folder, arch, device, dtype, repo, spec)
+                self._load_model(tiny_checkpoint, folder, arch, device, dtype, repo, spec)
             except BaseException:
                 self._remove_jetson_patches()  # a failed configure leaves the process as it found it
                 raise
@@ -205,7 +206,7 @@ class ChatterboxTurboEngine(Engine):
             self._take_working_memory()
             self.load_seconds = time.monotonic() - t0
 
-    def _load_model(self, tts_turbo, tiny_checkpoint, folder: Path, arch, device: str, dtype, repo: str,
+    def _load_model(self, tiny_checkpoint, folder: Path, arch, device: str, dtype, repo: str,
                     spec: models.ModelSpec) -> None:
         patches = tiny_checkpoint.tiny_patches(arch) if arch is not None else contextlib.nullcontext()
         try:
@@ -214,10 +215,8 @@ class ChatterboxTurboEngine(Engine):
                                       f"{tiny_checkpoint.arch_spec(arch).name}, not {spec.name}: set the parameter "
                                       f"model to '{tiny_checkpoint.arch_spec(arch).name}'")
             with patches:
-                if spec.name == "turbo":
-                    model = tts_turbo.ChatterboxTurboTTS.from_local(folder, device)
-                else:
-                    model = models.load_local(folder, device, spec, arch["t3"] if arch is not None else None)
+                model = models.load_local(folder, device, spec, arch["t3"] if arch is not None else None,
+                                          t3_dtype=dtype)
         except EngineLoadError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -237,7 +236,7 @@ class ChatterboxTurboEngine(Engine):
 
     @staticmethod
     def _release_partial_load(device: str) -> None:
-        """After a failed load: whatever from_local had put on the GPU goes back before configure answers."""
+        """After a failed load: whatever the loader had put on the GPU goes back before configure answers."""
         gc.collect()
         if device.startswith("cuda"):
             import torch

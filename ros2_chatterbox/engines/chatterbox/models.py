@@ -10,10 +10,10 @@ Only the T3 weights differ: `t3_nano_v1.safetensors` in the hub repository `Rese
 
 Upstream selects Nano with `ChatterboxTurboTTS.from_local(dir, device, nano=True)` only after 0.1.7. Here:
 
-* Turbo loads through upstream's own `ChatterboxTurboTTS.from_local`, unchanged;
-* Nano loads through `load_local`, which does what upstream's `from_local` does, step by step, with upstream's
-  classes (VoiceEncoder, T3, S3Gen(meanflow=True), AutoTokenizer, Conditionals, ChatterboxTurboTTS), except that T3
-  is built from the GPT-2 small configuration (`build_t3`) and its weights are read from `t3_nano_v1.safetensors`.
+* both models load through `load_local`, which does what upstream's `from_local` does, step by step, with upstream's
+  classes (VoiceEncoder, T3, S3Gen(meanflow=True), AutoTokenizer, Conditionals, ChatterboxTurboTTS), T3 built from
+  the model's GPT-2 configuration (`build_t3`) and read from its file, and the weights read once, straight onto the
+  device (see `load_local`);
 
 `T3(hp)` looks its backbone configuration up by name in chatterbox's `LLAMA_CONFIGS` (0.1.7 knows "GPT2_medium" and
 "Llama_520M"). `gpt2_configs` makes a name known for the duration of a `with` block, under a process-wide lock, and
@@ -128,9 +128,20 @@ def build_t3(spec: ModelSpec, overrides: Optional[Mapping[str, Any]] = None):
         return T3(t3_hp(spec))
 
 
-def load_local(folder, device: str, spec: ModelSpec, t3_overrides: Optional[Mapping[str, Any]] = None):
-    """A ChatterboxTurboTTS from a checkpoint folder holding `spec.t3_file`: upstream's from_local, step by step
-    (chatterbox 0.1.7 tts_turbo.py), with T3 built by `build_t3`."""
+def load_local(folder, device: str, spec: ModelSpec, t3_overrides: Optional[Mapping[str, Any]] = None,
+               t3_dtype: Any = None):
+    """A ChatterboxTurboTTS from a checkpoint folder holding `spec.t3_file`: upstream's from_local (chatterbox 0.1.7
+    tts_turbo.py), step by step, with upstream's classes, and T3 built by `build_t3`. Every parameter and buffer ends
+    equal to what from_local gives (test_chatterbox_engine checks it); three steps differ, to make configure fast and
+    lean on a robot, where host and GPU share one RAM (bench/load_memory.py):
+
+    * T3 and S3Gen are built without random init (`no_random_init`): a strict load overwrites every parameter (that
+      init is about half of a CPU load);
+    * their weights are read one tensor at a time, straight onto `device` and (T3) in `t3_dtype`, and taken as the
+      parameters (`load_weights`): no second copy of the weights exists at any moment (from_local holds the random
+      module, the whole file and, at `.to(device)`, the device copy at once: a 6.0 GiB host peak for Turbo on a CPU);
+    * T3's text embedding (`tfmr.wte`, which from_local loads and then deletes) is not read at all.
+    """
     import torch
     import chatterbox.tts_turbo as tts_turbo
     from safetensors.torch import load_file
@@ -138,20 +149,19 @@ def load_local(folder, device: str, spec: ModelSpec, t3_overrides: Optional[Mapp
 
     folder = Path(folder)
     map_location = torch.device("cpu") if device in ("cpu", "mps") else None
-    ve = tts_turbo.VoiceEncoder()
+    ve = tts_turbo.VoiceEncoder()  # 1.4 M parameters: loaded as upstream does
     ve.load_state_dict(load_file(folder / "ve.safetensors"))
     ve.to(device).eval()
 
-    t3 = build_t3(spec, t3_overrides)
-    t3_state = load_file(folder / spec.t3_file)
-    if "model" in t3_state.keys():
-        t3_state = t3_state["model"][0]
-    t3.load_state_dict(t3_state)
-    del t3.tfmr.wte
-    t3.to(device).eval()
+    with no_random_init():
+        t3 = build_t3(spec, t3_overrides)
+    del t3.tfmr.wte  # only training reads it (from_local deletes it after loading)
+    load_weights(t3, folder / spec.t3_file, device, dtype=t3_dtype, ignore=("tfmr.wte.",))
+    t3.to(device).eval()  # buffers that are not in the file
 
-    s3gen = tts_turbo.S3Gen(meanflow=True)
-    s3gen.load_state_dict(load_file(folder / "s3gen_meanflow.safetensors"), strict=True)
+    with no_random_init():
+        s3gen = tts_turbo.S3Gen(meanflow=True)
+    load_weights(s3gen, folder / "s3gen_meanflow.safetensors", device)
     s3gen.to(device).eval()
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -164,14 +174,85 @@ def load_local(folder, device: str, spec: ModelSpec, t3_overrides: Optional[Mapp
     return tts_turbo.ChatterboxTurboTTS(t3, s3gen, ve, tokenizer, device, conds=conds)
 
 
+@contextlib.contextmanager
+def no_random_init() -> Iterator[None]:
+    """While active, modules are built without random initialisation (transformers' `no_init_weights`, pinned
+    transformers 5.x; it also silences torch.nn.init): for modules whose every parameter is loaded right after.
+    Process-wide while active, so under the module's lock."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            no_init_weights = contextlib.nullcontext
+    with _LOCK, no_init_weights():
+        yield
+
+
+def load_weights(module, path: Path, device: str, dtype: Any = None, ignore: Tuple[str, ...] = ()) -> None:
+    """`module.load_state_dict(file, strict=True)`, read one tensor at a time (`read_safetensors`) onto `device`, each
+    in the module's own dtype (floating tensors in `dtype` when given), and taken as the module's tensors (assign):
+    memory holds the weights once, plus one tensor in flight. Tensors whose names start with an `ignore` prefix are
+    not read."""
+    import torch
+    own = module.state_dict()
+    target = torch.device(device)
+    state = {}
+    for key, t in read_safetensors(path, skip=ignore):
+        mine = own.get(key)
+        want = dtype if (dtype is not None and t.is_floating_point()) else (mine.dtype if mine is not None
+                                                                             else t.dtype)
+        state[key] = t.to(device=target, dtype=want)
+        del t
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+_ST_DTYPES = ("F64:float64 F32:float32 F16:float16 BF16:bfloat16 I64:int64 I32:int32 I16:int16 I8:int8 U8:uint8 "
+              "BOOL:bool").split()
+
+
+def read_safetensors(path: Path, skip: Tuple[str, ...] = ()) -> Iterator[Tuple[str, Any]]:
+    """(name, CPU tensor) for each tensor of a safetensors file, in file order, read with plain reads into fresh
+    memory. Unlike safetensors' own loaders this maps no part of the file: the process holds only the tensors it
+    keeps, and replacing the file later cannot change (or crash) a loaded model."""
+    import torch
+    dtypes = {code: getattr(torch, name) for code, name in (d.split(":") for d in _ST_DTYPES)}
+    path = Path(path)
+    with open(path, "rb") as f:
+        header, base = _read_header(f)
+        entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                         key=lambda kv: kv[1]["data_offsets"][0])
+        for name, entry in entries:
+            if name.startswith(skip):
+                continue
+            if entry.get("dtype") not in dtypes:
+                raise ValueError(f"{path.name}: tensor {name} has dtype {entry.get('dtype')}, which this loader "
+                                 f"does not read")
+            begin, end = (int(x) for x in entry["data_offsets"])
+            buf = torch.empty(end - begin, dtype=torch.uint8)
+            f.seek(base + begin)
+            if end > begin and f.readinto(memoryview(buf.numpy())) != end - begin:
+                raise ValueError(f"{path.name} is incomplete (tensor {name} ends past the end of the file)")
+            yield name, buf.view(dtypes[entry["dtype"]]).reshape([int(d) for d in entry["shape"]])
+
+
+def _read_header(f) -> Tuple[Dict[str, Any], int]:
+    """A safetensors file's JSON header and the offset where tensor data begins."""
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise ValueError("not a safetensors file (shorter than its header length)")
+    (n,) = struct.unpack("<Q", raw)
+    if n > 100_000_000:
+        raise ValueError(f"header of {n} bytes")
+    return json.loads(f.read(n)), 8 + n
+
+
 # ------------------------------------------------------------------------------------------------ which T3 is there
 def safetensors_shape(path: Path, key: str) -> Optional[Tuple[int, ...]]:
     """The shape of one tensor from a safetensors file's header (no tensor data read); None when absent."""
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > 100_000_000:
-            raise ValueError(f"header of {n} bytes")
-        header = json.loads(f.read(n))
+        header, _ = _read_header(f)
     entry = header.get(key)
     return tuple(int(d) for d in entry["shape"]) if isinstance(entry, dict) else None
 
