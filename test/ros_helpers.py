@@ -120,12 +120,37 @@ class RosClient:
         self.node = rclpy.create_node(f"{name}_{os.getpid()}_{int(time.time() * 1000) % 100000}")
         self.executor = MultiThreadedExecutor(num_threads=4)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        # held while the executor waits; taken to add an action client (see action_client)
+        self._spin_lock = threading.Lock()
+        self._running = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self.audio: List[Any] = []
         self.speaking: List[bool] = []
         self.audio_info: List[Any] = []
         self._subs = []
+
+    def _spin(self) -> None:
+        while self._running:
+            with self._spin_lock:
+                try:
+                    self.executor.spin_once(timeout_sec=0.05)
+                except Exception as exc:  # noqa: BLE001 - one bad wake-up must not end every later test's spinning
+                    if not self._running:
+                        return
+                    print(f"[RosClient] executor: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def action_client(self, action_type, name: str):
+        """An rclpy ActionClient on this node. rclpy adds an ActionClient to the node's waitables before its
+        constructor has finished (its `_lock` comes last): an executor collecting entities in between dies with
+        AttributeError. So it is built while the executor is between waits."""
+        from rclpy.action import ActionClient
+        with self._spin_lock:
+            return ActionClient(self.node, action_type, name)
+
+    def destroy_action_client(self, client) -> None:
+        with self._spin_lock:
+            client.destroy()
 
     def subscribe_outputs(self, ns: str = "") -> None:
         from audio_common_msgs.msg import AudioDataStamped, AudioInfo
@@ -208,6 +233,8 @@ class RosClient:
         return sum(len(m.audio.data) for m in msgs) / 2.0 / sample_rate
 
     def close(self) -> None:
+        self._running = False
+        self._thread.join(5.0)
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
 

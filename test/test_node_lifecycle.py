@@ -9,7 +9,6 @@ from action_msgs.msg import GoalStatus
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from rclpy.action import ActionClient
 from std_srvs.srv import Trigger
 
 from ros2_chatterbox.action import Say
@@ -140,7 +139,7 @@ def test_cleanup_and_shutdown_while_work_is_in_flight_never_crash(client):
     ns, lc = "/race", "/race/tts_node"
     proc = NodeProcess({"http.enabled": False, "audio.realtime": True}, autostart=True, name="race", namespace=ns)
     client.subscribe_outputs(ns)
-    action = ActionClient(client.node, Say, f"{ns}/say")
+    action = client.action_client(Say, f"{ns}/say")
     stop = threading.Event()
 
     def stopper():
@@ -184,7 +183,7 @@ def test_cleanup_and_shutdown_while_work_is_in_flight_never_crash(client):
         assert "Traceback" not in out and "Exception" not in out, out[-3000:]
     finally:
         stop.set()
-        action.destroy()
+        client.destroy_action_client(action)
         proc.stop()
 
 

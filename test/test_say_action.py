@@ -4,7 +4,6 @@ import time
 
 import pytest
 from action_msgs.msg import GoalStatus
-from rclpy.action import ActionClient
 
 from ros2_chatterbox.action import Say
 from ros_helpers import NodeProcess, RosClient, utterances
@@ -35,7 +34,7 @@ def node(client):
 
 @pytest.fixture(scope="module")
 def action(client, node):
-    ac = ActionClient(client.node, Say, "/act/say")
+    ac = client.action_client(Say, "/act/say")
     assert ac.wait_for_server(timeout_sec=20)
     return ac
 
