@@ -1,4 +1,4 @@
-"""The node with engine chatterbox_turbo on a tiny checkpoint built at test time (real from_local path), over ROS."""
+"""The node with engine chatterbox_turbo on a tiny checkpoint built at test time (the engine's real loader), over ROS."""
 import shutil
 
 import numpy as np

@@ -6,10 +6,11 @@ the real loader. `build_tiny_checkpoint(dir)` writes the same files as the hub s
 files, conds.pt) with the real module classes at small widths, plus `tiny_arch.json`, which records those widths.
 With `model="nano"` the layout is Chatterbox-Nano's (`t3_nano_v1.safetensors`, a GPT-2-small-shaped T3: see models.py).
 
-`ChatterboxTurboTTS.from_local` hard-codes the GPT-2 medium config and the S3Gen sizes, so loading needs
-`tiny_patches(arch)`: while it is active, `LLAMA_CONFIGS["GPT2_medium"]` (Nano: "GPT2_small") is the tiny config and
-`chatterbox.tts_turbo.S3Gen` builds the tiny S3Gen. Everything else (state-dict loading with strict=True, tokenizer,
-conds.pt, perth watermarker) is upstream code. The engine detects `tiny_arch.json` and loads inside the patches.
+The loaders (upstream's `ChatterboxTurboTTS.from_local` and the engine's `models.load_local`) hard-code the GPT-2
+config and the S3Gen sizes, so loading needs `tiny_patches(arch)`: while it is active, `LLAMA_CONFIGS["GPT2_medium"]`
+(Nano: "GPT2_small") is the tiny config and `chatterbox.tts_turbo.S3Gen` builds the tiny S3Gen. Everything else
+(strict state-dict loading, tokenizer, conds.pt, perth watermarker) runs as for a real checkpoint. The engine detects
+`tiny_arch.json` and loads inside the patches.
 
 The speech is noise, of course. Random weights never choose the stop token on their own, so its bias in the speech
 head is raised (`eos_bias`) and generation ends after a few to a few dozen tokens.
