@@ -3,7 +3,8 @@ README's `ros2 launch` command: service calls, topic pub/echo, the say action wi
 parameters, the launch arguments (params_file, namespace, autostart, log_level) and Ctrl-C.
 
 The one placeholder, `/path/to/params.yaml`, becomes this test's parameter file (HTTP off: no port clashes with
-other test runs). The ros2 daemon that these commands use (as they do for a user) is stopped at the end.
+other test runs). The stop test lengthens the README's goal text, so that the stop always lands while it speaks.
+The ros2 daemon that these commands use (as they do for a user) is stopped at the end.
 """
 from __future__ import annotations
 
@@ -105,7 +106,12 @@ def test_say_action_with_feedback(node):
 
 
 def test_stop_ends_a_running_goal(node):
-    goal = Background(readme_command("ros2 action send_goal --feedback /say"), "cli-goal")
+    # the README's goal speaks ~4 s: under load, `ros2 service call` can take that long to start and find the
+    # service, so the goal is made long enough (~40 s) that the stop always arrives while it speaks
+    command = readme_command("ros2 action send_goal --feedback /say")
+    more = " ".join(f"Sentence number {i} of the story keeps the robot talking." for i in range(12))
+    assert "Cancel me any time." in command
+    goal = Background(command.replace("Cancel me any time.", "Cancel me any time. " + more), "cli-goal")
     try:
         assert goal.wait_for("Feedback:", timeout=60), goal.output()
         ros2_ok(readme_command("ros2 service call /tts/stop"), "success=True")
