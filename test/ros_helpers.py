@@ -4,6 +4,7 @@ Every process gets loopback-only discovery, this session's ROS_DOMAIN_ID, a hard
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -108,6 +109,23 @@ class NodeProcess:
         return self.proc.returncode
 
 
+@functools.lru_cache(maxsize=None)
+def _action_client_class():
+    from rclpy.action import ActionClient
+
+    class SafeActionClient(ActionClient):
+        """rclpy Kilted's ActionClient registers itself with the node before its constructor sets `_lock`, which
+        its get_num_entities takes: an executor collecting entities in that window dies with AttributeError (and
+        with it every later callback of the test client). The lock exists from the start here; rclpy's constructor
+        replaces it with another lock at its end. Jazzy's ActionClient has no such lock: harmless there."""
+
+        def __init__(self, *args, **kwargs):
+            self._lock = threading.Lock()
+            super().__init__(*args, **kwargs)
+
+    return SafeActionClient
+
+
 class RosClient:
     """An rclpy node in the test process, spun by a background executor thread."""
 
@@ -120,37 +138,16 @@ class RosClient:
         self.node = rclpy.create_node(f"{name}_{os.getpid()}_{int(time.time() * 1000) % 100000}")
         self.executor = MultiThreadedExecutor(num_threads=4)
         self.executor.add_node(self.node)
-        # held while the executor waits; taken to add an action client (see action_client)
-        self._spin_lock = threading.Lock()
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
         self.audio: List[Any] = []
         self.speaking: List[bool] = []
         self.audio_info: List[Any] = []
         self._subs = []
 
-    def _spin(self) -> None:
-        while self._running:
-            with self._spin_lock:
-                try:
-                    self.executor.spin_once(timeout_sec=0.05)
-                except Exception as exc:  # noqa: BLE001 - one bad wake-up must not end every later test's spinning
-                    if not self._running:
-                        return
-                    print(f"[RosClient] executor: {type(exc).__name__}: {exc}", file=sys.stderr)
-
     def action_client(self, action_type, name: str):
-        """An rclpy ActionClient on this node. rclpy adds an ActionClient to the node's waitables before its
-        constructor has finished (its `_lock` comes last): an executor collecting entities in between dies with
-        AttributeError. So it is built while the executor is between waits."""
-        from rclpy.action import ActionClient
-        with self._spin_lock:
-            return ActionClient(self.node, action_type, name)
-
-    def destroy_action_client(self, client) -> None:
-        with self._spin_lock:
-            client.destroy()
+        """An rclpy ActionClient on this node, safe to build while the executor spins (SafeActionClient)."""
+        return _action_client_class()(self.node, action_type, name)
 
     def subscribe_outputs(self, ns: str = "") -> None:
         from audio_common_msgs.msg import AudioDataStamped, AudioInfo
@@ -233,8 +230,6 @@ class RosClient:
         return sum(len(m.audio.data) for m in msgs) / 2.0 / sample_rate
 
     def close(self) -> None:
-        self._running = False
-        self._thread.join(5.0)
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
 

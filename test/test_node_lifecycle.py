@@ -183,7 +183,7 @@ def test_cleanup_and_shutdown_while_work_is_in_flight_never_crash(client):
         assert "Traceback" not in out and "Exception" not in out, out[-3000:]
     finally:
         stop.set()
-        client.destroy_action_client(action)
+        action.destroy()
         proc.stop()
 
 

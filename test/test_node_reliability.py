@@ -13,8 +13,12 @@ from ros_helpers import NodeProcess, RosClient, utterances
 
 pytestmark = pytest.mark.timeout(300)
 
+# long enough (~20 s) that a stop, an interrupt or a deactivate always lands while it speaks, however loaded the
+# machine; every test here cuts it short
 LONG = ("This is a long announcement for the stop test. It keeps going for a while. "
-        "There are several sentences in it. Each one takes a moment to speak. And then some more words follow.")
+        "There are several sentences in it. Each one takes a moment to speak. And then some more words follow. "
+        "The robot is still talking. It has a lot to say today. Nobody has asked it to stop yet. "
+        "So it carries on with another sentence. And one more after that, to be sure.")
 
 
 def rss_kb(pid: int) -> int:
