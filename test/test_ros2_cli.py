@@ -92,7 +92,7 @@ def test_topic_pub_is_spoken_and_echo_shows_speaking(node):
     echo = Background(readme_command("ros2 topic echo /tts/speaking"), "cli-echo")
     try:
         assert echo.wait_for("data: false", timeout=60), echo.output()  # latched: the current state at once
-        ros2_ok(readme_command("ros2 topic pub --once /tts/text"), "publishing #1")
+        ros2_ok(readme_command("ros2 topic pub --once"), "publishing #1")
         assert echo.wait_for("data: true", timeout=60), echo.output()
     finally:
         echo.stop()
