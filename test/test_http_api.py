@@ -390,6 +390,15 @@ def test_engine_not_loaded_is_503(tmp_path):
 
 
 # -- the server object -----------------------------------------------------------------------------------------------
+def health(port: int):
+    """GET /health's JSON, or None while nothing answers within 2 s."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -451,6 +460,7 @@ def test_non_loopback_bind_without_key_refuses_to_start(http_core):
     assert any(level == "warning" and "WITHOUT an API key" in msg for level, msg in messages)
 
 
+@pytest.mark.timeout(180)
 def test_runs_without_ros_as_a_program(tmp_path):
     """`python -m ros2_chatterbox.http --params FILE --port P` serves, and SIGINT stops it cleanly."""
     import os
@@ -473,9 +483,10 @@ def test_runs_without_ros_as_a_program(tmp_path):
                              "--host", "127.0.0.1", "--port", str(port)], cwd=str(root), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert wait_until(lambda: proc.poll() is not None or port_open(port), 30), "server did not start"
+        # the port is bound before the engine loads (a taken port fails at once) and answers once it has loaded
+        assert wait_until(lambda: proc.poll() is not None or health(port) is not None, 90), "server did not start"
         assert proc.poll() is None
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["engine"] == "piper"
+        assert health(port)["engine"] == "piper"
         r = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", timeout=30,
                        json={"model": "m", "input": "Hello.", "voice": "alloy", "response_format": "wav"})
         assert r.status_code == 200 and encoding.decode(r.content)[0].size > 0
