@@ -40,8 +40,6 @@ def _launch_missing() -> str:
 
 
 LAUNCH_MISSING = _launch_missing()
-# Known, not ours to fix here: tts_node's own SIGINT handler runs only when its executor wakes, and only the
-# diagnostics timer (configured states) wakes it. Tests that meet this skip (or xfail) with this reason.
 ROS2 = shutil.which("ros2")
 ROS2_MISSING = "" if ROS2 else f"the ros2 command is not installed here: {GET_THE_TOOLS}"
 
