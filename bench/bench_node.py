@@ -150,7 +150,7 @@ def main(argv=None) -> int:
                    "generation.watermark": False, "audio.sentence_pause_ms": 0,
                    "jetson_patches": "on" if args.config.startswith("jetson") else "off",
                    "queue.max_size": 4})
-    core = SpeechCore(values)
+    core = SpeechCore(cfgmod.Settings.from_values(values))
     t0 = time.monotonic()
     try:
         core.load()

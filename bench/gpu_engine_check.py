@@ -27,7 +27,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from ros2_chatterbox.settings import defaults
+    from ros2_chatterbox.settings import Settings, defaults
     from ros2_chatterbox.core import SpeechCore
     from ros2_chatterbox.engine import GenerationSettings
     from ros2_chatterbox.engines.chatterbox.engine import ChatterboxTurboEngine
@@ -79,7 +79,7 @@ def main() -> int:
     cfg = defaults()
     cfg.update({"engine": "chatterbox_turbo", "model_dir": str(ckpt), "device": "cuda", "dtype": "float16",
                 "voices_dir": str(voices), "generation.watermark": False, "jetson_patches": "off"})
-    core = SpeechCore(cfg)
+    core = SpeechCore(Settings.from_values(cfg))
     core.load()
 
     class First(JobListener):

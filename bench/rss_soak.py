@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
     torch.set_num_threads(args.threads)
-    from ros2_chatterbox.settings import defaults
+    from ros2_chatterbox.settings import Settings, defaults
     from ros2_chatterbox.core import SpeechCore
     from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
     from ros2_chatterbox.speech_queue import JobListener
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     cfg = defaults()
     cfg.update({"engine": "chatterbox_turbo", "model_dir": str(ckpt), "voices_dir": str(voices), "device": "cpu",
                 "dtype": "float32", "jetson_patches": "off", "queue.max_size": 4})
-    core = SpeechCore(cfg, logger=lambda level, msg: print(f"[{level}] {msg}", file=sys.stderr))
+    core = SpeechCore(Settings.from_values(cfg), logger=lambda level, msg: print(f"[{level}] {msg}", file=sys.stderr))
     t0 = time.perf_counter()
     rss_before_load = rss_mb()
     core.load()

@@ -15,18 +15,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from . import audio, text as text_mod
 from .engine import Cancelled, Engine, EngineError, EngineLoadError, VoiceError
 from .engines import create_engine
-from .settings import ConfigError, Settings, default_voices_dir
+from .settings import ConfigError, Settings
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
     JobResult, QueueFull, SpeechQueue
-from .voices import AUDIO_SUFFIXES, OPENAI_VOICES, VoiceLibrary, check_reference, clean_name, \
-    resolve_request_voice
+from .voices import AUDIO_SUFFIXES, OPENAI_VOICES, ReadOnlyVoice, VoiceLibrary, check_reference, clean_name, \
+    open_library, resolve_request_voice
 
 log = logging.getLogger("ros2_chatterbox")
 
@@ -84,16 +84,17 @@ def voice_name_from_filename(filename: str) -> str:
 
 
 class SpeechCore:
-    """SpeechCore(settings, logger=None). `settings`: a `settings.Settings` (or flat parameter values).
+    """SpeechCore(settings, logger=None). `settings`: a `settings.Settings` (`Settings.from_values` in tests).
 
     load() / unload(reason) / loaded; apply(settings) for parameter changes (run-time values apply to the next
     request, configure-time ones at the next load()); submit(...) -> Job; cancel(job) / cancel_all(reason);
     list_voices() / add_voice(...) / add_voice_file(...) / delete_voice(name); status(); sample_rate.
     """
 
-    def __init__(self, settings: Union[Settings, Mapping[str, Any]],
-                 logger: Optional[Callable[[str, str], None]] = None):
-        self._settings = settings if isinstance(settings, Settings) else Settings.from_values(settings)
+    def __init__(self, settings: Settings, logger: Optional[Callable[[str, str], None]] = None):
+        if not isinstance(settings, Settings):
+            raise TypeError(f"SpeechCore takes a Settings, not {type(settings).__name__}")
+        self._settings = settings
         self._log = logger or (lambda level, msg: getattr(log, level)(msg))
         self.engine: Optional[Engine] = None
         self.engine_name = ""
@@ -120,7 +121,7 @@ class SpeechCore:
     def load(self) -> None:
         """Load the engine (or the fallback) and the voices, and start the worker. Raises EngineLoadError."""
         cfg = self._settings.core
-        self._library = VoiceLibrary(cfg.voices_dir or str(default_voices_dir()))
+        self._library = open_library(cfg.voices_dir)
         t0 = time.monotonic()
         primary = cfg.engine
         try:
@@ -311,6 +312,8 @@ class SpeechCore:
                                              f"change that first", "name")
         try:
             lib.delete(stem)
+        except ReadOnlyVoice as exc:
+            raise RequestError(VOICE_IN_USE, str(exc), "name") from None
         except (VoiceError, OSError) as exc:
             raise RequestError(VOICE_NOT_FOUND, str(exc), "name") from None
         self._log("info", f"voice '{stem}' deleted")

@@ -1,14 +1,17 @@
 """Every setting of the package in one table, and the typed, frozen settings each component receives.
 
 The table (`SETTINGS`) is the one place where a setting's name, default, range, description and stage live. From
-it come: the node's parameters and their descriptors, `config/params.yaml` (`render_params_yaml`), and one frozen
-dataclass per component (`EngineSettings`, `GenerationSettings`, `CoreSettings`, `RosSettings`, `HttpSettings`,
+it come: the node's parameters and their descriptors, `config/params.yaml` (`params_file.render_params_yaml`), and
+one frozen dataclass per component (`EngineSettings`, `GenerationSettings`, `CoreSettings`, `RosSettings`, `HttpSettings`,
 `PlaybackSettings`) whose field defaults are read from the table. A parameter change builds a new `Settings`
 (`with_values`) and hands the changed component its new object; nothing mutates settings in place.
 
 A setting's attribute name is its parameter name without the component's prefix, dots turned into underscores:
 `generation.top_p` -> `GenerationSettings.top_p`, `voice_cache.max_voices` -> `EngineSettings.voice_cache_max_voices`,
-`http.port` -> `HttpSettings.port`.
+`http.port` -> `HttpSettings.port`. A setting's `group` is the component that reads it, whatever its name says
+(`audio.sentence_pause_ms` is the core's, `audio.chunk_ms` the ROS door's): its descriptor (`ros2 param describe`)
+and params.yaml begin its description with `[core]`, `[ros]`, ... The engine names come from engines/registry.py.
+Path discovery is in paths.py, parameter files in params_file.py.
 
 Stages: `start` settings are read when the node starts (read-only parameters: set them in the parameter file);
 `configure` settings are read at the next configure (settable while unconfigured, refused while configured or
@@ -16,13 +19,10 @@ active); `runtime` settings apply at once. Nothing here imports rclpy.
 """
 from __future__ import annotations
 
-import os
-import textwrap
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import yaml
+from .engines.registry import ENGINES
 
 START, CONFIGURE, RUNTIME = "start", "configure", "runtime"
 
@@ -55,14 +55,12 @@ def _s(name: str, group: str, default: Any, description: str, stage: str = RUNTI
     return Setting(name, group, default, description, stage, **kw)
 
 
-_ENGINES = ("chatterbox_turbo", "piper")
-
 SETTINGS: List[Setting] = [
     # -- which engine (the core loads it, with an optional fallback)
     _s("engine", "core", "piper", "Speech engine: chatterbox_turbo (cloned voices, needs model weights) or piper "
-       "(embedded default voice, no download).", CONFIGURE, choices=_ENGINES),
+       "(embedded default voice, no download).", CONFIGURE, choices=ENGINES),
     _s("fallback_engine", "core", "", "Engine to use when `engine` cannot load ('' = none: configure fails).",
-       CONFIGURE, choices=("",) + _ENGINES),
+       CONFIGURE, choices=("",) + ENGINES),
     # -- the engine's own settings
     _s("model", "engine", "turbo", "Chatterbox model: turbo (GPT-2 medium T3, t3_turbo_v1.safetensors, hub "
        "ResembleAI/chatterbox-turbo) or nano (Chatterbox-Nano: GPT-2 small T3, ~2x faster per token, "
@@ -104,9 +102,10 @@ SETTINGS: List[Setting] = [
        CONFIGURE, min=1, max=4000),
     _s("speech_tokens.per_char", "engine", 6.0, "See speech_tokens.base.", CONFIGURE, min=0.0, max=100.0),
     # -- the core: voices, text, queue
-    _s("voices_dir", "core", "", "Folder of reference recordings (<name>.wav, > 5 s) for voice cloning "
-       "('' = the checkout's voices/ folder, or $XDG_DATA_HOME/ros2_chatterbox/voices for an installed "
-       "package).", CONFIGURE),
+    _s("voices_dir", "core", "", "Folder of reference recordings (<name>.wav, > 5 s) for voice cloning; added "
+       "voices are stored there. '' = the user's $XDG_DATA_HOME/ros2_chatterbox/voices (default "
+       "~/.local/share/ros2_chatterbox/voices), plus the package's shipped voices/ folder (read-only; a user "
+       "voice of the same name takes precedence).", CONFIGURE),
     _s("default_voice", "core", "", "Voice used when a request names none ('' = the engine's built-in voice)."),
     _s("text.max_chars", "core", 4096, "Longest text accepted in one request (characters).", min=1, max=100000),
     _s("text.chunk_chars", "core", 250, "Longest piece of text synthesized at once (sentence-aware split).",
@@ -172,8 +171,9 @@ SETTINGS: List[Setting] = [
        "non-loopback http.host and no key refuse to start.", CONFIGURE),
     _s("http.max_concurrent_uploads", "http", 2, "Voice uploads processed at once; more get 503 with Retry-After.",
        CONFIGURE, min=1, max=64),
-    _s("http.max_connections", "http", 64, "Open HTTP connections at most; more are answered 503 and closed.",
-       CONFIGURE, min=2, max=10000),
+    _s("http.max_connections", "http", 4096, "Open HTTP connections at most; more are answered 503 and closed. "
+       "High, so that slow clients deny no one (each costs a file and a few KiB; the server raises the open-file "
+       "limit to fit, or serves fewer and says so).", CONFIGURE, min=2, max=65536),
     _s("http.header_timeout_s", "http", 10.0, "Seconds a client has to send a complete request header; slower "
        "connections are closed.", CONFIGURE, min=0.1, max=600.0),
 ]
@@ -411,126 +411,10 @@ def defaults() -> Dict[str, Any]:
     return {s.name: s.default for s in SETTINGS}
 
 
-# -- where things live -------------------------------------------------------------------------------------------
-def source_checkout() -> Optional[Path]:
-    """The repository folder when running from a checkout (config/params.yaml beside the package), else None."""
-    src = Path(__file__).resolve().parent.parent
-    return src if (src / "config" / "params.yaml").exists() and (src / "package.xml").exists() else None
-
-
-def package_share() -> Path:
-    """Folder with config/, voices/, launch/: the source checkout, the installed ROS share folder, or (pip install)
-    `<prefix>/share/ros2_chatterbox`."""
-    src = source_checkout()
-    if src is not None:
-        return src
-    try:  # installed by colcon / the venv set-up
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("ros2_chatterbox"))
-    except Exception:  # noqa: BLE001 - no ament index (pip install .): setup.py's data_files prefix
-        import site
-        import sys
-        for prefix in (sys.prefix, site.getuserbase()):  # `pip install .` / `pip install --user .`
-            share = Path(prefix) / "share" / "ros2_chatterbox"
-            if (share / "config" / "params.yaml").exists():
-                return share
-        return Path(sys.prefix) / "share" / "ros2_chatterbox"
-
-
-def user_data_dir() -> Path:
-    """Per-user data folder (XDG): $XDG_DATA_HOME/ros2_chatterbox, default ~/.local/share/ros2_chatterbox."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "ros2_chatterbox"
-
-
-def default_voices_dir() -> Path:
-    """Where voices live when voices_dir is '': the checkout's voices/ folder; for an installed package the
-    user's data folder (the installed share folder is not writable by the user, and uploads must survive
-    reinstalls)."""
-    src = source_checkout()
-    return src / "voices" if src is not None else user_data_dir() / "voices"
-
-
-def default_params_file() -> Optional[Path]:
-    """The package's parameter file (checkout or installed), or None when it cannot be found."""
-    path = package_share() / "config" / "params.yaml"
-    return path if path.exists() else None
-
-
-# -- parameter files ---------------------------------------------------------------------------------------------
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def read_params_file(path: Optional[str], node_name: str = "tts_node") -> Dict[str, Any]:
-    """Read a ROS parameter file (`<node>: ros__parameters: ...`) into validated flat values (defaults filled in);
-    names that are not settings are ignored, as the node ignores undeclared parameters."""
-    values = defaults()
-    if not path:
-        return values
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    params: Dict[str, Any] = {}
-    for key in ("/**", "**", node_name, f"/{node_name}"):
-        section = data.get(key) if isinstance(data, dict) else None
-        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-            params.update(_flatten(section["ros__parameters"]))
-    for name, value in params.items():
-        if name in SETTINGS_BY_NAME:
-            values[name] = check(name, value)
-    return values
-
-
-def load_params_file(path: Optional[str], node_name: str = "tts_node") -> Settings:
-    """`read_params_file` as a `Settings`."""
-    return Settings.from_values(read_params_file(path, node_name))
-
-
-_STAGE_NOTE = {START: " (start: parameter file only)", CONFIGURE: " (configure)", RUNTIME: ""}
-
-
 def describe(s: Setting) -> str:
-    """The full description of a parameter, as its descriptor and params.yaml show it."""
-    text = s.description
+    """The full description of a parameter, as its descriptor and params.yaml show it: the component that reads it
+    (`[core]`), what it does, its choices."""
+    text = f"[{s.group}] {s.description}"
     if s.choices:
         text += f" One of: {', '.join(repr(c) for c in s.choices)}."
     return text
-
-
-def render_params_yaml(settings: Iterable[Setting] = SETTINGS) -> str:
-    """config/params.yaml: every parameter with its description, range and stage (tools/write_params_yaml.py)."""
-    lines = ["# Parameters of the ros2_chatterbox tts_node (ROS 2 parameter file), generated from",
-             "# ros2_chatterbox/settings.py by tools/write_params_yaml.py.",
-             "# `make run PARAMS=my.yaml` or `--ros-args --params-file my.yaml`. `/**` applies them to the node in",
-             "# any namespace and under any name.",
-             "# (configure): read at configure. Set them while the node is unconfigured (`ros2 param set`), or",
-             "#   deactivate + cleanup, set, then configure; while configured or active a change is refused.",
-             "# (start): read when the node starts: set them in this file.",
-             "# Others apply at once: `ros2 param set /tts_node <name> <value>`.",
-             "/**:", "  ros__parameters:"]
-    groups: Dict[str, List[Setting]] = {}
-    for s in settings:
-        head, _, tail = s.name.partition(".")
-        groups.setdefault(head if tail else "", []).append(s)
-
-    def emit(s: Setting, indent: int, key: str) -> None:
-        rng = f" [{s.min:g} .. {s.max:g}]" if s.min is not None and s.max is not None else ""
-        for line in textwrap.wrap(describe(s) + rng + _STAGE_NOTE[s.stage], 100 - indent - 2):
-            lines.append(" " * indent + "# " + line)
-        v = s.default
-        val = ("true" if v else "false") if isinstance(v, bool) else (f'"{v}"' if isinstance(v, str) else repr(v))
-        lines.append(" " * indent + f"{key}: {val}")
-
-    for s in groups.pop("", []):
-        emit(s, 4, s.name)
-    for head, items in groups.items():
-        lines.append(f"    {head}:")
-        for s in items:
-            emit(s, 6, s.name.partition(".")[2])
-    return "\n".join(lines) + "\n"

@@ -4,6 +4,10 @@ A voice name is a file stem such as `alice` (`alice.wav` is accepted too). Names
 the folder: anything but letters, digits, `_`, `-` and inner dots is refused before the filesystem is touched.
 Names are unique case-insensitively (`Alice` and `alice` would be one file on macOS or Windows file systems).
 
+Folders: added voices go to one writable folder; the package's shipped voices/ folder may sit beneath it, read-only
+(`open_library`): a voice added under a shipped voice's name takes precedence over it, and shipped voices are never
+modified or deleted. From a checkout that keeps uploads out of the git tree.
+
 Uploads are untrusted: their length is read from the header and refused before decoding, decoding stops after
 MAX_REFERENCE_S whatever the header says (a 1 MB FLAC of silence can hold hours), few decode at once, and the
 temporary file is created exclusively under a random name, never through a symlink planted in the folder.
@@ -16,11 +20,12 @@ import re
 import secrets
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from .engine import VoiceError
+from .paths import default_voices_dir, shipped_voices_dir
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*$")
@@ -112,21 +117,33 @@ def check_reference(data: bytes) -> float:
     return len(mono) / float(sr)
 
 
+class ReadOnlyVoice(VoiceError):
+    """The voice is one of the package's shipped voices: it cannot be deleted."""
+
+
 class VoiceLibrary:
-    def __init__(self, folder: str):
+    """VoiceLibrary(folder, shipped=()): the voices of `folder` (where added voices are stored) and of the read-only
+    `shipped` folders; a voice of `folder` shadows a shipped voice of the same name (ignoring case)."""
+
+    def __init__(self, folder: str, shipped: Iterable[str] = ()):
         self.folder = Path(folder).resolve()
+        self.shipped = tuple(p for p in (Path(s).resolve() for s in shipped) if p != self.folder)
         self._lock = threading.Lock()
 
     def _files(self) -> Dict[str, Path]:
         found: Dict[str, Path] = {}
-        if not self.folder.is_dir():
-            return found
-        for p in sorted(self.folder.iterdir()):
-            if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file() and not p.is_symlink():
-                try:
-                    found.setdefault(clean_name(p.name), p)
-                except VoiceError:
-                    continue  # a file whose name we would refuse is not a voice
+        for folder in (self.folder, *self.shipped):
+            shadowed = {n.casefold() for n in found}  # names of the folders before this one
+            if not folder.is_dir():
+                continue
+            for p in sorted(folder.iterdir()):
+                if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file() and not p.is_symlink():
+                    try:
+                        name = clean_name(p.name)
+                    except VoiceError:
+                        continue  # a file whose name we would refuse is not a voice
+                    if name.casefold() not in shadowed:
+                        found.setdefault(name, p)
         return found
 
     def names(self) -> List[str]:
@@ -145,14 +162,15 @@ class VoiceLibrary:
             have = ", ".join(self.names()) or "none"
             raise VoiceError(f"unknown voice '{stem}' (available: {have})")
         real = p.resolve()
-        if real.parent != self.folder:
+        if real.parent not in (self.folder, *self.shipped):
             raise VoiceError(f"voice '{stem}' is outside the voices folder")
         return real
 
     def add(self, name: str, data: bytes, overwrite: bool = False) -> Path:
         """Store a validated upload as <name>.wav (re-encoded, so the file is always plain WAV).
 
-        A voice whose name differs only in case is the same voice: refused, or replaced with overwrite=True.
+        A voice whose name differs only in case is the same voice: refused, or replaced with overwrite=True (a
+        shipped voice is not replaced but shadowed: the new file goes to the writable folder).
         """
         import soundfile as sf
         stem = clean_name(name)
@@ -167,7 +185,7 @@ class VoiceLibrary:
             target = self.folder / f"{stem}.wav"
             tmp = self._write_temp(lambda f: sf.write(f, mono, sr, format="WAV", subtype="PCM_16"))
             try:
-                if existing is not None and existing.name != target.name:
+                if existing is not None and existing.parent == self.folder and existing.name != target.name:
                     existing.unlink(missing_ok=True)  # first: on a case-insensitive disk it is the target
                 os.replace(tmp, target)  # replaces a planted symlink itself, never its target
             except BaseException:
@@ -190,8 +208,13 @@ class VoiceLibrary:
         return tmp
 
     def delete(self, name: str) -> None:
+        """Delete an added voice (a shipped voice it shadowed reappears); ReadOnlyVoice for a shipped voice."""
         with self._lock:
-            self.path(name).unlink()
+            p = self.path(name)
+            if p.parent != self.folder:
+                raise ReadOnlyVoice(f"voice '{clean_name(name)}' ships with the package ({p.parent}, read-only) and "
+                                    f"cannot be deleted; add a voice of that name with overwrite to replace it")
+            p.unlink()
 
     def describe(self) -> List[Dict[str, object]]:
         out = []
@@ -202,6 +225,14 @@ class VoiceLibrary:
             except OSError:
                 continue
         return out
+
+
+def open_library(voices_dir: str) -> VoiceLibrary:
+    """The library of the parameter voices_dir: that folder alone, or for '' the user's voices folder (where added
+    voices go; paths.default_voices_dir) over the package's shipped voices/ (read-only)."""
+    if voices_dir:
+        return VoiceLibrary(voices_dir)
+    return VoiceLibrary(str(default_voices_dir()), shipped=[str(shipped_voices_dir())])
 
 
 def resolve_request_voice(library: Optional[VoiceLibrary], voice: object, default_voice: str) -> Optional[str]:

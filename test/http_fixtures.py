@@ -9,7 +9,7 @@ import contextlib
 import io
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ros2_chatterbox.core import SpeechCore  # noqa: E402
 from ros2_chatterbox.http.server import HttpServer  # noqa: E402
-from ros2_chatterbox.settings import HttpSettings, defaults  # noqa: E402
+from ros2_chatterbox.settings import HttpSettings, Settings, defaults  # noqa: E402
 
 REFERENCE_VOICE = "alice"
 
@@ -36,14 +36,14 @@ def reference_wav(seconds: float = 6.0, sample_rate: int = 16000) -> bytes:
     return buf.getvalue()
 
 
-def make_config(voices_dir: Path, **overrides: Any) -> Dict[str, Any]:
+def make_config(voices_dir: Path, **overrides: Any) -> Settings:
     cfg = defaults()
     cfg["engine"] = "piper"
     cfg["voices_dir"] = str(voices_dir)
     cfg["audio.sentence_pause_ms"] = 60
     for key, value in overrides.items():
         cfg[key.replace("__", ".")] = value
-    return cfg
+    return Settings.from_values(cfg)
 
 
 def make_core(voices_dir: Path, with_voice: bool = True, **overrides: Any) -> SpeechCore:

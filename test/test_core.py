@@ -61,7 +61,7 @@ def core(monkeypatch, tmp_path):
     monkeypatch.setattr("ros2_chatterbox.core.create_engine", lambda name, config: engine)
     values = cfgmod.defaults()
     values.update({"voices_dir": str(tmp_path), "queue.max_size": 4, "audio.sentence_pause_ms": 0})
-    c = SpeechCore(values)
+    c = SpeechCore(cfgmod.Settings.from_values(values))
     c.load()
     c.fake = engine
     yield c

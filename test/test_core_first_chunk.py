@@ -56,7 +56,7 @@ def test_first_audio_leaves_before_the_engine_yields_its_second_part(monkeypatch
     monkeypatch.setattr("ros2_chatterbox.core.create_engine", lambda name, config: engine)
     values = cfgmod.defaults()
     values.update({"voices_dir": str(tmp_path), "audio.sentence_pause_ms": 0})
-    core = SpeechCore(values)
+    core = SpeechCore(cfgmod.Settings.from_values(values))
     core.load()
     try:
         listener = Collect(engine)

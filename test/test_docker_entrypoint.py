@@ -13,7 +13,8 @@ import pytest
 
 from ros2_chatterbox.http import security
 from ros2_chatterbox.http.server import HttpServer
-from ros2_chatterbox.settings import load_params_file
+from ros2_chatterbox.params_file import load_params_file
+from ros2_chatterbox.settings import HttpSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -48,7 +49,7 @@ def test_generated_key_is_printed_once_and_kept_private(tmp_path):
     assert f"Bearer {key}" in said
     again, said_again = ensure_api_key(IMAGE_CMD, store)
     assert again == str(store) and store.read_text().strip() == key and said_again == ""  # printed once
-    assert security.resolve_api_key({}, {security.API_KEY_FILE_ENV: exported}) == key
+    assert security.resolve_api_key(HttpSettings(), {security.API_KEY_FILE_ENV: exported}) == key
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])

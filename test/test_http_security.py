@@ -22,6 +22,7 @@ from http_fixtures import REFERENCE_VOICE, http_core, http_server, reference_wav
 from ros2_chatterbox.engine import VoiceError
 from ros2_chatterbox.http import security
 from ros2_chatterbox.http.security import SecurityMiddleware
+from ros2_chatterbox.settings import HttpSettings, Settings
 from ros2_chatterbox.voices import VoiceLibrary, check_reference
 from test_http_api import voices_folder, wait_until
 
@@ -72,17 +73,28 @@ def test_origin_policy(origin, host, ok):
 def test_api_key_sources(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("from-file\n")
-    assert security.resolve_api_key({}, {}) == ""
-    assert security.resolve_api_key({"http.api_key": "param"}, {security.API_KEY_ENV: "env"}) == "param"
-    assert security.resolve_api_key({"http.api_key_file": str(key_file)}, {security.API_KEY_ENV: "env"}) == \
+    none = HttpSettings()
+    assert security.resolve_api_key(none, {}) == ""
+    assert security.resolve_api_key(HttpSettings(api_key="param"), {security.API_KEY_ENV: "env"}) == "param"
+    assert security.resolve_api_key(HttpSettings(api_key_file=str(key_file)), {security.API_KEY_ENV: "env"}) == \
         "from-file"
-    assert security.resolve_api_key({}, {security.API_KEY_ENV: "env"}) == "env"
-    assert security.resolve_api_key({}, {security.API_KEY_FILE_ENV: str(key_file)}) == "from-file"
+    assert security.resolve_api_key(none, {security.API_KEY_ENV: "env"}) == "env"
+    assert security.resolve_api_key(none, {security.API_KEY_FILE_ENV: str(key_file)}) == "from-file"
     with pytest.raises(security.SecurityError, match="cannot read"):
-        security.resolve_api_key({"http.api_key_file": str(tmp_path / "missing")}, {})
+        security.resolve_api_key(HttpSettings(api_key_file=str(tmp_path / "missing")), {})
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(security.SecurityError, match="empty"):
-        security.resolve_api_key({}, {security.API_KEY_FILE_ENV: str(tmp_path / "empty")})
+        security.resolve_api_key(none, {security.API_KEY_FILE_ENV: str(tmp_path / "empty")})
+    # the node's whole Settings, as read from a parameter file, work too
+    assert security.resolve_api_key(Settings.from_values({"http.api_key": "whole"}), {}) == "whole"
+
+
+def test_security_takes_typed_settings_only():
+    """A flat dict of parameter values is refused: a misspelt key would silently mean 'no key'."""
+    with pytest.raises(TypeError, match="HttpSettings"):
+        security.resolve_api_key({"http.api_key": "flat"}, {})
+    with pytest.raises(TypeError, match="HttpSettings"):
+        SecurityMiddleware(AcceptAll(), {"http.max_concurrent_uploads": 2})
 
 
 def test_key_on_command_line_is_detected(tmp_path):
@@ -94,14 +106,15 @@ def test_key_on_command_line_is_detected(tmp_path):
 
 
 def test_exposure_policy():
-    assert security.check_exposure("127.0.0.1", {}, "") is None
-    assert security.check_exposure("::1", {}, "") is None
-    assert security.check_exposure("0.0.0.0", {}, "a-key") is None
+    none = HttpSettings()
+    assert security.check_exposure("127.0.0.1", none, "") is None
+    assert security.check_exposure("::1", none, "") is None
+    assert security.check_exposure("0.0.0.0", none, "a-key") is None
     with pytest.raises(security.SecurityError, match="allow_unauthenticated_lan"):
-        security.check_exposure("0.0.0.0", {}, "")
+        security.check_exposure("0.0.0.0", none, "")
     with pytest.raises(security.SecurityError):
-        security.check_exposure("192.168.1.20", {"http.allow_unauthenticated_lan": False}, "")
-    assert "WITHOUT" in security.check_exposure("0.0.0.0", {"http.allow_unauthenticated_lan": True}, "")
+        security.check_exposure("192.168.1.20", HttpSettings(allow_unauthenticated_lan=False), "")
+    assert "WITHOUT" in security.check_exposure("0.0.0.0", HttpSettings(allow_unauthenticated_lan=True), "")
 
 
 # -- the middleware on its own (a stand-in app that accepts anything) ------------------------------------------------
@@ -178,7 +191,7 @@ def test_middleware_reads_stay_open_to_any_origin_and_uploads_need_multipart():
 
 def test_middleware_bounds_concurrent_uploads():
     app = AcceptAll()
-    mw = SecurityMiddleware(app, {"http.max_concurrent_uploads": 2})
+    mw = SecurityMiddleware(app, HttpSettings(max_concurrent_uploads=2))
     form = [(b"host", b"localhost:8004"), (b"content-type", b"multipart/form-data; boundary=x"),
             (b"content-length", b"100")]
 
@@ -562,7 +575,7 @@ def test_headers_even_on_unexpected_errors():
     @app.get("/boom")
     def boom():
         raise RuntimeError("bug")
-    security.install(app, {})
+    security.install(app, HttpSettings())
     with TestClient(app, raise_server_exceptions=False, base_url="http://localhost:8004") as c:
         r = c.get("/boom")
         assert r.status_code == 500

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ros2_chatterbox import params_file as pf
+from ros2_chatterbox import paths
 from ros2_chatterbox import settings as st
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +23,7 @@ def _flat(d, prefix=""):
 
 
 def test_params_yaml_is_generated_from_the_table():
-    assert (ROOT / "config" / "params.yaml").read_text() == st.render_params_yaml(), \
+    assert (ROOT / "config" / "params.yaml").read_text() == pf.render_params_yaml(), \
         "run tools/write_params_yaml.py after changing ros2_chatterbox/settings.py"
 
 
@@ -90,11 +92,11 @@ def test_read_params_file_merges_sections(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("/**:\n  ros__parameters:\n    queue: {max_size: 3}\n    http: {port: 9000}\n"
                  "tts_node:\n  ros__parameters:\n    http: {port: 9001}\n    not_a_setting: 1\n")
-    s = st.load_params_file(str(p))
+    s = pf.load_params_file(str(p))
     assert s.core.queue_max_size == 3 and s.http.port == 9001
     p.write_text("/**:\n  ros__parameters:\n    queue: {max_size: 0}\n")
     with pytest.raises(st.ConfigError, match="below its minimum"):
-        st.load_params_file(str(p))
+        pf.load_params_file(str(p))
 
 
 def test_stages():
@@ -105,10 +107,15 @@ def test_stages():
 
 
 def test_user_places_follow_xdg(monkeypatch, tmp_path):
+    """Added voices go to the user's data folder, from a checkout as for an installed package; the checkout's
+    voices/ is the package's shipped, read-only folder."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert st.user_data_dir() == tmp_path / "ros2_chatterbox"
-    monkeypatch.setattr(st, "source_checkout", lambda: None)
-    assert st.default_voices_dir() == tmp_path / "ros2_chatterbox" / "voices"
+    assert paths.user_data_dir() == tmp_path / "ros2_chatterbox"
+    assert paths.source_checkout() == ROOT
+    assert paths.default_voices_dir() == tmp_path / "ros2_chatterbox" / "voices"
+    assert paths.shipped_voices_dir() == ROOT / "voices"
+    monkeypatch.setattr(paths, "source_checkout", lambda: None)
+    assert paths.default_voices_dir() == tmp_path / "ros2_chatterbox" / "voices"
 
 
 def test_a_pip_install_finds_its_installed_parameter_file(monkeypatch, tmp_path):
@@ -116,9 +123,40 @@ def test_a_pip_install_finds_its_installed_parameter_file(monkeypatch, tmp_path)
     import sys
     share = tmp_path / "share" / "ros2_chatterbox" / "config"
     share.mkdir(parents=True)
-    (share / "params.yaml").write_text(st.render_params_yaml())
-    monkeypatch.setattr(st, "source_checkout", lambda: None)
+    (share / "params.yaml").write_text(pf.render_params_yaml())
+    monkeypatch.setattr(paths, "source_checkout", lambda: None)
     monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)  # no ROS on this host
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
-    assert st.default_params_file() == share / "params.yaml"
-    assert st.load_params_file(str(st.default_params_file())) == st.Settings()
+    assert paths.default_params_file() == share / "params.yaml"
+    assert pf.load_params_file(str(paths.default_params_file())) == st.Settings()
+
+
+def test_each_description_names_the_component_that_reads_it():
+    """A setting's name does not always say its owner (audio.sentence_pause_ms is the core's, audio.chunk_ms the ROS
+    door's, autostart has no prefix): its descriptor and params.yaml say it."""
+    by = st.SETTINGS_BY_NAME
+    assert st.describe(by["audio.sentence_pause_ms"]).startswith("[core] Silence inserted between sentences")
+    assert st.describe(by["audio.chunk_ms"]).startswith("[ros] ")
+    assert st.describe(by["autostart"]).startswith("[ros] ")
+    text = (ROOT / "config" / "params.yaml").read_text()
+    assert "      # [core] Silence inserted between sentences (ms). [0 .. 2000]\n      sentence_pause_ms: 120" in text
+    for s in st.SETTINGS:
+        assert f"[{s.group}] " in text, s.name
+
+
+def test_engines_are_listed_once():
+    """The engine parameters' choices are the registry's names: a new engine is one row in engines/registry.py."""
+    from ros2_chatterbox.engines import REGISTRY, create_engine  # noqa: F401 - the registry's package imports
+    assert st.SETTINGS_BY_NAME["engine"].choices == tuple(REGISTRY)
+    assert st.SETTINGS_BY_NAME["fallback_engine"].choices == ("",) + tuple(REGISTRY)
+
+
+def test_settings_import_no_engine(tmp_path):
+    """Reading the settings imports no engine module (nor torch): a fresh interpreter shows it."""
+    import subprocess
+    import sys
+    code = ("import sys; import ros2_chatterbox.settings as s, ros2_chatterbox.params_file; "
+            "print(sorted(m for m in sys.modules if m.startswith('ros2_chatterbox.engines') or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['ros2_chatterbox.engines', 'ros2_chatterbox.engines.registry']"

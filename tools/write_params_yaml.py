@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ros2_chatterbox.settings import render_params_yaml  # noqa: E402
+from ros2_chatterbox.params_file import render_params_yaml  # noqa: E402
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent.parent / "config" / "params.yaml"

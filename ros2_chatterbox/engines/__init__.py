@@ -1,29 +1,29 @@
-"""The engine registry: name -> engine class (the interface is ros2_chatterbox/engine.py).
+"""Engines by name: the table is engines/registry.py (the interface is ros2_chatterbox/engine.py).
 
     engines/piper.py         the embedded default voice (no download)
     engines/chatterbox/      Chatterbox Turbo: checkpoint, voice_cache, tokens, s3gen_stream, engine
     engines/fast_t3/         the fast T3 decode path (sampling, step, graphs, generator, kernels)
 
 Engines are imported only when created, so that a missing optional dependency (torch, piper) fails that engine
-alone, with a message saying what to install.
+alone, with a message saying what to install. This package imports the engine interface inside its functions only:
+the settings table imports `engines.registry`, and so this package, while the interface imports the settings.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, Mapping, Union
+from typing import TYPE_CHECKING
 
-from ..engine import Engine, EngineLoadError
-from ..settings import EngineSettings
+from .registry import ENGINES, REGISTRY
 
-# name -> (module, class)
-REGISTRY: Dict[str, tuple] = {
-    "chatterbox_turbo": ("ros2_chatterbox.engines.chatterbox.engine", "ChatterboxTurboEngine"),
-    "piper": ("ros2_chatterbox.engines.piper", "PiperEngine"),
-}
-ENGINES = tuple(REGISTRY)
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..settings import EngineSettings
+
+__all__ = ["ENGINES", "REGISTRY", "create_engine", "engine_class"]
 
 
 def engine_class(name: str) -> type:
+    from ..engine import EngineLoadError
     if name not in REGISTRY:
         raise EngineLoadError(f"unknown engine '{name}' (choose one of: {', '.join(ENGINES)})")
     module, cls = REGISTRY[name]
@@ -34,6 +34,6 @@ def engine_class(name: str) -> type:
                               f"(`make setup`, or see README 'Installation')") from exc
 
 
-def create_engine(name: str, settings: Union[EngineSettings, Mapping[str, Any]]) -> Engine:
+def create_engine(name: str, settings: EngineSettings) -> Engine:
     """The engine `name` with its settings (see `Engine.__init__`)."""
     return engine_class(name)(settings)

@@ -31,7 +31,9 @@ import ipaddress
 import json
 import os
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+from ..settings import HttpSettings, Settings
 
 API_KEY_ENV = "CHATTERBOX_API_KEY"
 API_KEY_FILE_ENV = "CHATTERBOX_API_KEY_FILE"
@@ -64,15 +66,21 @@ class SecurityError(ValueError):
     """A security setting cannot be honoured (unreadable key file, unauthenticated LAN bind): do not serve."""
 
 
-def _get(settings: Any, name: str, default: Any) -> Any:
-    """A setting by parameter name from HttpSettings, a callable returning them, or a flat mapping."""
+HttpSettingsSource = Union[HttpSettings, Settings, Callable[[], HttpSettings], None]
+
+
+def _http(settings: HttpSettingsSource) -> HttpSettings:
+    """The HTTP settings from HttpSettings, the node's whole Settings, a callable returning the current
+    HttpSettings, or None (the defaults)."""
     if callable(settings):
         settings = settings()
     if settings is None:
-        return default
-    if isinstance(settings, Mapping):
-        return settings.get(name, default)
-    return getattr(settings, name.split(".", 1)[1].replace(".", "_"), default)
+        return HttpSettings()
+    if isinstance(settings, Settings):
+        return settings.http
+    if not isinstance(settings, HttpSettings):
+        raise TypeError(f"expected HttpSettings, not {type(settings).__name__}")
+    return settings
 
 
 # -- Host and Origin ------------------------------------------------------------------------------------------------
@@ -173,14 +181,15 @@ def _read_key_file(path: str, source: str) -> str:
     return key
 
 
-def resolve_api_key(settings: Any, environ: Optional[Mapping[str, str]] = None) -> str:
+def resolve_api_key(settings: HttpSettingsSource, environ: Optional[Mapping[str, str]] = None) -> str:
     """The API key ('' = none), from the first of: http.api_key, http.api_key_file, $CHATTERBOX_API_KEY,
     $CHATTERBOX_API_KEY_FILE. SecurityError when a named key file cannot be read or is empty."""
     env = os.environ if environ is None else environ
-    key = str(_get(settings, "http.api_key", "") or "").strip()
+    http = _http(settings)
+    key = http.api_key.strip()
     if key:
         return key
-    path = str(_get(settings, "http.api_key_file", "") or "").strip()
+    path = http.api_key_file.strip()
     if path:
         return _read_key_file(path, "parameter http.api_key_file")
     key = str(env.get(API_KEY_ENV, "") or "").strip()
@@ -212,12 +221,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, settings: Any, api_key: str) -> Optional[str]:
+def check_exposure(host: str, settings: HttpSettingsSource, api_key: str) -> Optional[str]:
     """Refuse (SecurityError) to serve beyond loopback without a key unless http.allow_unauthenticated_lan is
     true; returns a warning to log when serving anyway, else None."""
     if is_loopback(host) or api_key:
         return None
-    if not _get(settings, "http.allow_unauthenticated_lan", False):
+    if not _http(settings).allow_unauthenticated_lan:
         raise SecurityError(
             f"refusing to listen on {host} (beyond loopback) without an API key: anyone who can reach this host "
             f"could make the robot speak and replace its voices. Set an API key ({API_KEY_ENV} or "
@@ -242,16 +251,17 @@ def _error_messages(status: int, message: str, code: str,
 class SecurityMiddleware:
     """Host allow-list, Origin policy, content types, upload bound and hardening headers, around an ASGI app.
 
-    SecurityMiddleware(app, settings): settings is HttpSettings (or a callable returning them, or a flat mapping);
+    SecurityMiddleware(app, settings): settings is HttpSettings (or a callable returning them; None: defaults);
     http.allowed_hosts and http.max_concurrent_uploads are read once. Put it outermost (see install), so that every
     answer, refusals too, gets the headers.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]], settings: Any = None,
+    def __init__(self, app: Callable[..., Awaitable[None]], settings: HttpSettingsSource = None,
                  form_paths: Iterable[str] = FORM_PATHS):
         self.app = app
-        self.allowed = parse_allowed_hosts(_get(settings, "http.allowed_hosts", ""))
-        self.max_uploads = int(_get(settings, "http.max_concurrent_uploads", 2))
+        http = _http(settings)
+        self.allowed = parse_allowed_hosts(http.allowed_hosts)
+        self.max_uploads = http.max_concurrent_uploads
         self.form_paths = frozenset(form_paths)
         self.uploads = 0
 
@@ -316,7 +326,7 @@ class SecurityMiddleware:
                 self.uploads -= 1
 
 
-def install(app: Any, settings: Any = None) -> None:
+def install(app: Any, settings: HttpSettingsSource = None) -> None:
     """Wrap a Starlette/FastAPI app's whole middleware stack in SecurityMiddleware: outside its error handler too,
     so that refusals come before anything else (the API key check included) and every answer, 500s included,
     carries the headers. `settings`: HttpSettings or a callable returning the current ones."""

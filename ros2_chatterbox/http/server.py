@@ -218,7 +218,9 @@ class HttpServer:
 def main(argv: Optional[List[str]] = None) -> int:
     """The HTTP API without ROS, on the same engine core and parameter file as the node."""
     from ..core import EngineLoadError, SpeechCore
-    from ..settings import ConfigError, default_params_file, load_params_file
+    from ..params_file import load_params_file
+    from ..paths import default_params_file
+    from ..settings import ConfigError
 
     default_params = default_params_file()
     parser = argparse.ArgumentParser(prog="ros2-chatterbox-http",
