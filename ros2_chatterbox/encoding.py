@@ -6,9 +6,9 @@ directly. No ROS, no FastAPI, no torch.
 
 `Encoder` is fed float32 mono chunks as they are synthesized and returns the bytes that are ready, so an HTTP
 answer can stream. Streamed WAV carries "unknown length" sizes (0xFFFFFFFF), which FFmpeg, libsndfile and browsers
-accept; a complete file (`streaming=False`, or `encode()`) has exact sizes, an MP3 Xing/LAME header and a FLAC
-STREAMINFO with the sample count. FLAC is always written whole: its header can only be completed at the end, and
-libsndfile refuses FLAC without a sample count.
+accept (Python's `wave` takes them at their word: ~27 hours); a complete file (`streaming=False`, or `encode()`)
+has exact sizes, an MP3 Xing/LAME header and a FLAC STREAMINFO with the sample count. FLAC is always written
+whole: its header can only be completed at the end, and libsndfile refuses FLAC without a sample count.
 """
 from __future__ import annotations
 

@@ -24,6 +24,10 @@ class TextError(ValueError):
     """The caller's text cannot be spoken (empty, too long, nothing pronounceable)."""
 
 
+# Every door says the same for "" and for text of only spaces (the HTTP schema's empty-string error included).
+EMPTY_TEXT = "text is empty or only whitespace: there is nothing to speak"
+
+
 def normalize(text: str) -> str:
     """NFC, control characters removed, all whitespace runs collapsed to one space."""
     text = unicodedata.normalize("NFC", text)
@@ -39,7 +43,7 @@ def validate(text: object, max_chars: int) -> str:
         raise TextError(f"text is {len(text)} characters; the limit is {max_chars} (parameter text.max_chars)")
     clean = normalize(text)
     if not clean:
-        raise TextError("text is empty")
+        raise TextError(EMPTY_TEXT)
     if not any(ch.isalnum() for ch in re.sub(_TAG, "", clean)):
         raise TextError("text has nothing to pronounce (no letters or digits)")
     return clean

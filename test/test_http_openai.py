@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import struct
 import threading
+import wave
 
 import pytest
 
 from http_fixtures import http_core, http_server  # noqa: F401
 from ros2_chatterbox import encoding
+from ros2_chatterbox.text import EMPTY_TEXT
 
 from optional import optional_import, requires
 
@@ -67,6 +71,51 @@ def test_errors_raise_sdk_exceptions(client):
     assert info.value.status_code == 400 and info.value.body["param"] == "input"
     with pytest.raises(openai.BadRequestError):
         client.audio.speech.create(model="tts-1", voice="../../etc/passwd", input="hi")
+
+
+@pytest.mark.parametrize("text", ["", "   \t "])
+def test_empty_and_blank_input_give_the_same_error(client, text):
+    """The same words as the speak service and the say action give (the core's message)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.speech.create(model="tts-1", voice="alloy", input=text)
+    assert info.value.body["message"] == EMPTY_TEXT and info.value.body["param"] == "input"
+
+
+def test_wav_is_a_complete_file_with_exact_sizes(client, tmp_path):
+    """The README's SDK example writes hello.wav; Python's wave module reads its real duration from the header."""
+    response = client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="wav")
+    response.write_to_file(tmp_path / "hello.wav")
+    headers = response.response.headers
+    assert "chunked" not in headers.get("transfer-encoding", "")
+    assert int(headers["content-length"]) == (tmp_path / "hello.wav").stat().st_size
+    with wave.open(str(tmp_path / "hello.wav")) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 22050)
+        header_duration = w.getnframes() / w.getframerate()
+        frames = w.readframes(w.getnframes())
+    assert len(frames) == 2 * w.getnframes()  # the header's sizes are the data's sizes
+    samples, rate = encoding.decode((tmp_path / "hello.wav").read_bytes())
+    assert header_duration == len(samples) / rate == pytest.approx(float(headers["x-audio-duration"]), abs=1e-3)
+    assert 1.0 < header_duration < 10.0
+
+
+def test_wav_streams_when_asked_with_open_ended_sizes(client, http_server, reference_duration):
+    """stream_format=audio streams WAV as it is synthesized; its header cannot hold sizes not known yet, as the
+    README and the API docs say: libsndfile and FFmpeg read to the end, Python's wave believes the header."""
+    import httpx
+    import soundfile as sf
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input=TEXT,
+                                                            response_format="wav",
+                                                            stream_format="audio") as response:
+        assert response.headers.get("transfer-encoding") == "chunked"
+        assert "content-length" not in response.headers
+        data = response.read()
+    assert data[:4] == b"RIFF" and struct.unpack("<I", data[4:8])[0] == 0xFFFFFFFF
+    y, rate = sf.read(io.BytesIO(data))
+    assert rate == 22050 and reference_duration * 0.9 - 0.05 <= len(y) / rate <= reference_duration * 1.1 + 0.05
+    with wave.open(io.BytesIO(data)) as w:
+        assert w.getnframes() / w.getframerate() > 90000  # 97,391 s: the open-ended size taken at its word
+    docs = httpx.get(f"{http_server.url}/openapi.json").json()["paths"]["/v1/audio/speech"]["post"]["description"]
+    assert "0xFFFFFFFF" in docs and "`pcm`" in docs and "`wav` without `stream_format`" in docs
 
 
 def test_wrong_key_raises_authentication_error(http_core):

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core import VOICE_EXISTS, VOICE_IN_USE, VOICE_NOT_FOUND, RequestError, SpeechCore
 from ..speech_queue import CANCELLED, ENGINE_ERROR, INVALID, QUEUE_FULL, UNAVAILABLE, JobResult
+from ..text import EMPTY_TEXT
 
 log = logging.getLogger("ros2_chatterbox.http")
 
@@ -117,6 +118,8 @@ def _validation_message(errors: List[Dict[str, Any]]) -> Tuple[str, Optional[str
         return f"missing required parameter: '{param}'", param, "missing_required_parameter"
     if first.get("type") == "extra_forbidden":
         return f"unknown parameter: '{param}'", param, "unknown_parameter"
+    if first.get("type") == "string_too_short" and param in ("input", "text"):
+        return EMPTY_TEXT, param, "invalid_value"  # the words the core uses for text of only spaces
     text = f"{'.'.join(loc)}: {msg}" if loc else msg
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

@@ -50,8 +50,10 @@ def request_models(max_input: int) -> Tuple[Type[BaseModel], Type[BaseModel]]:
         speed: StrictFloat = Field(1.0, ge=encoding.MIN_SPEED, le=encoding.MAX_SPEED,
                                    description="Tempo 0.25-4.0 (pitch unchanged).")
         stream_format: Literal["audio", "sse"] = Field(
-            "audio", description="audio: the file's bytes stream as they are synthesized; sse: server-sent "
-                                 "events speech.audio.delta (base64 audio) then speech.audio.done.")
+            "audio", description="audio: the file's bytes stream as they are synthesized (naming it makes wav "
+                                 "stream too, with open-ended header sizes; without it wav is one complete file); "
+                                 "sse: server-sent events speech.audio.delta (base64 audio) then "
+                                 "speech.audio.done.")
 
     fields = {
         "text": (str, Field(..., min_length=1, max_length=max_input, description="Text to speak.")),

@@ -8,6 +8,7 @@ import threading
 from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
 from fastapi import Request
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from .. import encoding
@@ -204,3 +205,11 @@ async def whole_file(core: SpeechCore, request: Request, job: Job, listener: Str
     finally:
         cancel(core, job, "HTTP request aborted")
     return b"".join(parts)
+
+
+async def file_response(core: SpeechCore, request: Request, job: Job, listener: StreamListener, first: Item,
+                        headers: Dict[str, str]) -> Response:
+    """The complete file (exact header sizes, Content-Length), with its duration in X-Audio-Duration."""
+    data = await whole_file(core, request, job, listener, first)
+    return Response(data, media_type=listener.encoder.content_type,
+                    headers={**headers, "X-Audio-Duration": f"{listener.encoder.duration:.3f}"})

@@ -47,9 +47,7 @@ def router(TTSRequest: Type[BaseModel], max_input: int, started: int) -> APIRout
         if body.stream:
             return StreamingResponse(streaming.audio_stream(core, job, listener, first),
                                      media_type=listener.encoder.content_type, headers=headers)
-        data = await streaming.whole_file(core, request, job, listener, first)
-        headers["X-Audio-Duration"] = f"{listener.encoder.duration:.3f}"
-        return Response(data, media_type=listener.encoder.content_type, headers=headers)
+        return await streaming.file_response(core, request, job, listener, first, headers)
 
     @api.get("/api/model-info", responses=documented(401), summary="Engine, device, queue and counters")
     def model_info(core: SpeechCore = Depends(get_core),
