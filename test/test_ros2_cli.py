@@ -148,6 +148,13 @@ def test_param_describe_get_set_runtime(node):
     ros2_ok(readme_command("ros2 param get", "generation.temperature"), "Double value is: 0.6")
 
 
+def test_param_describe_names_the_component_that_reads_it(node):
+    """`audio.sentence_pause_ms` is the core's, `audio.chunk_ms` the ROS door's: the description says so."""
+    out = ros2_ok("ros2 param describe /tts_node audio.sentence_pause_ms audio.chunk_ms", "Description:")
+    assert "Description: [core] Silence inserted between sentences (ms)." in out, out
+    assert "Description: [ros] Duration of each AudioDataStamped chunk on tts/audio (ms)." in out, out
+
+
 def test_configure_time_parameter_refused_while_active_with_the_transitions_to_use(node):
     r = ros2(readme_command("ros2 param set", "queue.max_size"))
     out = r.stdout + r.stderr
