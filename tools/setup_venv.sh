@@ -103,10 +103,10 @@ if ! stamp_ok acm "$ACM"/package.xml "$ACM"/CMakeLists.txt "$ACM"/msg/*.msg; the
   stamp_set acm "$ACM"/package.xml "$ACM"/CMakeLists.txt "$ACM"/msg/*.msg
 fi
 # Everything the package installs: a change to any of it (a launch file, config, a module) reinstalls, so that
-# `ros2 launch ros2_chatterbox ...` never runs stale copies from the venv's share/ and site-packages. Of voices/,
-# only what the repository ships (git ignores the rest; voices users add live in their data folder).
+# `ros2 launch ros2_chatterbox ...` never runs stale copies from the venv's share/ and site-packages. Voices users
+# add live in their data folder, not in voices/ (see paths.py), so an upload never changes this stamp.
 mapfile -t INSTALLED < <(cd "$ROOT" && find package.xml CMakeLists.txt msg srv action ros2_chatterbox launch config \
-  voices/README.md scripts -name __pycache__ -prune -o -type f ! -name '*.pyc' -print | LC_ALL=C sort)
+  voices scripts -name __pycache__ -prune -o -type f ! -name '*.pyc' -print | LC_ALL=C sort)
 if ! stamp_ok pkg <(printf '%s\n' "${INSTALLED[@]}") "${INSTALLED[@]/#/$ROOT/}"; then
   build_pkg ros2_chatterbox "$ROOT"
   stamp_set pkg <(printf '%s\n' "${INSTALLED[@]}") "${INSTALLED[@]/#/$ROOT/}"
