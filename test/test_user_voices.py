@@ -133,7 +133,6 @@ def test_voices_added_over_ros_land_in_the_user_folder_and_descriptions_name_the
     from rcl_interfaces.srv import DescribeParameters
     from ros_helpers import NodeProcess, RosClient
     from ros2_chatterbox.srv import AddVoice, ListVoices
-    from test_node_lifecycle import reference_wav as write_reference_wav
 
     data = tmp_path / "data"
     ns, lc = "/uservoices", "/uservoices/tts_node"
@@ -150,7 +149,8 @@ def test_voices_added_over_ros_land_in_the_user_folder_and_descriptions_name_the
         assert text["audio.chunk_ms"].startswith("[ros] Duration of each AudioDataStamped chunk"), text
         assert "ros2_chatterbox/voices" in text["voices_dir"], text
         assert client.change_state("configure", lc)
-        rec = write_reference_wav(tmp_path / "erin.wav")
+        rec = tmp_path / "erin.wav"
+        rec.write_bytes(reference_wav())
         added = client.call(AddVoice, f"{ns}/voices/add", AddVoice.Request(name="", path=str(rec)))
         assert added.success and added.name == "erin", added.message
         assert (data / "ros2_chatterbox" / "voices" / "erin.wav").is_file()
