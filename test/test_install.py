@@ -4,16 +4,22 @@
   reinstalls whenever one changes, so `ros2 launch ros2_chatterbox ...` never runs a stale copy.
 - The installed executables start with the interpreter they were built for, so `ros2 run` / `ros2 launch` work
   without the venv on PATH.
+- `make run` says which ROS domain the node is on, as the line a second terminal pastes, and passes ARGS to the node
+  as ROS arguments (`make run ARGS="-p http.port:=8077"`).
 
 Skips where the package was not installed into this interpreter's prefix (a colcon workspace on a ROS machine).
 """
 import filecmp
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from ros_helpers import ARTIFACTS, free_port, ros_env, wait_for_text, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = Path(sys.prefix)
@@ -63,3 +69,43 @@ def test_executables_run_with_their_interpreter_from_any_shell(exe, tmp_path):
                        capture_output=True, text=True)
     out = r.stdout + r.stderr
     assert expect in out and "No module named" not in out, out[-2000:]
+
+
+def _health(port: int) -> int:
+    import httpx
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_make_run_shows_the_domain_and_passes_ros_arguments(tmp_path):
+    port = free_port()
+    params = write_params(tmp_path / "params.yaml", {"audio.realtime": False})
+    env = ros_env()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / f"make-run-{os.getpid()}.log"
+    # -o setup: the venv is this run's, set up already; ARGS as a user types them
+    cmd = ["timeout", "-s", "KILL", "300", "make", "--no-print-directory", "-o", "setup", "run", f"VENV={PREFIX}",
+           f"PARAMS={params}", f"ARGS=-p http.port:={port} -r __ns:=/make_run"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        paste = f"export ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
+        assert wait_for_text(log_path.read_text, proc, paste, 60), log_path.read_text()[-3000:]
+        end = time.monotonic() + 240
+        while _health(port) != 200 and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.5)
+        out = log_path.read_text()
+        assert _health(port) == 200, f"the node's HTTP server never answered on ARGS' port {port}:\n{out[-3000:]}"
+        # the paste line comes before anything the node prints
+        assert out.index(paste) < out.index("tts_node"), out[:2000]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as in the terminal
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
