@@ -20,6 +20,7 @@ import argparse
 import copy
 import gc
 import json
+import logging
 import os
 import platform
 import random
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
     cfg = defaults()
     cfg.update({"engine": "chatterbox_turbo", "model_dir": str(ckpt), "voices_dir": str(voices), "device": "cpu",
                 "dtype": "float32", "jetson_patches": "off", "queue.max_size": 4})
-    core = SpeechCore(Settings.from_values(cfg), logger=lambda level, msg: print(f"[{level}] {msg}", file=sys.stderr))
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s", stream=sys.stderr)
+    core = SpeechCore(Settings.from_values(cfg))
     t0 = time.perf_counter()
     rss_before_load = rss_mb()
     core.load()

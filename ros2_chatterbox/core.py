@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAV
 from .voices import AUDIO_SUFFIXES, OPENAI_VOICES, ReadOnlyVoice, VoiceLibrary, check_reference, clean_name, \
     open_library, resolve_request_voice
 
-log = logging.getLogger("ros2_chatterbox")
+log = logging.getLogger(__name__)
 
 __all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceAdded", "OPENAI_VOICES",
            "VOICE_EXISTS", "VOICE_IN_USE", "VOICE_NOT_FOUND"]  # what the doors use: nothing below the core
@@ -84,18 +84,17 @@ def voice_name_from_filename(filename: str) -> str:
 
 
 class SpeechCore:
-    """SpeechCore(settings, logger=None). `settings`: a `settings.Settings` (`Settings.from_values` in tests).
+    """SpeechCore(settings). `settings`: a `settings.Settings` (`Settings.from_values` in tests).
 
     load() / unload(reason) / loaded; apply(settings) for parameter changes (run-time values apply to the next
     request, configure-time ones at the next load()); submit(...) -> Job; cancel(job) / cancel_all(reason);
     list_voices() / add_voice(...) / add_voice_file(...) / delete_voice(name); status(); sample_rate.
     """
 
-    def __init__(self, settings: Settings, logger: Optional[Callable[[str, str], None]] = None):
+    def __init__(self, settings: Settings):
         if not isinstance(settings, Settings):
             raise TypeError(f"SpeechCore takes a Settings, not {type(settings).__name__}")
         self._settings = settings
-        self._log = logger or (lambda level, msg: getattr(log, level)(msg))
         self.engine: Optional[Engine] = None
         self.engine_name = ""
         self.fallback_reason = ""  # non-empty when the fallback engine serves instead of `engine`
@@ -131,14 +130,13 @@ class SpeechCore:
             fallback = cfg.fallback_engine
             if not fallback or fallback == primary:
                 raise
-            self._log("warning", f"engine '{primary}' could not load: {exc}; using fallback engine '{fallback}'")
+            log.warning(f"engine '{primary}' could not load: {exc}; using fallback engine '{fallback}'")
             self.engine = self._load_engine(fallback)
             self.fallback_reason = f"engine '{primary}' could not load: {exc}"
         self.engine_name = self.engine.name
         self.load_seconds = time.monotonic() - t0
         self._check_voices()
-        self.queue = SpeechQueue(self._run_job, max_size=cfg.queue_max_size, on_idle=self._on_idle,
-                                 log=self._log)
+        self.queue = SpeechQueue(self._run_job, max_size=cfg.queue_max_size, on_idle=self._on_idle)
         self.queue.start()
 
     def _load_engine(self, name: str) -> Engine:
@@ -159,9 +157,9 @@ class SpeechCore:
             try:
                 self.engine.prepare_voice(str(self._library.path(name)))
             except VoiceError as exc:
-                self._log("warning", f"voice '{name}' skipped: {exc}")
+                log.warning(f"voice '{name}' skipped: {exc}")
             except Exception as exc:  # noqa: BLE001
-                self._log("warning", f"voice '{name}' skipped: {type(exc).__name__}: {exc}")
+                log.warning(f"voice '{name}' skipped: {type(exc).__name__}: {exc}")
 
     def unload(self, reason: str = "the node is shutting down") -> None:
         """Answer every pending request as cancelled, stop (and join) the worker, then release the model."""
@@ -280,7 +278,7 @@ class SpeechCore:
             raise RequestError(INVALID, str(exc), "file") from None
         note = "" if self.can_clone else (f" (engine '{self.engine_name}' cannot clone voices: it is stored for "
                                           f"Chatterbox Turbo)")
-        self._log("info", f"voice '{stem}' added ({duration:.1f} s)")
+        log.info(f"voice '{stem}' added ({duration:.1f} s)")
         return VoiceAdded(stem, path.name, round(duration, 3), self.can_clone, f"voice '{stem}' saved{note}")
 
     def add_voice_file(self, name: str, path: str, overwrite: bool = False) -> VoiceAdded:
@@ -316,7 +314,7 @@ class SpeechCore:
             raise RequestError(VOICE_IN_USE, str(exc), "name") from None
         except (VoiceError, OSError) as exc:
             raise RequestError(VOICE_NOT_FOUND, str(exc), "name") from None
-        self._log("info", f"voice '{stem}' deleted")
+        log.info(f"voice '{stem}' deleted")
         return stem
 
     # -- the worker's job ------------------------------------------------------------------------------------
@@ -325,7 +323,7 @@ class SpeechCore:
             if self.engine is None:
                 raise EngineError("the engine is not loaded")
             if not self.engine.loaded:  # unloaded after idle_unload_s: load again on demand
-                self._log("info", "reloading the model after idle unload")
+                log.info("reloading the model after idle unload")
                 self.engine.load()
                 self.unloaded_for_idle = False
             return self.engine
@@ -403,11 +401,11 @@ class SpeechCore:
                     engine.free_memory()
                 finally:
                     self.last_error = f"out of memory during synthesis; caches freed: {exc}"
-                self._log("error", self.last_error)
+                log.error(self.last_error)
                 return JobResult(False, ENGINE_ERROR, "out of memory during synthesis (caches freed, try again "
                                  "or use shorter text / dtype float16)", produced / float(sr), sr)
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self._log("error", f"synthesis failed for request {job.id}: {self.last_error}")
+            log.error(f"synthesis failed for request {job.id}: {self.last_error}")
             return JobResult(False, ENGINE_ERROR, f"synthesis failed: {self.last_error}", produced / float(sr), sr)
         done = time.monotonic()
         self.last_latency_s = done - job.created
@@ -422,7 +420,7 @@ class SpeechCore:
             return
         with self._load_lock:
             if self.engine is not None and self.engine.loaded and not self.unloaded_for_idle:
-                self._log("info", f"idle for {idle_s:.0f} s: unloading the model (reloads on the next request)")
+                log.info(f"idle for {idle_s:.0f} s: unloading the model (reloads on the next request)")
                 self.engine.unload()
                 self.unloaded_for_idle = True
                 gc.collect()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -26,8 +26,7 @@ BLOCK_S = 0.02       # largest single write: bounds how long stop() waits for th
 LATENCY_S = 0.25     # device buffer asked for: what is queued ahead of the speaker (stop() drops it at once)
 PACING_SLACK_S = 0.05
 
-_LOG = logging.getLogger(__name__)
-LogFn = Callable[[str, str], None]
+log = logging.getLogger(__name__)
 
 # PortAudio lists devices once, when it initializes; a device plugged in later is found by re-initializing, which is
 # only safe while no stream is open in this process.
@@ -54,10 +53,6 @@ def _rescan(sd) -> bool:
             return False
 
 
-def _default_log(level: str, msg: str) -> None:
-    getattr(_LOG, level if level in ("debug", "info", "warning", "error") else "info")(msg)
-
-
 def _import_sounddevice():
     """The sounddevice module, imported on first use (importing it loads PortAudio and scans the devices).
 
@@ -73,7 +68,7 @@ def _unavailable_reason(exc: BaseException) -> str:
     return f"the PortAudio library cannot be loaded ({exc}); install it (Debian/Ubuntu: apt-get install libportaudio2)"
 
 
-def list_devices(log: Optional[LogFn] = None) -> List[Dict[str, Any]]:
+def list_devices() -> List[Dict[str, Any]]:
     """Output devices as dicts (index, name, hostapi, channels, default_samplerate, default); [] when unavailable."""
     try:
         sd = _import_sounddevice()
@@ -85,7 +80,7 @@ def list_devices(log: Optional[LogFn] = None) -> List[Dict[str, Any]]:
                 for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] > 0]
     except Exception as exc:  # noqa: BLE001 - never raise: listing is informational
         reason = _unavailable_reason(exc) if isinstance(exc, (ImportError, OSError)) else str(exc)
-        (log or _default_log)("warning", f"cannot list sound devices: {reason}")
+        log.warning(f"cannot list sound devices: {reason}")
         return []
 
 
@@ -123,12 +118,10 @@ class LinearResampler:
 class Player:
     """Plays mono float32 audio at `sample_rate` on one output device. See the module docstring for threading."""
 
-    def __init__(self, device: Union[str, int, None] = "", sample_rate: int = 24000, log: Optional[LogFn] = None,
-                 latency: float = LATENCY_S):
+    def __init__(self, device: Union[str, int, None] = "", sample_rate: int = 24000, latency: float = LATENCY_S):
         self.device = device
         self.sample_rate = int(sample_rate)
         self.latency = float(latency)
-        self._log = log or _default_log
         self._io = threading.Lock()            # every call into the PortAudio stream
         self._state = threading.Condition()    # fields below; notified by stop()
         self._stream = None
@@ -144,7 +137,7 @@ class Player:
     # -- set-up ----------------------------------------------------------------------------------------------
     def _warn(self, reason: str) -> bool:
         label = "system default" if self.device in ("", None) else repr(self.device)
-        self._log("warning", f"local playback disabled: sound device {label}: {reason}")
+        log.warning(f"local playback disabled: sound device {label}: {reason}")
         return False
 
     def _resolve(self, sd) -> int:
@@ -179,7 +172,7 @@ class Player:
                     idx = self._resolve(sd)
                 info = sd.query_devices(idx, "output")
             except Exception as exc:  # noqa: BLE001
-                return self._warn(f"not found ({exc}); {_describe(list_devices(self._log))}")
+                return self._warn(f"not found ({exc}); {_describe(list_devices())}")
             name = f"[{idx}] '{info['name']}'"
             rate, channels = self._pick_format(sd, idx, info)
             if rate is None:
@@ -200,7 +193,7 @@ class Player:
         with self._state:
             self._end = 0.0
         note = "" if rate == self.sample_rate else f", resampled from {self.sample_rate} Hz"
-        self._log("info", f"local playback on {name} at {rate} Hz, {channels} channel(s){note}")
+        log.info(f"local playback on {name} at {rate} Hz, {channels} channel(s){note}")
         return True
 
     def _pick_format(self, sd, idx: int, info) -> tuple:
@@ -334,7 +327,7 @@ class Player:
                 try:
                     self._stream.abort()
                 except Exception as exc:  # noqa: BLE001
-                    self._log("warning", f"local playback: stopping the sound device failed: {exc}")
+                    log.warning(f"local playback: stopping the sound device failed: {exc}")
 
     def close(self) -> None:
         self.stop()
@@ -358,7 +351,7 @@ class Player:
 
     def _fail(self, exc: BaseException) -> None:
         """Device error while playing (called holding _io): warn once, close, leave the player unopened."""
-        self._log("warning", f"local playback stopped: sound device '{self.device_name}' failed ({exc}); "
+        log.warning(f"local playback stopped: sound device '{self.device_name}' failed ({exc}); "
                              f"open() it again to retry")
         stream, self._stream = self._stream, None
         if stream is not None:

@@ -6,6 +6,7 @@ so neither imports the other.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -18,7 +19,7 @@ from . import audio
 from .settings import RosSettings
 from .speech_queue import Job, JobListener, JobResult
 
-LogFn = Callable[[str, str], None]
+log = logging.getLogger(__name__)
 
 
 class RosAudioOut:
@@ -28,14 +29,13 @@ class RosAudioOut:
     replaced whole when a run-time parameter changes."""
 
     def __init__(self, clock: Any, audio_pub: Any, info_pub: Any, speaking_pub: Any, settings: RosSettings,
-                 log: LogFn, player: Any = None):
+                 player: Any = None):
         self.clock = clock
         self.audio_pub = audio_pub
         self.info_pub = info_pub
         self.speaking_pub = speaking_pub
         self.settings = settings
         self.player = player
-        self._log = log
         self._speaking_lock = threading.Lock()
         self._speaking: Optional[bool] = None
 
@@ -52,7 +52,7 @@ class RosAudioOut:
             try:
                 self.speaking_pub.publish(Bool(data=value))
             except Exception as exc:  # noqa: BLE001 - never let a status topic fail a request; say why
-                self._log("warning", f"tts/speaking not published: {type(exc).__name__}: {exc}")
+                log.warning(f"tts/speaking not published: {type(exc).__name__}: {exc}")
 
     def silence(self) -> None:
         """Stop sound already handed to the sound device (tts/stop, deactivate)."""

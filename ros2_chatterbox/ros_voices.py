@@ -5,6 +5,7 @@ node and answer "not configured" while no voice library is loaded. The node hand
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, ContextManager, Optional
 
 from ros2_chatterbox.srv import AddVoice, DeleteVoice, ListVoices
@@ -12,15 +13,15 @@ from ros2_chatterbox.srv import AddVoice, DeleteVoice, ListVoices
 from .core import RequestError, SpeechCore
 
 CoreAccess = Callable[[], ContextManager[Optional[SpeechCore]]]  # the configured core while the block runs, or None
-LogFn = Callable[[str, str], None]
+
+log = logging.getLogger(__name__)
 
 
 class VoiceServices:
-    def __init__(self, node: Any, configured_core: CoreAccess, state_label: Callable[[], str], log: LogFn,
+    def __init__(self, node: Any, configured_core: CoreAccess, state_label: Callable[[], str],
                  fast_group: Any, blocking_group: Any):
         self._core = configured_core
         self._state_label = state_label
-        self._log = log
         node.create_service(ListVoices, "voices/list", self._on_list, callback_group=fast_group)
         node.create_service(AddVoice, "voices/add", self._on_add, callback_group=blocking_group)  # reads a file
         node.create_service(DeleteVoice, "voices/delete", self._on_delete, callback_group=fast_group)
@@ -40,7 +41,7 @@ class VoiceServices:
         except RequestError as exc:
             response.success, response.message = False, exc.message
         except Exception as exc:  # noqa: BLE001 - logged, answered
-            self._log("error", f"voice service failed: {type(exc).__name__}: {exc}")
+            log.error(f"voice service failed: {type(exc).__name__}: {exc}")
             response.success, response.message = False, f"internal error: {type(exc).__name__}: {exc}"
         return response
 

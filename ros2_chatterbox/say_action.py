@@ -6,6 +6,7 @@ cancelled, by the client or by `tts/stop`, ends CANCELED; a goal that could not 
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, Dict, Optional
 
@@ -22,7 +23,8 @@ from .speech_queue import CANCELLED, Job
 # submit(text, voice, interrupt, source, feedback) -> Job (raises RequestError); cancel(job, reason)
 SubmitFn = Callable[[str, str, bool, str, Optional[Callable[[Job], None]]], Job]
 CancelFn = Callable[[Job, str], None]
-LogFn = Callable[[str, str], None]
+
+log = logging.getLogger(__name__)
 
 
 def _end_canceled(goal_handle: ServerGoalHandle) -> None:
@@ -35,11 +37,9 @@ def _end_canceled(goal_handle: ServerGoalHandle) -> None:
 
 
 class SayActionServer:
-    def __init__(self, node: Any, callback_group: Any, submit: SubmitFn, cancel: CancelFn, log: LogFn,
-                 qos_depth: int):
+    def __init__(self, node: Any, callback_group: Any, submit: SubmitFn, cancel: CancelFn, qos_depth: int):
         self._submit = submit
         self._cancel = cancel
-        self._log = log
         self._jobs: Dict[bytes, Job] = {}
         self._lock = threading.Lock()
         qos = QoSProfile(depth=qos_depth, reliability=ReliabilityPolicy.RELIABLE)
@@ -101,7 +101,7 @@ class SayActionServer:
         try:
             goal_handle.publish_feedback(fb)
         except Exception as exc:  # noqa: BLE001 - the goal ended meanwhile (node shutting down)
-            self._log("debug", f"say feedback not published: {type(exc).__name__}: {exc}")
+            log.debug(f"say feedback not published: {type(exc).__name__}: {exc}")
 
     def destroy(self) -> None:
         self._server.destroy()

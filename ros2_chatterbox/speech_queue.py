@@ -14,6 +14,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 # Result kinds: what a caller (ROS response, HTTP status) needs to tell failures apart.
 OK = "ok"
 CANCELLED = "cancelled"
@@ -120,14 +122,11 @@ class Job:
 class SpeechQueue:
     """FIFO of jobs with a bound; one worker thread runs `run_job(job) -> JobResult`.
 
-    `log(level, message)` receives what would otherwise be swallowed: a listener failing in on_done, an idle
-    callback failing."""
+    What would otherwise be swallowed (a listener failing in on_done, an idle callback failing) is logged."""
 
     def __init__(self, run_job: Callable[[Job], JobResult], max_size: int = 16,
-                 on_idle: Optional[Callable[[float], None]] = None,
-                 log: Optional[Callable[[str, str], None]] = None):
+                 on_idle: Optional[Callable[[float], None]] = None):
         self._run_job = run_job
-        self._log = log or (lambda level, msg: getattr(logging.getLogger("ros2_chatterbox"), level)(msg))
         self.max_size = max_size
         self._on_idle = on_idle
         self._jobs: Deque[Job] = collections.deque()
@@ -160,7 +159,7 @@ class SpeechQueue:
             thread.join(timeout)
             ended = not thread.is_alive()
             if not ended:
-                self._log("error", f"the speech worker did not end within {timeout:.0f} s")
+                log.error(f"the speech worker did not end within {timeout:.0f} s")
         self._thread = None
         return ended
 
@@ -209,7 +208,7 @@ class SpeechQueue:
         try:
             job.finish(result)
         except Exception as exc:  # noqa: BLE001 - a listener failing must not kill the worker or a cancel
-            self._log("error", f"request {job.id}: its listener failed on done: {type(exc).__name__}: {exc}")
+            log.error(f"request {job.id}: its listener failed on done: {type(exc).__name__}: {exc}")
 
     def cancel(self, job: Job, reason: str = "cancelled") -> None:
         """Cancel one job, waiting or running."""
@@ -259,7 +258,7 @@ class SpeechQueue:
                         try:
                             self._on_idle(idle)
                         except Exception as exc:  # noqa: BLE001 - idle work failing must not end the worker
-                            self._log("error", f"idle callback failed: {type(exc).__name__}: {exc}")
+                            log.error(f"idle callback failed: {type(exc).__name__}: {exc}")
                         finally:
                             self._cond.acquire()
                 if not self._running:

@@ -38,6 +38,7 @@ from ros2_chatterbox.srv import Speak
 
 from .core import EngineLoadError, RequestError, SpeechCore
 from .ros_audio import RosAudioOut
+from .ros_logging import forward_to_ros
 from .ros_voices import VoiceServices
 from .say_action import SayActionServer
 from .settings import CONFIGURE, RUNTIME, SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, Settings, check, \
@@ -103,6 +104,7 @@ class TtsNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for s in SETTINGS:
             self.declare_parameter(s.name, s.default, _descriptor(s))
+        self._stop_forwarding_logs = forward_to_ros(self.get_logger())  # the package's log records, as this node's
         # start-time settings (QoS depths, autostart) are read once, here; the rest again at each configure
         self._settings = self._read_settings(lenient=True)
         self._state_cond = threading.Condition()
@@ -123,8 +125,8 @@ class TtsNode(LifecycleNode):
         self.create_service(Trigger, "tts/stop", self._on_stop, callback_group=self._fast_group)
         self.create_subscription(String, "tts/text", self._on_text, text_qos, callback_group=self._fast_group)
         self._action_server = SayActionServer(self, self._blocking_group, self._submit_goal, self._cancel_job,
-                                              self._log, ros.request_depth)
-        self._voice_services = VoiceServices(self, self._configured_core, self._state_label, self._log,
+                                              ros.request_depth)
+        self._voice_services = VoiceServices(self, self._configured_core, self._state_label,
                                              self._fast_group, self._blocking_group)
 
     # -- state: one accessor ---------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ class TtsNode(LifecycleNode):
         except ConfigError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        core = SpeechCore(settings, logger=self._log)
+        core = SpeechCore(settings)
         engine = settings.core.engine
         fallback = settings.core.fallback_engine
         self.get_logger().info(f"loading engine '{engine}'" + (f" (fallback '{fallback}')" if fallback else ""))
@@ -234,7 +236,7 @@ class TtsNode(LifecycleNode):
                              reliability=ReliabilityPolicy.RELIABLE)
         out = RosAudioOut(self.get_clock(), self.create_lifecycle_publisher(AudioDataStamped, "tts/audio", audio_qos),
                           self.create_lifecycle_publisher(AudioInfo, "tts/audio_info", latched),
-                          self.create_lifecycle_publisher(Bool, "tts/speaking", latched), ros, self._log)
+                          self.create_lifecycle_publisher(Bool, "tts/speaking", latched), ros)
         diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, callback_group=self._fast_group)
         with self._state_cond:
@@ -256,7 +258,7 @@ class TtsNode(LifecycleNode):
         if settings.http.enabled:
             try:
                 from .http.server import HttpServer
-                res.http = HttpServer(res.core, lambda: self._settings.http, log=self._log)
+                res.http = HttpServer(res.core, lambda: self._settings.http)
                 res.http.start()
             except Exception as exc:  # noqa: BLE001 - port taken, missing deps: a readable FAILURE
                 res.http = None
@@ -278,7 +280,7 @@ class TtsNode(LifecycleNode):
         if not settings.playback.enabled:
             return None
         from .playback import Player
-        player = Player(settings.playback.device, sample_rate, log=self._log)
+        player = Player(settings.playback.device, sample_rate)
         if player.open():
             self.get_logger().info(f"playback on sound device '{player.device_name}'")
             return player
@@ -348,19 +350,11 @@ class TtsNode(LifecycleNode):
         self.release("the node hit an error")
         return TransitionCallbackReturn.SUCCESS
 
-    # -- serving ---------------------------------------------------------------------------------------------
-    def _log(self, level: str, msg: str) -> None:
-        # one call site per severity: rclpy refuses a call site whose severity changes between calls
-        logger = self.get_logger()
-        if level == "error":
-            logger.error(msg)
-        elif level == "warning":
-            logger.warning(msg)
-        elif level == "debug":
-            logger.debug(msg)
-        else:
-            logger.info(msg)
+    def destroy_node(self) -> None:
+        self._stop_forwarding_logs()
+        super().destroy_node()
 
+    # -- serving ---------------------------------------------------------------------------------------------
     def _submit(self, res: Optional[_Resources], text: Any, voice: Any, interrupt: bool, source: str,
                 feedback=None) -> Job:
         if res is None:

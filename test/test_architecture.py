@@ -9,7 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "ros2_chatterbox"
 DOOR_PREFIXES = ("ros2_chatterbox.tts_node", "ros2_chatterbox.ros_audio", "ros2_chatterbox.ros_voices",
-                 "ros2_chatterbox.say_action", "ros2_chatterbox.http")
+                 "ros2_chatterbox.say_action", "ros2_chatterbox.ros_logging", "ros2_chatterbox.http")
 # what the doors may use besides each other: the core's surface, the settings (with their parameter files and the
 # package's paths), the job types, and the pure helpers that turn samples into messages or bytes (audio, encoding),
 # the playback device, the package version

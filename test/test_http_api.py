@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from http_fixtures import REFERENCE_VOICE, http_core, http_server, http_settings, make_core, reference_wav, serving  # noqa: F401
+from log_capture import captured_logs
 from ros2_chatterbox import encoding
 from ros2_chatterbox.http.server import HttpServer
 from ros2_chatterbox.speech_queue import JobListener
@@ -40,7 +41,7 @@ def assert_error(response: httpx.Response, status: int, param=None) -> dict:
 
 
 def counters(core):
-    return collections.Counter(core.status()["counters"])
+    return collections.Counter(core.status().counters)
 
 
 def voices_folder(core):
@@ -354,7 +355,7 @@ def test_client_gone_while_queued_cancels_its_job(small_queue):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.url}/v1/audio/speech", json={"model": "m", "input": "Hi.", "voice": "alloy"},
                        timeout=httpx.Timeout(10, read=0.5))
-        assert wait_until(lambda: core.status()["queue_depth"] == 0, 5), "the abandoned request should leave the queue"
+        assert wait_until(lambda: core.status().queue_depth == 0, 5), "the abandoned request should leave the queue"
         assert counters(core)["cancelled"] == before + 1
     finally:
         blocker.release.set()
@@ -371,7 +372,7 @@ def test_client_disconnect_mid_stream_cancels_the_job(client, http_core):
     # leaving the block closes the connection long before 25 sentences are synthesized
     assert wait_until(lambda: counters(http_core)["cancelled"] == before_cancelled + 1, 10)
     assert counters(http_core)["ok"] == before_ok
-    assert wait_until(lambda: not http_core.status()["speaking"], 5)
+    assert wait_until(lambda: not http_core.status().speaking, 5)
 
 
 def test_engine_not_loaded_is_503(tmp_path):
@@ -445,19 +446,16 @@ def test_stop_during_a_stream_ends_it_and_cancels_the_job(http_core):
 def test_non_loopback_bind_without_key_refuses_to_start(http_core):
     """Attack 5: 0.0.0.0 without a key used to serve with a warning; now it refuses before binding, unless the user
     opts out explicitly (then it warns)."""
-    messages = []
-    server = HttpServer(http_core, http_settings(http_core, http__host="0.0.0.0"), port=0,
-                        log=lambda level, msg: messages.append((level, msg)))
+    server = HttpServer(http_core, http_settings(http_core, http__host="0.0.0.0"), port=0)
     with pytest.raises(RuntimeError, match="allow_unauthenticated_lan"):
         server.start()
     assert server._sock is None  # refused before binding: nothing listens
     opted_out = HttpServer(http_core, http_settings(http_core, http__host="0.0.0.0",
-                                                    http__allow_unauthenticated_lan=True), port=0,
-                           log=lambda level, msg: messages.append((level, msg)))
+                                                    http__allow_unauthenticated_lan=True), port=0)
     opted_out.port = -1  # stop before binding 0.0.0.0 for real: the warning comes first
-    with pytest.raises((OSError, OverflowError)):
+    with captured_logs("ros2_chatterbox.http.server") as logged, pytest.raises((OSError, OverflowError)):
         opted_out.start()
-    assert any(level == "warning" and "WITHOUT an API key" in msg for level, msg in messages)
+    assert any(level == "warning" and "WITHOUT an API key" in msg for level, msg in logged), logged
 
 
 @pytest.mark.timeout(180)

@@ -136,16 +136,29 @@ def test_configure_fails_cleanly_without_fallback(client):
 
 
 def test_fallback_engine_serves_and_says_so(client):
+    """...in its diagnostics, and in its log: the core's warning (a library's stdlib logger) is the node's, printed
+    once and published on /rosout under the node's name."""
     from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    diags, rosout = [], []
+    sub = client.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    rosout_sub = client.node.create_subscription(Log, "/rosout", rosout.append, QoSProfile(
+        depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     proc = NodeProcess({**FAST, "engine": "chatterbox_turbo", "model_dir": "/nonexistent/model",
                         "fallback_engine": "piper"}, autostart=True, name="fallback", namespace="/fb")
-    diags = []
-    sub = client.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    warning = "using fallback engine 'piper'"
     try:
         assert proc.wait_for_log("active: ready to speak", 90), proc.output()
         assert "FALLBACK" in proc.output()
+        said = [line for line in proc.output().splitlines() if warning in line]
+        assert len(said) == 1 and said[0].startswith("[WARN]") and "[fb.tts_node]:" in said[0], proc.output()
         assert client.speak("Speaking on the fallback engine.", ns="/fb").success
         assert client.wait_until(lambda: any("fallback" in s.message for d in diags for s in d.status), 10)
+        assert client.wait_until(lambda: any(warning in m.msg for m in rosout), 10), [m.msg for m in rosout]
+        published = [m for m in rosout if warning in m.msg]
+        assert len(published) == 1 and published[0].name == "fb.tts_node" and published[0].level == Log.WARN
     finally:
         client.node.destroy_subscription(sub)
+        client.node.destroy_subscription(rosout_sub)
         proc.stop()

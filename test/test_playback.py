@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from log_capture import captured_logs
 from ros2_chatterbox import playback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +42,13 @@ CHILD = textwrap.dedent("""
 
     SR = 24000
     OUT = os.environ["CBX_TEST_OUT"]
+    import logging
     logs = []
-    log = lambda level, msg: logs.append([level, msg])
+    class Collect(logging.Handler):
+        def emit(self, record):
+            logs.append([record.levelname.lower(), record.getMessage()])
+    logging.getLogger("ros2_chatterbox").addHandler(Collect())
+    logging.getLogger("ros2_chatterbox").setLevel(logging.DEBUG)
     res = {}
 
     def size():
@@ -80,9 +86,9 @@ CHILD = textwrap.dedent("""
     scenario = sys.argv[1]
     if scenario == "probe":
         import sounddevice
-        res["devices"] = pb.list_devices(log)
+        res["devices"] = pb.list_devices()
     elif scenario in ("plays", "default"):
-        p = pb.Player("cbxtest" if scenario == "plays" else "", SR, log)
+        p = pb.Player("cbxtest" if scenario == "plays" else "", SR)
         res["opened"] = p.open()
         res["device_name"] = p.device_name
         x = tone(1.0 if scenario == "plays" else 0.3)
@@ -95,7 +101,7 @@ CHILD = textwrap.dedent("""
         res["max_diff"] = float(np.abs(got - x).max()) if len(got) == len(x) else None
         p.close()
     elif scenario == "stop":
-        p = pb.Player("cbxtest", SR, log)
+        p = pb.Player("cbxtest", SR)
         res["opened"] = p.open()
         x = tone(5.0)
         out = {}
@@ -134,7 +140,7 @@ CHILD = textwrap.dedent("""
         res["play_after_close"] = p.play(tone(0.1))
     elif scenario == "cancel":
         # a job's cancel_event handed to play()/drain(): setting it silences the device, no stop() call needed
-        p = pb.Player("cbxtest", SR, log)
+        p = pb.Player("cbxtest", SR)
         res["opened"] = p.open()
         for phase in ("play", "drain"):
             ev = threading.Event()
@@ -159,18 +165,18 @@ CHILD = textwrap.dedent("""
         res["frames_again"] = size() - res["drain"]["frames"]
         p.close()
     elif scenario == "missing":
-        p = pb.Player("no such speaker", SR, log)
+        p = pb.Player("no such speaker", SR)
         res["opened"] = p.open()
         res["play"] = p.play(tone(0.1))
         res["drain"] = p.drain()
         p.stop()
         p.close()
-        q = pb.Player(57, SR, log)
+        q = pb.Player(57, SR)
         res["opened_index"] = q.open()
         # plugged in later (here: defined later): the next open() finds it
         with open(os.path.join(os.environ["HOME"], ".asoundrc"), "a") as f:
             f.write('pcm.lateplug { type null hint { show on description "late" } }\\n')
-        r = pb.Player("lateplug", SR, log)
+        r = pb.Player("lateplug", SR)
         res["opened_late"] = r.open()
         r.close()
     elif scenario == "busy":
@@ -178,7 +184,7 @@ CHILD = textwrap.dedent("""
         def refuse(*a, **k):
             raise sd.PortAudioError("Error opening OutputStream: Device unavailable [PaErrorCode -9985]")
         sd.OutputStream = refuse
-        p = pb.Player("cbxtest", SR, log)
+        p = pb.Player("cbxtest", SR)
         res["opened"] = p.open()
         res["play"] = p.play(tone(0.1))
     res["logs"] = logs
@@ -289,30 +295,30 @@ def test_busy_device_warns(portaudio, tmp_path):
 
 
 # -- without PortAudio (in-process: these never load it) --------------------------------------------------------
-def _collect():
-    logs = []
-    return logs, lambda level, msg: logs.append((level, msg))
+@pytest.fixture
+def logs():
+    """What the player logged, as (level, message)."""
+    with captured_logs("ros2_chatterbox.playback") as collected:
+        yield collected
 
 
-def test_no_sounddevice_package(monkeypatch):
+def test_no_sounddevice_package(monkeypatch, logs):
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # `import sounddevice` raises ImportError
-    logs, log = _collect()
-    p = playback.Player("speaker", SR, log)
+    p = playback.Player("speaker", SR)
     assert p.open() is False
     assert p.play(np.zeros(100, np.float32)) is False and p.drain() is True and not p.playing
     p.stop()
     p.close()
     assert len(logs) == 1 and logs[0][0] == "warning", logs
     assert "'speaker'" in logs[0][1] and "sounddevice" in logs[0][1] and "not installed" in logs[0][1], logs
-    assert playback.list_devices(log) == []
+    assert playback.list_devices() == []
 
 
-def test_no_portaudio_library(monkeypatch):
+def test_no_portaudio_library(monkeypatch, logs):
     def missing():
         raise OSError("PortAudio library not found")
     monkeypatch.setattr(playback, "_import_sounddevice", missing)
-    logs, log = _collect()
-    assert playback.Player("", SR, log).open() is False
+    assert playback.Player("", SR).open() is False
     assert len(logs) == 1 and "system default" in logs[0][1] and "libportaudio2" in logs[0][1], logs
 
 
@@ -356,11 +362,10 @@ def _fake_sd(rates, channels):
     return sd
 
 
-def test_resamples_and_upmixes_when_the_device_refuses_the_format(monkeypatch):
+def test_resamples_and_upmixes_when_the_device_refuses_the_format(monkeypatch, logs):
     sd = _fake_sd([48000], [2])
     monkeypatch.setattr(playback, "_import_sounddevice", lambda: sd)
-    logs, log = _collect()
-    p = playback.Player("", SR, log, latency=2.0)  # lead cap above the clip: no pacing waits in this test
+    p = playback.Player("", SR, latency=2.0)  # lead cap above the clip: no pacing waits in this test
     assert p.open() and p.device_rate == 48000, logs
     assert sd.streams[0].kw["samplerate"] == 48000 and sd.streams[0].kw["channels"] == 2
     assert any("resampled from 24000 Hz" in m for _, m in logs), logs
@@ -380,11 +385,10 @@ def test_resamples_and_upmixes_when_the_device_refuses_the_format(monkeypatch):
     assert not p.is_open and p.play(x) is False
 
 
-def test_refused_format_warns(monkeypatch):
+def test_refused_format_warns(monkeypatch, logs):
     sd = _fake_sd([44100], [6])
     monkeypatch.setattr(playback, "_import_sounddevice", lambda: sd)
-    logs, log = _collect()
-    assert playback.Player("0", SR, log).open() is False
+    assert playback.Player("0", SR).open() is False
     assert len(logs) == 1 and "24000 Hz" in logs[0][1] and "44100 Hz" in logs[0][1], logs
     assert not sd.streams
 

@@ -4,6 +4,7 @@ import threading
 import numpy as np
 import pytest
 
+from log_capture import captured_logs
 from ros2_chatterbox import audio
 from ros2_chatterbox.speech_queue import CANCELLED, ENGINE_ERROR, OK, Job, JobListener, JobResult, QueueFull, \
     SpeechQueue
@@ -108,19 +109,18 @@ def test_shutdown_answers_pending_jobs_and_joins_the_worker():
 
 
 def test_a_listener_failing_on_done_is_logged_and_the_job_still_ends():
-    logged = []
-
     class Broken(JobListener):
         def on_done(self, job, result):
             raise ValueError("listener broke")
 
-    q = SpeechQueue(lambda job: JobResult(True, OK, "ok"), log=lambda level, msg: logged.append((level, msg)))
+    q = SpeechQueue(lambda job: JobResult(True, OK, "ok"))
     q.start()
-    job = q.submit(Job("x", listener=Broken()))
-    assert job.wait(5).success and job.done
-    assert q.submit(Job("after")).wait(5).success  # the worker survived
-    q.shutdown()
-    assert any(level == "error" and "listener broke" in msg for level, msg in logged)
+    with captured_logs("ros2_chatterbox.speech_queue") as logged:
+        job = q.submit(Job("x", listener=Broken()))
+        assert job.wait(5).success and job.done
+        assert q.submit(Job("after")).wait(5).success  # the worker survived
+        q.shutdown()
+    assert any(level == "error" and "listener broke" in msg for level, msg in logged), logged
 
 
 def test_cancelled_waiting_jobs_are_answered_outside_the_queue_lock():

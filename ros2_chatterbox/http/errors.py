@@ -19,7 +19,7 @@ from ..core import VOICE_EXISTS, VOICE_IN_USE, VOICE_NOT_FOUND, RequestError, Sp
 from ..speech_queue import CANCELLED, ENGINE_ERROR, INVALID, QUEUE_FULL, UNAVAILABLE, JobResult
 from ..text import EMPTY_TEXT
 
-log = logging.getLogger("ros2_chatterbox.http")
+log = logging.getLogger(__name__)
 
 RESULT_STATUS = {INVALID: 400, QUEUE_FULL: 503, UNAVAILABLE: 503, CANCELLED: 503, ENGINE_ERROR: 500}
 _STATUS_TYPES = {401: ("authentication_error", "invalid_api_key"), 404: ("invalid_request_error", "not_found"),

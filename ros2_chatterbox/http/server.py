@@ -23,24 +23,22 @@ from typing import Any, Callable, Iterator, List, Optional
 
 from ..settings import HttpSettings
 
-log = logging.getLogger("ros2_chatterbox.http")
-
-LogFn = Callable[[str, str], None]
+log = logging.getLogger(__name__)
 
 
-class _ForwardHandler(logging.Handler):
-    """Sends uvicorn's and the app's warnings to the owner's logger (the node's ROS logger)."""
-
-    def __init__(self, fn: LogFn):
-        super().__init__(logging.WARNING)
-        self.fn = fn
+class _IntoPackageLog(logging.Handler):
+    """uvicorn's own warnings and errors (logger `uvicorn.error`) take the package's one logging path: the node's
+    ROS logger under ROS, stderr without (see ros_logging.py)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = {"CRITICAL": "error", "FATAL": "error"}.get(record.levelname, record.levelname.lower())
-            self.fn(level if level in ("debug", "info", "warning", "error") else "warning", self.format(record))
-        except Exception:  # noqa: BLE001 - logging must never take the server down
-            pass
+        log.handle(record)
+
+
+def _route_uvicorn_log() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(h, _IntoPackageLog) for h in uvicorn_log.handlers):
+        uvicorn_log.addHandler(_IntoPackageLog())
+        uvicorn_log.propagate = False  # said once, through the package logger
 
 
 def _server_class():
@@ -62,10 +60,9 @@ def _server_class():
 class HttpServer:
     """The HTTP API of one SpeechCore, served by uvicorn on a background thread.
 
-    HttpServer(core, settings, log=None, host=None, port=None)
+    HttpServer(core, settings, host=None, port=None)
       settings: HttpSettings, or a callable returning the current ones; http.host / http.port unless host/port
                 are given (port 0 = any free port; `.port` tells which after start()).
-      log: callable(level, message), level in debug/info/warning/error (the node passes its ROS logger).
     bind(): reserve the address now (optional; OSError when taken) so a program can fail before loading a model.
     start(timeout=10.0): bind (unless bound) and serve; returns when listening. OSError when the address cannot
                          be bound, RuntimeError when uvicorn fails to start.
@@ -73,11 +70,9 @@ class HttpServer:
     url, host, port, running.
     """
 
-    def __init__(self, core: Any, settings: Any, log: Optional[LogFn] = None,
-                 host: Optional[str] = None, port: Optional[int] = None):
+    def __init__(self, core: Any, settings: Any, host: Optional[str] = None, port: Optional[int] = None):
         self.core = core
         self.settings: Callable[[], HttpSettings] = settings if callable(settings) else (lambda: settings)
-        self._log = log
         first = self.settings()
         self.host = str(host if host is not None else first.host)
         self.port = int(port if port is not None else first.port)
@@ -86,14 +81,7 @@ class HttpServer:
         self._thread: Optional[threading.Thread] = None
         self._sock: Optional[socket.socket] = None
         self._error: Optional[BaseException] = None
-        self._handler: Optional[_ForwardHandler] = None
         self._api_key = ""
-
-    def log(self, level: str, msg: str) -> None:
-        if self._log is not None:
-            self._log(level, msg)
-        else:
-            getattr(log, level, log.info)(msg)
 
     @property
     def url(self) -> str:
@@ -122,9 +110,9 @@ class HttpServer:
         except security.SecurityError as exc:
             raise RuntimeError(f"HTTP: {exc}") from None
         if warning:
-            self.log("warning", f"HTTP: {warning}")
+            log.warning(f"HTTP: {warning}")
         if security.key_on_command_line(api_key):
-            self.log("warning", "HTTP: the API key is on this process's command line, where every user of the "
+            log.warning("HTTP: the API key is on this process's command line, where every user of the "
                                 "machine can read it; use CHATTERBOX_API_KEY_FILE or http.api_key_file instead")
         return api_key
 
@@ -166,10 +154,7 @@ class HttpServer:
         config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
                                 ws="none", http=protocol, timeout_graceful_shutdown=self.graceful_s)
         self._server = _server_class()(config)
-        if self._log is not None:
-            self._handler = _ForwardHandler(self._log)
-            for name in ("uvicorn.error", "ros2_chatterbox.http"):
-                logging.getLogger(name).addHandler(self._handler)
+        _route_uvicorn_log()
         self._error = None
         self._thread = threading.Thread(target=self._run, name="http-server", daemon=True)
         self._thread.start()
@@ -180,7 +165,7 @@ class HttpServer:
                 self.stop(timeout=2.0)
                 raise RuntimeError(f"HTTP server did not start on {self.url}: {reason}")
             time.sleep(0.01)
-        self.log("info", f"HTTP: serving on {self.url} (OpenAI API at {self.url}/v1, web page at {self.url}/)")
+        log.info(f"HTTP: serving on {self.url} (OpenAI API at {self.url}/v1, web page at {self.url}/)")
 
     def _run(self) -> None:
         try:
@@ -201,15 +186,11 @@ class HttpServer:
                 self._thread.join(2.0)
             ended = not self._thread.is_alive()
             if not ended:
-                self.log("error", "HTTP: the server thread did not stop in time")
+                log.error("HTTP: the server thread did not stop in time")
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
-        if self._handler is not None:
-            for name in ("uvicorn.error", "ros2_chatterbox.http"):
-                logging.getLogger(name).removeHandler(self._handler)
-            self._handler = None
         self._thread = None
         self._server = None
         return ended
@@ -237,9 +218,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="[%(levelname)s] %(name)s: %(message)s")
-    logger = logging.getLogger("ros2_chatterbox")
     if args.api_key is not None:
-        logger.error("--api-key would show the key to every user in the process list: put it in a file "
+        log.error("--api-key would show the key to every user in the process list: put it in a file "
                      "(--api-key-file FILE, or CHATTERBOX_API_KEY_FILE) or in CHATTERBOX_API_KEY")
         return 2
     try:
@@ -248,14 +228,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("http.host", args.host), ("http.port", args.port), ("http.api_key_file", args.api_key_file))
             if value is not None})
     except (OSError, ConfigError, ValueError) as exc:
-        logger.error("cannot read parameters: %s", exc)
+        log.error("cannot read parameters: %s", exc)
         return 2
     core = SpeechCore(settings)
     server = HttpServer(core, settings.http)
     try:
         server.bind()  # a taken port or an unsafe bind fails now, not after loading the model
     except (OSError, RuntimeError) as exc:
-        logger.error("%s", exc)
+        log.error("%s", exc)
         return 1
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -263,19 +243,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             core.load()
         except EngineLoadError as exc:
-            logger.error("the speech engine could not load: %s", exc)
+            log.error("the speech engine could not load: %s", exc)
             return 1
         if stop.is_set():  # Ctrl-C while the model was loading
             return 0
         try:
             server.start()
         except (OSError, RuntimeError) as exc:
-            logger.error("%s", exc)
+            log.error("%s", exc)
             return 1
-        logger.info("engine %s at %d Hz; Ctrl-C stops", core.engine_name, core.sample_rate)
+        log.info("engine %s at %d Hz; Ctrl-C stops", core.engine_name, core.sample_rate)
         while not stop.wait(0.5):
             pass
-        logger.info("stopping")
+        log.info("stopping")
         return 0
     finally:
         server.stop()

@@ -18,7 +18,7 @@ from ..speech_queue import ENGINE_ERROR, Job, JobListener, JobResult
 from .errors import ApiError, error_body, request_error, result_error
 from .schemas import voice_value
 
-log = logging.getLogger("ros2_chatterbox.http")
+log = logging.getLogger(__name__)
 
 SPEECH_TOKENS_PER_S = 25  # Chatterbox's speech-token rate: the unit of `output_tokens` in usage
 DISCONNECT_POLL_S = 0.5   # how often a request waiting in the queue checks that its client is still there

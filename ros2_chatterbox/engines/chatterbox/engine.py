@@ -48,7 +48,7 @@ from .tokens import SPEECH_VOCAB, FastTokenSource, TokenSampler
 from .voice_cache import DEC_COND_SAMPLES, VoiceCache, compute_conds, prepare_t3_cond
 from . import gpu_memory, memory_plan
 
-log = logging.getLogger("ros2_chatterbox")
+log = logging.getLogger(__name__)
 
 
 _LIBC_TRIM = None
