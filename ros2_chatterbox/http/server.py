@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -24,6 +25,12 @@ from typing import Any, Callable, Iterator, List, Optional
 from ..settings import HttpSettings
 
 log = logging.getLogger(__name__)
+
+# Memory per connection is bounded, not the number of connections (an idle socket costs asyncio a few KiB): a request
+# header larger than this is refused (h11 answers 400), bodies are bounded by access.py, and a header that does not
+# arrive within http.header_timeout_s ends the connection (security.guarded_protocol).
+MAX_HEADER_BYTES = 32 << 10
+FD_HEADROOM = 256  # files the rest of the process may still open besides connections (model files, DDS, logs)
 
 
 class _IntoPackageLog(logging.Handler):
@@ -39,6 +46,44 @@ def _route_uvicorn_log() -> None:
     if not any(isinstance(h, _IntoPackageLog) for h in uvicorn_log.handlers):
         uvicorn_log.addHandler(_IntoPackageLog())
         uvicorn_log.propagate = False  # said once, through the package logger
+
+
+def _open_files() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux: assume a busy process
+        return 64
+
+
+def connection_cap(wanted: int) -> int:
+    """How many connections the server may hold open: `wanted` (http.max_connections), once the process may open
+    that many files. Raises the soft open-file limit (RLIMIT_NOFILE, `ulimit -n`, often 1024) toward the hard one
+    when needed; where even the hard limit is too low, returns fewer and says so (every connection past the limit
+    would fail to be accepted, and with it every other file the process opens)."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return wanted
+    in_use = _open_files()
+    need = wanted + in_use + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft == unlimited or soft >= need:
+        return wanted
+    target = need if hard == unlimited else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.debug(f"HTTP: cannot raise the open-file limit to {target}: {exc}")
+    if soft >= need:
+        return wanted
+    cap = max(2, soft - in_use - FD_HEADROOM)
+    log.warning(f"HTTP: at most {cap} open connections instead of {wanted} (http.max_connections): this process "
+                f"may open only {soft} files (ulimit -n; hard limit {hard}); raise it (systemd LimitNOFILE=, docker "
+                f"--ulimit nofile=) to serve more at once")
+    return cap
 
 
 def _server_class():
@@ -141,7 +186,8 @@ class HttpServer:
         if self.running:
             return
         import uvicorn
-        from uvicorn.protocols.http.auto import AutoHTTPProtocol
+        # h11 on every machine: it bounds the header it buffers (httptools, when installed, does not)
+        from uvicorn.protocols.http.h11_impl import H11Protocol
 
         from . import security
         from .app import create_app
@@ -150,9 +196,11 @@ class HttpServer:
         key = self._api_key  # resolved from the parameters, a key file or the environment
         app = create_app(self.core, lambda: replace(self.settings(), api_key=key))
         first = self.settings()
-        protocol = security.guarded_protocol(AutoHTTPProtocol, first.header_timeout_s, first.max_connections)
+        protocol = security.guarded_protocol(H11Protocol, first.header_timeout_s,
+                                             connection_cap(first.max_connections))
         config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-                                ws="none", http=protocol, timeout_graceful_shutdown=self.graceful_s)
+                                ws="none", http=protocol, timeout_graceful_shutdown=self.graceful_s,
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
         self._server = _server_class()(config)
         _route_uvicorn_log()
         self._error = None
