@@ -161,8 +161,8 @@ def main(argv=None) -> int:
         print(json.dumps(doc["configure"], indent=1), flush=True)
         return 0
     engine = core.engine
-    doc["configure"] = {"ok": True, "seconds": round(time.monotonic() - t0, 2), "info": engine.info()}
-    print(f"configured in {doc['configure']['seconds']} s: fast path {engine.info()['fast_path']}", flush=True)
+    doc["configure"] = {"ok": True, "seconds": round(time.monotonic() - t0, 2), "info": engine.info().as_dict()}
+    print(f"configured in {doc['configure']['seconds']} s: fast path {engine.info().fast_path}", flush=True)
     save()
     if engine.name != "chatterbox_turbo":
         doc["errors"].append(f"fell back to {engine.name}: {core.fallback_reason}")
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         reserved, blocks = [], []
         base = gpu_memory.allocator_stats(device)
         c0, audio_total = cpu_seconds(), 0.0
-        cap = engine.plan.max_speech_tokens if engine.plan else 1000
+        cap = engine.memory.plan.max_speech_tokens if engine.memory.plan else 1000
         for i in range(args.mixed):
             toks = int(rng.choice([10, 25, 40, 75, 150, 250, 400, 600, 800, cap]))
             text = " ".join(words[:int(rng.integers(1, len(words) + 1))])
@@ -258,9 +258,9 @@ def main(argv=None) -> int:
         doc["mixed"] = {
             "utterances": args.mixed, "audio_s": round(audio_total, 1),
             "device_allocs_total": end["num_device_alloc"] - base["num_device_alloc"],
-            "device_allocs_since_configure": engine.info()["memory"].get("device_allocs_since_configure"),
+            "device_allocs_since_configure": engine.info().memory.device_allocs_since_configure,
             "reserved_mb_first": reserved[0], "reserved_mb_last": reserved[-1], "reserved_mb_max": max(reserved),
-            "reserved_at_configure_mb": engine.info()["memory"].get("reserved_at_configure_mb"),
+            "reserved_at_configure_mb": engine.info().memory.reserved_at_configure_mb,
             "block_allocations_per_token_median": round(statistics.median(blocks), 2),
             "cpu_s_per_audio_s": round((cpu_seconds() - c0) / max(audio_total, 1e-9), 4),
         }

@@ -49,7 +49,7 @@ def main() -> int:
             cfg = defaults()
             cfg.update({"engine": "chatterbox_turbo", "model_dir": str(ckpt), "device": "cuda", "dtype": dtype,
                         "voices_dir": str(voices), "generation.watermark": False, "jetson_patches": "off"})
-            eng = ChatterboxTurboEngine(cfg)
+            eng = ChatterboxTurboEngine(Settings.from_values(cfg).engine)
             t0 = time.perf_counter()
             eng.load()
             run["load_s"] = round(time.perf_counter() - t0, 3)
@@ -61,8 +61,8 @@ def main() -> int:
             run.update({"builtin_samples": int(a.size), "seed_reproducible": bool(a.size == b.size and
                                                                                  np.array_equal(a, b)),
                         "cloned_samples": int(c.size), "finite": bool(np.isfinite(a).all() and np.isfinite(c).all())})
-            info = eng.info()
-            run["info"] = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+            info = eng.info().as_dict()
+            run["info"] = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None), dict))}
             eng.unload()
             torch.cuda.synchronize()
             run["cuda_allocated_after_unload_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
@@ -95,7 +95,7 @@ def main() -> int:
             totals.append(time.monotonic() - job.created)
     report["core_fp16"] = {"first_chunk_s_median": float(np.median(firsts[1:])) if len(firsts) > 1 else None,
                            "end_to_end_s_median": float(np.median(totals[1:])) if len(totals) > 1 else None,
-                           "status": {k: v for k, v in core.status().items() if isinstance(v, (str, int, float,
+                           "status": {k: v for k, v in core.status().flat().items() if isinstance(v, (str, int, float,
                                                                                                 bool))}}
     core.unload()
     print(json.dumps(report["core_fp16"], indent=1))

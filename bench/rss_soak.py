@@ -51,7 +51,7 @@ def rss_mb() -> float:
 def retained_rss_mb() -> float:
     """RSS after gc and glibc malloc_trim: what the process really holds (free heap pages handed back first)."""
     gc.collect()
-    from ros2_chatterbox.engines.chatterbox.engine import trim_host_memory
+    from ros2_chatterbox.engines.chatterbox.device import trim_host_memory
     trim_host_memory()
     return rss_mb()
 
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     load_s = time.perf_counter() - t0
     engine = core.engine
     print(f"checkpoint {ckpt} built in {build_s:.1f} s, loaded in {load_s:.1f} s; fast path: "
-          f"{engine.info().get('fast_path_state')}", file=sys.stderr)
+          f"{engine.info().fast_path.reason}", file=sys.stderr)
 
     class Collect(JobListener):
         def __init__(self):
@@ -146,11 +146,11 @@ def main(argv=None) -> int:
             raw = rss_mb()
             row = {"utterance": i, "rss_mb": round(raw, 1), "retained_rss_mb": round(retained_rss_mb(), 1),
                    "elapsed_s": round(time.perf_counter() - soak_t0, 1),
-                   "voice_cache_voices": info["voice_cache_voices"], "voice_cache_mb": info["voice_cache_mb"]}
+                   "voice_cache_voices": info.voice_cache.voices, "voice_cache_mb": info.voice_cache.mb}
             rows.append(row)
             print(f"{i:5d}  rss {row['rss_mb']:8.1f} MB  retained {row['retained_rss_mb']:8.1f} MB  "
                   f"elapsed {row['elapsed_s']:7.1f} s", file=sys.stderr)
-    fast_state = engine.info().get("fast_path_state")
+    fast_state = engine.info().fast_path.reason
     gc.collect()
     rss_after_gc = rss_mb()
     core.unload("soak finished")

@@ -25,12 +25,13 @@ from .engines import create_engine
 from .settings import ConfigError, Settings
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
     JobResult, QueueFull, SpeechQueue
+from .status import CoreStatus, EngineStatus
 from .voices import AUDIO_SUFFIXES, OPENAI_VOICES, ReadOnlyVoice, VoiceLibrary, check_reference, clean_name, \
     open_library, resolve_request_voice
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceAdded", "OPENAI_VOICES",
+__all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceAdded", "CoreStatus", "OPENAI_VOICES",
            "VOICE_EXISTS", "VOICE_IN_USE", "VOICE_NOT_FOUND"]  # what the doors use: nothing below the core
 
 # RequestError kinds of voice management, beside the queue's (INVALID, QUEUE_FULL, UNAVAILABLE)
@@ -140,7 +141,7 @@ class SpeechCore:
         self.queue.start()
 
     def _load_engine(self, name: str) -> Engine:
-        engine = create_engine(name, self._settings.engine)
+        engine = create_engine(name, self._settings.engine, max_piece_chars=self._settings.core.text_chunk_chars)
         try:
             engine.load()
         except EngineLoadError:
@@ -432,31 +433,20 @@ class SpeechCore:
         q = self.queue
         return bool(self.loaded and q is not None and q.running and not self.fallback_reason)
 
-    def status(self) -> Dict[str, Any]:
-        """Everything a status page or diagnostics shows: engine info, queue, counters, voices, last error."""
+    def status(self) -> CoreStatus:
+        """Everything a status page or diagnostics shows: engine status, queue, counters, voices, last error."""
         eng = self.engine
-        info: Dict[str, Any] = eng.info() if eng is not None else {"engine": "", "loaded": False}
         q = self.queue
         cfg = self._settings.core
-        current = q.current if q is not None else None
         lib = self._library
-        info.update({
-            "accepting": bool(self.loaded and q is not None and q.running),
-            "ready": self.ready,
-            "requested_engine": cfg.engine,
-            "fallback_engine": cfg.fallback_engine,
-            "using_fallback": bool(self.fallback_reason),
-            "fallback_reason": self.fallback_reason,
-            "unloaded_for_idle": self.unloaded_for_idle,
-            "queue_depth": q.depth if q is not None else 0,
-            "queue_max": q.max_size if q is not None else cfg.queue_max_size,
-            "speaking": current is not None,
-            "counters": dict(q.counters) if q is not None else {},
-            "last_error": self.last_error,
-            "last_latency_s": self.last_latency_s,
-            "last_first_audio_s": self.last_first_audio_s,
-            "load_seconds": round(self.load_seconds, 3),
-            "voices": lib.names() if lib is not None else [],
-            "default_voice": cfg.default_voice,
-        })
-        return info
+        return CoreStatus(
+            engine=eng.info() if eng is not None else EngineStatus(),
+            accepting=bool(self.loaded and q is not None and q.running), ready=self.ready,
+            requested_engine=cfg.engine, fallback_engine=cfg.fallback_engine,
+            using_fallback=bool(self.fallback_reason), fallback_reason=self.fallback_reason,
+            unloaded_for_idle=self.unloaded_for_idle, queue_depth=q.depth if q is not None else 0,
+            queue_max=q.max_size if q is not None else cfg.queue_max_size,
+            speaking=q is not None and q.current is not None, counters=dict(q.counters) if q is not None else {},
+            last_error=self.last_error, last_latency_s=self.last_latency_s,
+            last_first_audio_s=self.last_first_audio_s, load_seconds=round(self.load_seconds, 3),
+            voices=tuple(lib.names()) if lib is not None else (), default_voice=cfg.default_voice)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Iterator, Optional
 
 import numpy as np
 
-from .settings import ConfigError, EngineSettings, GenerationSettings
+from .settings import EngineSettings, GenerationSettings
+from .status import EngineStatus
 
 
 class EngineError(RuntimeError):
@@ -37,16 +38,13 @@ class Engine(abc.ABC):
     name = "engine"
     can_clone = False
 
-    def __init__(self, settings: Union[EngineSettings, Mapping[str, Any]]):
-        """`settings`: the typed `EngineSettings` (what SpeechCore hands over), or flat parameter values (tests,
-        bench), validated by `EngineSettings.from_values` (EngineLoadError names a bad value); names of other
-        components are ignored."""
+    def __init__(self, settings: EngineSettings, max_piece_chars: Optional[int] = None):
+        """`settings`: the engine's typed settings. `max_piece_chars`: the longest piece of text `synthesize` will
+        get (SpeechCore passes text.chunk_chars; None: not known, the engine bounds text by its own limits)."""
         if not isinstance(settings, EngineSettings):
-            try:
-                settings = EngineSettings.from_values(settings)
-            except ConfigError as exc:
-                raise EngineLoadError(f"parameter {exc}") from None
+            raise TypeError(f"an engine takes EngineSettings, not {type(settings).__name__}")
         self.settings = settings
+        self.max_piece_chars = None if max_piece_chars is None else int(max_piece_chars)
         self.sample_rate = 0
 
     @abc.abstractmethod
@@ -71,9 +69,10 @@ class Engine(abc.ABC):
     def prepare_voice(self, voice_path: str) -> None:
         """Validate (and cache) a reference recording; raise VoiceError when it is unusable."""
 
-    def info(self) -> Dict[str, Any]:
-        return {"engine": self.name, "sample_rate": self.sample_rate, "loaded": self.loaded,
-                "can_clone": self.can_clone}
+    def info(self) -> EngineStatus:
+        """The engine's status (engines fill in what they have: dataclasses.replace on this)."""
+        return EngineStatus(engine=self.name, sample_rate=self.sample_rate, loaded=self.loaded,
+                            can_clone=self.can_clone)
 
     def free_memory(self) -> None:
         """Drop caches after an out-of-memory error (the model stays loaded)."""

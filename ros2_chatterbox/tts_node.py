@@ -36,7 +36,7 @@ from std_srvs.srv import Trigger
 
 from ros2_chatterbox.srv import Speak
 
-from .core import EngineLoadError, RequestError, SpeechCore
+from .core import CoreStatus, EngineLoadError, RequestError, SpeechCore
 from .ros_audio import RosAudioOut
 from .ros_logging import forward_to_ros
 from .ros_voices import VoiceServices
@@ -244,8 +244,8 @@ class TtsNode(LifecycleNode):
         st = core.status()
         note = f" -- FALLBACK: {core.fallback_reason}" if core.fallback_reason else ""
         self.get_logger().info(
-            f"configured: engine {st.get('engine')} on {st.get('device', 'cpu')} ({st.get('dtype', '')}), "
-            f"{st.get('sample_rate')} Hz, voices {st.get('voices')}, load {st.get('load_seconds')} s{note}")
+            f"configured: engine {st.engine.engine} on {st.engine.device or 'cpu'} ({st.engine.dtype}), "
+            f"{st.engine.sample_rate} Hz, voices {list(st.voices)}, load {st.load_seconds} s{note}")
         return TransitionCallbackReturn.SUCCESS
 
     @_serialized
@@ -413,24 +413,24 @@ class TtsNode(LifecycleNode):
         with self._use(active_only=False) as res:
             if res is None:
                 return
-            st = res.core.status()
-            level = DiagnosticStatus.OK
-            message = "ready"
-            if st.get("using_fallback"):
-                level, message = DiagnosticStatus.WARN, f"using fallback engine: {st['fallback_reason']}"
-            elif st.get("fast_path_warning"):
-                level, message = DiagnosticStatus.WARN, f"slow: {st['fast_path_warning']}"
-            elif st.get("last_error"):
-                level, message = DiagnosticStatus.WARN, f"last error: {st['last_error']}"
-            values = {"lifecycle_state": self._state_label()}
-            values.update({k: v for k, v in st.items() if not isinstance(v, (dict, list))})
-            values["voices"] = ", ".join(st.get("voices", []))
-            status = DiagnosticStatus(level=level, name=f"{self.get_name()}: speech", message=message,
-                                      hardware_id=str(st.get("device", "")),
-                                      values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-            arr = DiagnosticArray(status=[status])
+            arr = DiagnosticArray(status=[speech_diagnostics(res.core.status(), self.get_name(), self._state_label())])
             arr.header.stamp = self.get_clock().now().to_msg()
             res.diag_pub.publish(arr)
+
+
+def speech_diagnostics(st: CoreStatus, node_name: str, lifecycle_state: str) -> DiagnosticStatus:
+    """The core's status as one DiagnosticStatus: WARN with the reason on the fallback engine, without the fast path
+    or after an error; the values flat (fast_path_warning, memory_state, rss_plus_device_mb, queue_depth, ...)."""
+    level, message = DiagnosticStatus.OK, "ready"
+    if st.using_fallback:
+        level, message = DiagnosticStatus.WARN, f"using fallback engine: {st.fallback_reason}"
+    elif st.engine.fast_path_warning:
+        level, message = DiagnosticStatus.WARN, f"slow: {st.engine.fast_path_warning}"
+    elif st.last_error:
+        level, message = DiagnosticStatus.WARN, f"last error: {st.last_error}"
+    values = {"lifecycle_state": lifecycle_state, **st.flat(), "voices": ", ".join(st.voices)}
+    return DiagnosticStatus(level=level, name=f"{node_name}: speech", message=message, hardware_id=st.engine.device,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
 def _interrupt(signum, frame):

@@ -23,14 +23,16 @@ from turbo_fixtures import (copy_checkpoint, joined, require_chatterbox, speak, 
 
 from ros2_chatterbox.engine import EngineError, EngineLoadError, GenerationSettings, VoiceError
 from ros2_chatterbox.engines import create_engine
+from ros2_chatterbox.status import CoreStatus
 
 pytestmark = pytest.mark.timeout(300)
 
+# what /api/model-info and /diagnostics have always shown of the engine (CoreStatus.as_dict / flat)
 INFO_KEYS = {"engine", "sample_rate", "loaded", "can_clone", "device", "dtype", "model_dir", "model_source",
              "rss_mb", "voice_cache_voices", "voice_cache_mb", "voice_cache_max_voices", "voice_cache_max_mb",
              "voice_cache_hits", "voice_cache_misses", "voice_cache_evictions", "fast_path", "fast_path_active",
              "fast_path_state", "fast_path_warning", "jetson_patches", "jetson_patches_active", "builtin_voice",
-             "tiny_checkpoint"}
+             "tiny_checkpoint", "memory", "memory_state", "rss_plus_device_mb", "device_allocs_since_configure"}
 
 
 @contextlib.contextmanager
@@ -91,11 +93,12 @@ def test_engine_loads_the_tiny_architecture(turbo_engine, tiny_ckpt):
     assert type(model).__name__ == "ChatterboxTurboTTS"
     assert model.t3.cfg.n_layer == 2  # the tiny architecture recorded in tiny_arch.json
     info = turbo_engine.info()
-    assert INFO_KEYS <= set(info), INFO_KEYS - set(info)
-    assert info["loaded"] and info["can_clone"] and info["sample_rate"] == 24000
-    assert info["device"] == "cpu" and info["dtype"] == "float32" and info["tiny_checkpoint"]
-    assert info["builtin_voice"] and info["model_dir"] == str(tiny_ckpt) and info["rss_mb"] > 0
-    json.dumps(info)  # every status surface can serialise it
+    assert info.loaded and info.can_clone and info.sample_rate == 24000
+    assert info.device == "cpu" and info.dtype == "float32" and info.tiny_checkpoint
+    assert info.builtin_voice and info.model_dir == str(tiny_ckpt) and info.rss_mb > 0
+    shown = CoreStatus(engine=info).as_dict()
+    assert INFO_KEYS <= set(shown), INFO_KEYS - set(shown)
+    json.dumps(shown)  # every status surface can serialise it
 
 
 def test_create_engine_by_name(tiny_ckpt):
@@ -222,7 +225,7 @@ def test_cached_hub_snapshot_loads_offline(tiny_ckpt, tmp_path, monkeypatch):
                                                             fast_path=False))
     engine.load()
     try:
-        assert engine.info()["model_source"] == f"hub:{repo}"
+        assert engine.info().model_source == f"hub:{repo}"
         assert joined(speak(engine, "Hello.", seed=3)).size > 0
     finally:
         engine.unload()
@@ -240,10 +243,10 @@ def test_speaks_with_the_builtin_voice(turbo_engine):
 def test_speaks_with_a_cloned_voice(turbo_engine, voice_dir):
     voice = str(voice_dir / "alice.wav")
     turbo_engine.prepare_voice(voice)
-    before = turbo_engine.info()["voice_cache_hits"]
+    before = turbo_engine.info().voice_cache.hits
     audio = joined(speak(turbo_engine, "Hello there, robot.", voice=voice, seed=1))
     assert audio.size > 0 and np.isfinite(audio).all()
-    assert turbo_engine.info()["voice_cache_hits"] == before + 1  # conditioning was computed once
+    assert turbo_engine.info().voice_cache.hits == before + 1  # conditioning was computed once
     builtin = joined(speak(turbo_engine, "Hello there, robot.", seed=1))
     assert not (builtin.size == audio.size and np.allclose(builtin, audio))
 
@@ -315,7 +318,7 @@ def test_cache_is_bounded_by_count_lru_and_refreshes_on_change(turbo_engine, tmp
         new = engine._voice_conds(str(paths[0]))
         assert new is not old
         assert not np.array_equal(new.t3.speaker_emb.float().numpy(), old.t3.speaker_emb.float().numpy())
-        assert engine.info()["voice_cache_voices"] == 2
+        assert engine.info().voice_cache.voices == 2
     finally:
         engine.settings = saved
         engine.free_memory()
@@ -328,14 +331,14 @@ def test_cache_is_bounded_by_memory(turbo_engine, tmp_path):
     try:
         engine.free_memory()
         engine.prepare_voice(str(paths[0]))
-        one_voice_mb = engine.info()["voice_cache_mb"]
+        one_voice_mb = engine.info().voice_cache.mb
         assert one_voice_mb > 0
         engine.settings = replace(saved, voice_cache_max_mb=one_voice_mb * 1.5)  # room for one voice, not two
-        evictions = engine.info()["voice_cache_evictions"]
+        evictions = engine.info().voice_cache.evictions
         engine.prepare_voice(str(paths[1]))
-        info = engine.info()
+        cache = engine.info().voice_cache
         assert engine.cached_voices() == [str(paths[1].resolve())]
-        assert info["voice_cache_evictions"] == evictions + 1 and info["voice_cache_mb"] <= one_voice_mb * 1.5
+        assert cache.evictions == evictions + 1 and cache.mb <= one_voice_mb * 1.5
         # a voice larger than the whole cache: used, not kept
         engine.settings = replace(saved, voice_cache_max_mb=one_voice_mb / 10)
         assert joined(speak(engine, "Hi.", voice=str(paths[0]), seed=1)).size > 0
@@ -425,7 +428,7 @@ def test_steps_equal_upstream(turbo_engine):
     torch.manual_seed(123)
     with torch.inference_mode():
         upstream = model.t3.inference_turbo(t3_cond=conds.t3, text_tokens=text_tokens)
-    sampler = _TokenSampler(engine, model, conds.t3, text_tokens, GenerationSettings(), 1, 1001)
+    sampler = _TokenSampler(engine._lock, model, conds.t3, text_tokens, GenerationSettings(), 1, 1001)
     sampler.generator = torch.Generator().manual_seed(123)
     sampler.run(until=1001, cancel=threading.Event())
     mine = torch.cat(sampler.tokens, dim=1)
@@ -435,7 +438,7 @@ def test_steps_equal_upstream(turbo_engine):
 
     tokens = upstream[upstream < 6561]
     n, prompt = tokens.numel(), conds.gen["prompt_feat"].shape[1]
-    decoder = _StreamDecoder(engine, model, conds.gen, 7, False)
+    decoder = _StreamDecoder(model, conds.gen, 7, False, engine._lock, engine.decoder_config)
     torch.manual_seed(11)
     noise = torch.randn(1, 80, 2 * n)
     torch.manual_seed(12)
@@ -473,7 +476,7 @@ def test_first_token_is_kept_even_when_it_is_the_stop_token(turbo_engine):
     with torch.inference_mode():
         upstream = model.t3.inference_turbo(t3_cond=conds.t3, text_tokens=text_tokens, temperature=1.0, top_k=1,
                                             top_p=1.0, repetition_penalty=1.0, max_gen_len=20)
-    sampler = TokenSampler(engine, model, conds.t3, text_tokens, greedy, 1, 21)
+    sampler = TokenSampler(engine._lock, model, conds.t3, text_tokens, greedy, 1, 21)
     sampler.run(until=21, cancel=threading.Event())
     mine = torch.cat(sampler.tokens, dim=1)
     assert int(mine[0, 0]) == stop and mine.shape[1] >= 2  # the first stop did not end the piece
@@ -486,10 +489,11 @@ def test_first_token_is_kept_even_when_it_is_the_stop_token(turbo_engine):
 def test_load_time_self_check_compares_many_tokens(turbo_engine):
     """The greedy check at load compares SELF_CHECK_TOKENS tokens with upstream (stop held down for it), not the
     single token the tiny checkpoint's greedy stop would allow."""
-    info = turbo_engine.info()
-    assert info["fast_path"]["active"] and not info["fast_path"]["fallback"]
-    assert f"{turbo_engine.SELF_CHECK_TOKENS} tokens equal" in info["fast_path"]["reason"]
-    assert turbo_engine.SELF_CHECK_TOKENS >= 32
+    from ros2_chatterbox.engines.chatterbox.fast_path import SELF_CHECK_TOKENS
+    fp = turbo_engine.info().fast_path
+    assert fp.active and not fp.fallback
+    assert f"{SELF_CHECK_TOKENS} tokens equal" in fp.reason
+    assert SELF_CHECK_TOKENS >= 32
     stop = int(turbo_engine._model.t3.hp.stop_speech_token)
     assert float(turbo_engine._model.t3.speech_head.bias[stop]) > 0  # the check restored the stop bias
 
@@ -497,10 +501,13 @@ def test_load_time_self_check_compares_many_tokens(turbo_engine):
 def test_fast_path_state_is_reported(turbo_engine):
     """Asked for (the default) and equal to upstream here: reported active, with the check it passed, no warning."""
     info = turbo_engine.info()
-    fp = info["fast_path"]
-    assert fp["requested"] is True and fp["active"] is True and fp["fallback"] is False, fp
-    assert fp["reason"].startswith("active (greedy check: ") and "seeded sampling reproducible" in fp["reason"], fp
-    assert info["fast_path_active"] is True and info["fast_path_warning"] == ""
+    fp = info.fast_path
+    assert fp.requested is True and fp.active is True and fp.fallback is False, fp
+    assert fp.reason.startswith("active (greedy check: ") and "seeded sampling reproducible" in fp.reason, fp
+    assert fp.warning == "" and info.fast_path_warning == ""
+    shown = CoreStatus(engine=info).flat()  # what /diagnostics and /api/model-info show
+    assert shown["fast_path_active"] is True and shown["fast_path_warning"] == ""
+    assert shown["fast_path_state"] == fp.reason
 
 
 def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch):
@@ -510,7 +517,7 @@ def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch):
     from ros2_chatterbox.engines.fast_t3 import FastT3
     monkeypatch.setattr(FastT3, "self_check", lambda self, *a, **k: {"ok": False, "n": 64, "match": 3})
 
-    class Records(logging.Handler):  # on the package's logger itself: whatever other tests did to propagation
+    class Records(logging.Handler):  # on the warning's own logger: whatever other tests did to propagation
         def __init__(self):
             super().__init__(logging.WARNING)
             self.records = []
@@ -518,7 +525,7 @@ def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch):
         def emit(self, record):
             self.records.append(record)
 
-    logger = logging.getLogger("ros2_chatterbox")
+    logger = logging.getLogger("ros2_chatterbox.engines.chatterbox.fast_path")
     seen = Records()
     monkeypatch.setattr(logger, "disabled", False)  # another test's logging.config.dictConfig may have disabled it
     logger.addHandler(seen)
@@ -527,9 +534,9 @@ def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch):
     engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt))
     try:
         engine.load()
-        info = engine.info()
-        assert info["fast_path"]["requested"] and not info["fast_path"]["active"] and info["fast_path"]["fallback"]
-        assert "equality check" in info["fast_path_warning"] and "reference loop" in info["fast_path_warning"]
+        fp = engine.info().fast_path
+        assert fp.requested and not fp.active and fp.fallback
+        assert "equality check" in fp.warning and "reference loop" in fp.warning
         assert any("fast path" in r.getMessage() and r.levelno == logging.WARNING for r in seen.records)
         assert joined(speak(engine, "Still speaking.", seed=3)).size > 0  # the reference loop speaks
     finally:
@@ -541,35 +548,35 @@ def test_a_fast_path_fallback_is_loud(tiny_ckpt, monkeypatch):
 def test_working_memory_is_planned_and_taken_at_configure(tiny_ckpt):
     """The memory plan sizes everything for the longest allowed piece (text.chunk_chars) and configure takes it with
     one worst-case pass (on CUDA; switched on here for the CPU): the engine then speaks as before."""
-    engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt, **{"text.chunk_chars": 60}))
+    engine = create_engine("chatterbox_turbo", turbo_config(tiny_ckpt), max_piece_chars=60)
     engine.WARM_ON_CPU = True
     engine.load()
     try:
-        mem = engine.info()["memory"]
-        assert mem["state"] == "taken at configure" and mem["warm_s"] > 0, mem
-        plan = mem["plan"]
+        mem = engine.info().memory
+        assert mem.state == "taken at configure" and mem.warm_s > 0, mem
+        plan = mem.plan
         assert plan["chunk_chars"] == 60 and plan["max_speech_tokens"] == 150 + 6 * 60
         assert engine.fast.capacity >= plan["kv_positions"] - plan["bucket"] + 1  # the fast path's cache is sized
-        assert mem["rss_mb"] > 0 and mem["rss_plus_device_mb"] >= mem["rss_mb"]
+        assert mem.rss_mb > 0 and mem.rss_plus_device_mb >= mem.rss_mb
         assert joined(speak(engine, "Still speaking after the warm-up.", seed=5)).size > 0
-        assert set(engine.info()["memory"]["last_piece"]) == {"device_allocs", "block_allocations", "reserved_bytes"}
+        assert set(engine.info().memory.last_piece) == {"device_allocs", "block_allocations", "reserved_bytes"}
     finally:
         engine.unload()
-    assert engine.info()["memory_state"] == "not loaded"
+    assert engine.info().memory.state == "not loaded"
 
 
 def test_allocator_off_with_the_fast_path_is_refused(monkeypatch):
     """PYTORCH_NO_CUDA_MEMORY_CACHING (any value) turns torch's caching allocator off; CUDA graphs cannot be captured
     then. On CUDA with the fast path asked for, configure refuses with the reason and both ways out."""
-    from ros2_chatterbox.engines.chatterbox.engine import ChatterboxTurboEngine
+    from ros2_chatterbox.engines.chatterbox.device import check_allocator
     monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
     with pytest.raises(EngineLoadError) as err:
-        ChatterboxTurboEngine.check_allocator("cuda:0", True)
+        check_allocator("cuda:0", True)
     assert "Unset the variable" in str(err.value) and "fast_path to false" in str(err.value)
-    ChatterboxTurboEngine.check_allocator("cuda:0", False)   # the slow loop on purpose
-    ChatterboxTurboEngine.check_allocator("cpu", True)       # no CUDA, no graphs
+    check_allocator("cuda:0", False)   # the slow loop on purpose
+    check_allocator("cpu", True)       # no CUDA, no graphs
     monkeypatch.delenv("PYTORCH_NO_CUDA_MEMORY_CACHING")
-    ChatterboxTurboEngine.check_allocator("cuda:0", True)
+    check_allocator("cuda:0", True)
 
 
 # ---------------------------------------------------------------------------------------------------- bf16, no conds.pt, jetson, unload
@@ -584,8 +591,8 @@ def test_bfloat16_without_builtin_voice_then_unload(tiny_ckpt, voice_dir, tmp_pa
     try:
         engine.load()
         info = engine.info()
-        assert info["dtype"] == "bfloat16" and not info["builtin_voice"] and not info["fast_path_active"]
-        assert info["jetson_patches_active"] and jetson_patches.is_applied()
+        assert info.dtype == "bfloat16" and not info.builtin_voice and not info.fast_path.active
+        assert info.jetson_patches_active and jetson_patches.is_applied()
         assert engine._model.t3.speech_head.weight.dtype == torch.bfloat16
         assert engine._model.s3gen.mel2wav.conv_pre.weight.dtype == torch.float32  # HiFT stays fp32
         with pytest.raises(VoiceError, match="no built-in voice"):
@@ -601,6 +608,6 @@ def test_bfloat16_without_builtin_voice_then_unload(tiny_ckpt, voice_dir, tmp_pa
     gc.collect()
     assert model_ref() is None, "the model is still referenced after unload"
     assert not engine.loaded and engine.cached_voices() == []
-    assert engine.info()["loaded"] is False
+    assert engine.info().loaded is False
     with pytest.raises(EngineError):
         speak(engine, "Hello.")

@@ -57,8 +57,8 @@ class FakeEngine(Engine):
 
 @pytest.fixture
 def core(monkeypatch, tmp_path):
-    engine = FakeEngine({})
-    monkeypatch.setattr("ros2_chatterbox.core.create_engine", lambda name, config: engine)
+    engine = FakeEngine(cfgmod.EngineSettings())
+    monkeypatch.setattr("ros2_chatterbox.core.create_engine", lambda name, settings, max_piece_chars=None: engine)
     values = cfgmod.defaults()
     values.update({"voices_dir": str(tmp_path), "queue.max_size": 4, "audio.sentence_pause_ms": 0})
     c = SpeechCore(cfgmod.Settings.from_values(values))
@@ -85,7 +85,7 @@ class Collect(JobListener):
 def test_engine_exception_fails_that_request_and_next_succeeds(core):
     bad = core.submit("this text will explode in the middle of it").wait(10)
     assert not bad.success and bad.kind == ENGINE_ERROR and "kaboom" in bad.message
-    assert core.status()["last_error"]
+    assert core.status().last_error
     assert core.submit("a fine sentence after the failure").wait(10).success
 
 
@@ -209,9 +209,9 @@ def test_idle_unload_frees_the_model_and_reloads_on_demand(core):
     deadline = time.monotonic() + 10
     while core.fake.loaded and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not core.fake.loaded and core.status()["unloaded_for_idle"]
+    assert not core.fake.loaded and core.status().unloaded_for_idle
     assert core.submit("wake up and speak").wait(10).success
-    assert core.fake.loads == 2 and not core.status()["unloaded_for_idle"]
+    assert core.fake.loads == 2 and not core.status().unloaded_for_idle
 
 
 def test_unload_answers_in_flight_requests_as_cancelled(core):
@@ -330,11 +330,12 @@ def test_voices_are_unavailable_before_load():
 
 def test_status_has_no_door_notions_and_readiness_means_the_configured_engine(core):
     st = core.status()
-    assert "lifecycle_state" not in st
-    assert st["ready"] and st["accepting"] and not st["using_fallback"]
+    assert "lifecycle_state" not in st.as_dict()
+    assert st.ready and st.accepting and not st.using_fallback
+    assert st.engine.engine == "fake" and st.queue_max == 4 and st.as_dict()["engine"] == "fake"
     core.fallback_reason = "engine 'chatterbox_turbo' could not load: no weights"
     st = core.status()
-    assert st["accepting"] and not st["ready"] and st["using_fallback"]
+    assert st.accepting and not st.ready and st.using_fallback
 
 
 def test_run_time_settings_apply_to_the_next_request(core):

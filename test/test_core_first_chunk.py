@@ -52,8 +52,8 @@ class Collect(JobListener):
 
 
 def test_first_audio_leaves_before_the_engine_yields_its_second_part(monkeypatch, tmp_path):
-    engine = TwoPartEngine({})
-    monkeypatch.setattr("ros2_chatterbox.core.create_engine", lambda name, config: engine)
+    engine = TwoPartEngine(cfgmod.EngineSettings())
+    monkeypatch.setattr("ros2_chatterbox.core.create_engine", lambda name, settings, max_piece_chars=None: engine)
     values = cfgmod.defaults()
     values.update({"voices_dir": str(tmp_path), "audio.sentence_pause_ms": 0})
     core = SpeechCore(cfgmod.Settings.from_values(values))

@@ -1,4 +1,5 @@
-"""ros2_chatterbox.doctor: runs on this CPU machine (no CUDA), and its pure helpers parse real-looking inputs."""
+"""ros2_chatterbox.doctor: runs on this CPU machine (no CUDA), and its pure helpers (cuda_checks: the CUDA libraries,
+the troubleshooting table, the GPU calls) parse real-looking inputs."""
 import contextlib
 import json
 import os
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ros2_chatterbox import doctor
+from ros2_chatterbox import cuda_checks, doctor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ def test_exit_code_1_only_when_a_gpu_check_fails():
     ("RuntimeError: Found no NVIDIA driver on your system", "--runtime nvidia"),
 ])
 def test_troubleshooting_table(message, needle):
-    cause, fix = doctor.diagnose(message)
+    cause, fix = cuda_checks.diagnose(message)
     assert needle in fix or needle in cause
     assert "start-gpu.sh" in fix or "GPU services" in fix or "--runtime nvidia" in fix
 
@@ -103,9 +104,9 @@ def test_troubleshooting_table(message, needle):
 ])
 def test_allocator_off_is_diagnosed_and_the_fix_is_to_unset_it(message):
     """The caching allocator off (the old Jetson advice) costs the fast path: the doctor says so and says unset it."""
-    cause, fix = doctor.diagnose(message)
+    cause, fix = cuda_checks.diagnose(message)
     assert "caching allocator" in cause and "unset PYTORCH_NO_CUDA_MEMORY_CACHING" in fix
-    for _pattern, _cause, other_fix in doctor.TROUBLESHOOTING:  # no row advises setting it any more
+    for _pattern, _cause, other_fix in cuda_checks.TROUBLESHOOTING:  # no row advises setting it any more
         assert "keep PYTORCH_NO_CUDA_MEMORY_CACHING" not in other_fix
 
 
@@ -129,7 +130,7 @@ fffff000-fffff100 rw-p 00000000 00:00 0      [heap]
 
 
 def test_parse_maps_and_classify():
-    paths = doctor.parse_maps(MAPS)
+    paths = cuda_checks.parse_maps(MAPS)
     assert paths == [
         "/usr/local/cuda/targets/sbsa-linux/lib/libcublasLt.so.12.6.4.1",
         "/usr/local/cuda/targets/sbsa-linux/lib/libcublas.so.12.6.4.1",
@@ -138,23 +139,23 @@ def test_parse_maps_and_classify():
     ]
     manifest = {"/usr/lib/aarch64-linux-gnu/libcudnn_graph.so.9.5.1"}
     mounts = {"/usr/local/cuda/targets/sbsa-linux/lib/libcublasLt.so.12.6.4.1"}  # native mounted over it
-    kinds = [doctor.classify_library(p, manifest, mounts, jetson=True)[0] for p in paths]
+    kinds = [cuda_checks.classify_library(p, manifest, mounts, jetson=True)[0] for p in paths]
     assert kinds == ["native-mounted", "sbsa", "sbsa", "sbsa"]
     # off Jetson, pip's nvidia wheels are the normal CUDA libraries
-    assert doctor.classify_library(paths[3], manifest, mounts, jetson=False)[0] == "native"
+    assert cuda_checks.classify_library(paths[3], manifest, mounts, jetson=False)[0] == "native"
 
 
 def test_parse_mountinfo_and_manifest(tmp_path):
     info = ("1093 1080 259:2 /usr/local/cuda-12.6/targets/aarch64-linux/lib/libcublasLt.so.12.6.1.4 "
             "/usr/local/cuda/targets/sbsa-linux/lib/libcublasLt.so.12.6.4.1 ro,relatime - ext4 /dev/root rw\n"
             "1080 1 0:50 / / rw,relatime - overlay overlay rw\n")
-    assert doctor.parse_mountinfo(info) == {"/usr/local/cuda/targets/sbsa-linux/lib/libcublasLt.so.12.6.4.1", "/"}
+    assert cuda_checks.parse_mountinfo(info) == {"/usr/local/cuda/targets/sbsa-linux/lib/libcublasLt.so.12.6.4.1", "/"}
     manifest = tmp_path / "m.tsv"
     manifest.write_text("# header\nlibcublas\tlibcublas.so.12\t/x/libcublas.so.12.6.4.1\n\nbad line\n")
-    assert doctor.read_manifest(str(manifest)) == {
+    assert cuda_checks.read_manifest(str(manifest)) == {
         "/x/libcublas.so.12.6.4.1": {"name": "libcublas", "soname": "libcublas.so.12",
                                      "path": "/x/libcublas.so.12.6.4.1"}}
-    assert doctor.read_manifest(str(tmp_path / "missing.tsv")) == {}
+    assert cuda_checks.read_manifest(str(tmp_path / "missing.tsv")) == {}
 
 
 class _FakeCuda:
@@ -197,13 +198,13 @@ def test_gpu_checks_catch_wrong_results_and_name_the_library(monkeypatch):
     fake.device = lambda name: torch.device("cpu")
     fake.cuda = _FakeCuda
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
-    checks = {c["name"]: c for c in doctor.gpu_checks(fake)}
+    checks = {c["name"]: c for c in cuda_checks.gpu_checks(fake)}
     assert all(c["ok"] for c in checks.values()), checks  # CPU against CPU: every result equal
 
     # Graph capture failing as it does with the caching allocator off: the fix is to unset the variable.
     monkeypatch.setattr(_FakeCuda, "capture_error", "CUDA error: operation failed due to a previous error during "
                                                     "capture")
-    capture = {c["name"]: c for c in doctor.gpu_checks(fake)}["CUDA graph capture (the fast path)"]
+    capture = {c["name"]: c for c in cuda_checks.gpu_checks(fake)}["CUDA graph capture (the fast path)"]
     assert not capture["ok"] and "unset PYTORCH_NO_CUDA_MEMORY_CACHING" in capture["fix"]
     monkeypatch.setattr(_FakeCuda, "capture_error", None)
 
@@ -216,7 +217,7 @@ def test_gpu_checks_catch_wrong_results_and_name_the_library(monkeypatch):
         return result * (1 + 0.5j) if len(calls) % 2 else result
 
     fake.fft = type("F", (), {"rfft": staticmethod(broken_rfft)})
-    checks = {c["name"]: c for c in doctor.gpu_checks(fake)}
+    checks = {c["name"]: c for c in cuda_checks.gpu_checks(fake)}
     bad = checks["cuFFT rfft, n=401 (odd)"]
     assert not bad["ok"] and "wrong result" in bad["error"]
     assert "cuFFT" in bad["cause"] and "start-gpu.sh" in bad["fix"]
@@ -229,12 +230,12 @@ def test_doctor_asks_the_running_node_and_reports_a_fast_path_fallback(capsys):
     import http.server
     import threading
 
-    info = {"engine": "chatterbox_turbo", "device": "cuda:0",
-            "fast_path": {"requested": True, "active": False, "fallback": True,
-                          "reason": "failed to start (RuntimeError: capture); using the reference loop"},
-            "fast_path_warning": "failed to start (RuntimeError: capture); using the reference loop",
-            "memory": {"state": "taken at configure", "reserved_mb": 5086.0, "device_allocs_since_configure": 0,
-                       "rss_plus_device_mb": 9000.0, "host_sync": "blocking_sync"}}
+    from ros2_chatterbox.status import CoreStatus, EngineStatus, FastPathStatus, MemoryStatus
+    why = "failed to start (RuntimeError: capture); using the reference loop"
+    info = CoreStatus(engine=EngineStatus(  # what the node's /api/model-info answers
+        engine="chatterbox_turbo", device="cuda:0", fast_path=FastPathStatus(requested=True, fallback=True, reason=why),
+        memory=MemoryStatus(state="taken at configure", reserved_mb=5086.0, device_allocs_since_configure=0,
+                            rss_plus_device_mb=9000.0, host_sync="blocking_sync"))).as_dict()
     seen = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -260,6 +261,9 @@ def test_doctor_asks_the_running_node_and_reports_a_fast_path_fallback(capsys):
         assert "fast path: NOT active (failed to start" in text and "reserved 5086.0 MiB" in text
         assert "the node's fast path is not running normally" in text
         assert seen == [("/api/model-info", "Bearer k")]
+        assert doctor.main(["--no-checks", "--json", "--url", url]) == 0
+        node = json.loads(capsys.readouterr().out)["node"]
+        assert node["fast_path"]["warning"] == why and node["memory"]["rss_plus_device_mb"] == 9000.0
     finally:
         server.shutdown()
         server.server_close()

@@ -155,7 +155,7 @@ def test_streaming_response_starts_before_synthesis_ends(client, http_core, monk
                                                             response_format="mp3") as response:
         chunks = response.iter_bytes(1024)
         first = next(chunks)
-        speaking_at_first_byte = http_core.status()["speaking"]
+        speaking_at_first_byte = http_core.status().speaking
         first_bytes.set()
         rest = b"".join(chunks)
     assert first and rest

@@ -47,9 +47,9 @@ def test_nano_loads_a_gpt2_small_shaped_t3_and_speaks(nano_engine):
     assert (t3.cfg.n_layer, t3.cfg.n_embd, t3.cfg.n_head) == (3, 96, 3)   # the tiny Nano layout
     assert "GPT2_small" not in llama_configs.LLAMA_CONFIGS                 # upstream's table left as it was
     info = nano_engine.info()
-    assert info["model"] == "chatterbox-nano" and info["model_name"] == "Chatterbox-Nano"
-    assert info["hub_repo"] == "ResembleAI/chatterbox-nano"
-    assert info["fast_path_active"], info["fast_path_state"]
+    assert info.model == "chatterbox-nano" and info.model_name == "Chatterbox-Nano"
+    assert info.hub_repo == "ResembleAI/chatterbox-nano"
+    assert info.fast_path.active, info.fast_path.reason
     audio = joined(speak(nano_engine, "Hello from the tiny Nano [laugh].", seed=5))
     assert audio.size > 0 and np.abs(audio).max() > 0
     again = joined(speak(nano_engine, "Hello from the tiny Nano [laugh].", seed=5))
@@ -110,7 +110,7 @@ def test_model_parameter_values_and_hub_repository():
 def test_unknown_model_fails_configure_clearly(nano_ckpt):
     from ros2_chatterbox.engine import EngineLoadError
     from ros2_chatterbox.engines import create_engine
-    with pytest.raises(EngineLoadError, match="model='large' is not one of 'turbo', 'nano'"):
+    with pytest.raises(EngineLoadError, match="model must be one of turbo, nano, not 'large'"):
         create_engine("chatterbox_turbo", turbo_config(nano_ckpt, model="large")).load()
 
 
@@ -126,7 +126,7 @@ def test_model_nano_alone_fetches_nanos_repository_from_the_cache(nano_ckpt, tmp
                                                             fast_path=False))
     engine.load()
     try:
-        assert engine.info()["model_source"] == "hub:ResembleAI/chatterbox-nano"
+        assert engine.info().model_source == "hub:ResembleAI/chatterbox-nano"
         assert joined(speak(engine, "Hello.", seed=3)).size > 0
     finally:
         engine.unload()

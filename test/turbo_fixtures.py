@@ -9,15 +9,16 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ros2_chatterbox.settings import defaults  # noqa: E402
+from ros2_chatterbox.settings import EngineSettings  # noqa: E402
 
 
 def require_chatterbox() -> None:
@@ -25,13 +26,10 @@ def require_chatterbox() -> None:
     pytest.importorskip("chatterbox.tts_turbo", reason="chatterbox-tts is not installed (make setup)")
 
 
-def turbo_config(model_dir: Path, **overrides: Any) -> Dict[str, Any]:
-    """Default settings for the chatterbox_turbo engine on `model_dir` (CPU, float32)."""
-    cfg = defaults()
-    cfg.update({"engine": "chatterbox_turbo", "model_dir": str(model_dir), "device": "cpu", "dtype": "float32",
-                "jetson_patches": "off"})
-    cfg.update(overrides)
-    return cfg
+def turbo_config(model_dir: Path, **overrides: Any) -> EngineSettings:
+    """Default engine settings on `model_dir` (CPU, float32); `overrides` by EngineSettings field name."""
+    return replace(EngineSettings(), **{"model_dir": str(model_dir), "device": "cpu", "dtype": "float32",
+                                        "jetson_patches": "off", **overrides})
 
 
 def write_voice(path: Path, seconds: float = 5.6, f0: float = 140.0, seed: int = 0, sr: int = 24_000) -> Path:

@@ -11,7 +11,7 @@ the settings table imports `engines.registry`, and so this package, while the in
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from .registry import ENGINES, REGISTRY
 
@@ -34,6 +34,6 @@ def engine_class(name: str) -> type:
                               f"(`make setup`, or see README 'Installation')") from exc
 
 
-def create_engine(name: str, settings: EngineSettings) -> Engine:
-    """The engine `name` with its settings (see `Engine.__init__`)."""
-    return engine_class(name)(settings)
+def create_engine(name: str, settings: EngineSettings, max_piece_chars: Optional[int] = None) -> Engine:
+    """The engine `name` with its settings and the longest piece of text it will get (see `Engine.__init__`)."""
+    return engine_class(name)(settings, max_piece_chars)

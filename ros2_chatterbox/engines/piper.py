@@ -7,13 +7,15 @@ Licence: piper-tts is GPL-3.0-or-later, so it is an optional extra of this packa
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Iterator, Optional
 
 import numpy as np
 
 from ..engine import Engine, EngineLoadError
 from ..settings import EngineSettings, GenerationSettings
+from ..status import EngineStatus
 from ..text import TAG_RE
 
 
@@ -30,8 +32,8 @@ class PiperEngine(Engine):
     name = "piper"
     can_clone = False
 
-    def __init__(self, settings: Union[EngineSettings, Mapping[str, Any]]):
-        super().__init__(settings)
+    def __init__(self, settings: EngineSettings, max_piece_chars: Optional[int] = None):
+        super().__init__(settings, max_piece_chars)
         self._voice = None
         self.model_path = ""
 
@@ -72,7 +74,5 @@ class PiperEngine(Engine):
                 return
             yield np.asarray(chunk.audio_float_array, dtype=np.float32)
 
-    def info(self) -> Dict[str, Any]:
-        out = super().info()
-        out.update({"device": "cpu", "dtype": "float32", "model": self.model_path, "voice": "joe-us (piper)"})
-        return out
+    def info(self) -> EngineStatus:
+        return replace(super().info(), device="cpu", dtype="float32", model=self.model_path, voice="joe-us (piper)")

@@ -5,16 +5,18 @@ timeouts).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from ...engine import EngineLoadError
 from ...settings import EngineSettings
-from . import models
+from . import models, tiny_checkpoint
+from .device import release
 
 HUB_REPO_DEFAULT = "ResembleAI/chatterbox-turbo"
 REQUIRED_FILES: Dict[str, str] = {
@@ -132,6 +134,37 @@ def explain_load_error(exc: BaseException, folder: Path, repo: str,
         return EngineLoadError(f"the tokenizer files in '{folder}' could not be loaded ({type(exc).__name__}: "
                                f"{msg[:300]}); {fetch_hint(repo)}")
     return EngineLoadError(f"{spec.title} could not load from '{folder}': {type(exc).__name__}: {msg[:400]}")
+
+
+def load_model(folder: Path, device: str, dtype: Any, repo: str, spec: models.ModelSpec) -> Tuple[Any, bool]:
+    """(model, tiny): a checked folder loaded by models.load_local (a tiny checkpoint with its patches), T3 in
+    `dtype`. Every failure is an EngineLoadError naming the file or the fix, raised after whatever the loader had put
+    on the GPU went back."""
+    import torch
+    try:
+        arch = tiny_checkpoint.read_arch(folder)
+    except Exception as exc:  # noqa: BLE001
+        raise EngineLoadError(f"{tiny_checkpoint.ARCH_FILE} in '{folder}' is damaged: {exc}") from exc
+    if arch is not None and tiny_checkpoint.arch_spec(arch) is not spec:
+        raise EngineLoadError(f"the tiny checkpoint in '{folder}' is laid out as {tiny_checkpoint.arch_spec(arch).name}"
+                              f", not {spec.name}: set the parameter model to '{tiny_checkpoint.arch_spec(arch).name}'")
+    try:
+        with tiny_checkpoint.tiny_patches(arch) if arch is not None else contextlib.nullcontext():
+            model = models.load_local(folder, device, spec, arch["t3"] if arch is not None else None, t3_dtype=dtype)
+        if dtype != torch.float32:
+            # T3 (most weights, all per-token time) in half precision. VoiceEncoder, S3Tokenizer, CAMPPlus and HiFT
+            # break under .half() (FACTS.md), so S3Gen and the voice encoder stay float32. Cast outside
+            # inference_mode: parameters made there become inference tensors that nothing may update later.
+            with torch.no_grad():
+                model.t3.to(dtype=dtype)
+    except Exception as exc:  # noqa: BLE001
+        model = None
+        release(device)
+        if "out of memory" in str(exc).lower():
+            raise EngineLoadError(f"out of memory while loading {spec.title} on {device}: {exc}; free GPU memory "
+                                  f"(start this node first) or use dtype float16") from exc
+        raise explain_load_error(exc, folder, repo, spec) from exc
+    return model, arch is not None
 
 
 

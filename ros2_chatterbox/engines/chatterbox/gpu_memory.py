@@ -67,6 +67,13 @@ def allocator_stats(device: str) -> Dict[str, int]:
             "allocated_bytes": int(s.get("allocated_bytes.all.current", 0))}
 
 
+def allocator_delta(before: Dict[str, int], after: Dict[str, int]) -> Dict[str, int]:
+    """The allocator's work between two allocator_stats() readings (and the bytes reserved after)."""
+    return {"device_allocs": after["num_device_alloc"] - before["num_device_alloc"],
+            "block_allocations": after["block_allocations"] - before["block_allocations"],
+            "reserved_bytes": after["reserved_bytes"]}
+
+
 def device_used_bytes(device: str) -> int:
     """Device memory in use by every process on this GPU (total - free: the CUDA context included); 0 off CUDA. On a
     Jetson (unified memory) that is all RAM in use: there RSS + torch's reserved bytes is this process's share."""

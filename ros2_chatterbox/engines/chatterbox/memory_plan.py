@@ -109,8 +109,8 @@ def make_plan(chunk_chars: Optional[int], *, n_layer: int, n_head: int, head_dim
     longest = max(b - a for a, b in zip([0] + points, points)) + FINAL_SILENCE_TOKENS
     vocoder = FRAMES_PER_TOKEN * longest + (crossfade_frames + context_frames if len(points) > 1 else 0)
     return MemoryPlan(
-        chunk_chars=None if chunk_chars is None else int(chunk_chars), max_text_tokens=text, max_speech_tokens=speech, kv_positions=kv_positions,
-        bucket=int(bucket), buckets=buckets,
+        chunk_chars=None if chunk_chars is None else int(chunk_chars), max_text_tokens=text, max_speech_tokens=speech,
+        kv_positions=kv_positions, bucket=int(bucket), buckets=buckets,
         kv_bytes=int(n_layer) * 2 * int(n_head) * kv_positions * int(head_dim) * int(dtype_bytes),
         flow_tokens_max=PROMPT_TOKENS_MAX + speech + FINAL_SILENCE_TOKENS, vocoder_frames_max=int(vocoder),
         decode_points=tuple(points))

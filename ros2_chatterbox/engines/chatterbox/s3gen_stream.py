@@ -3,16 +3,17 @@
 Each decode re-runs the flow (conformer encoder + meanflow steps) over all tokens so far (its attention is not causal)
 with the same noise at the same positions, keeps the mel frames that have all their look-ahead, vocodes them with a
 few frames of left context and a sine excitation whose phase continues from the previous chunk, and cross-fades a
-held-back tail of `CROSSFADE_FRAMES` frames with the next chunk. The Perth watermark is applied the same way (left
-context, held-back tail, cross-fade), so consecutive parts join without clicks and without dropping or repeating
-samples. S3Gen noise comes from generators seeded with the request's seed and the absolute position. On CUDA the
+held-back tail of `DecoderConfig.crossfade_frames` frames with the next chunk. The Perth watermark is applied the same
+way (left context, held-back tail, cross-fade), so consecutive parts join without clicks and without dropping or
+repeating samples. S3Gen noise comes from generators seeded with the request's seed and the absolute position. On CUDA the
 vocoder runs with deterministic cuDNN: its transposed convolutions otherwise differ run to run.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, ContextManager, Dict, Optional
 
 import numpy as np
 
@@ -22,6 +23,16 @@ SAMPLE_RATE = 24_000          # S3GEN_SR
 SAMPLES_PER_FRAME = 480       # one mel frame (50 Hz) of 24 kHz audio; HiFT upsamples 8*5*3*4
 FRAMES_PER_TOKEN = 2          # 25 speech tokens per second
 SILENCE_TOKEN = 4299          # chatterbox.models.s3gen.const.S3GEN_SIL
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The streaming decoder's constants, and the longest piece it must hold noise for."""
+    crossfade_frames: int = 8      # vocoder overlap between chunks (160 ms), as CosyVoice's streaming HiFT cache
+    context_frames: int = 4        # extra mel frames of left context for the vocoder's convolutions
+    noise_block_frames: int = 50   # vocoder noise is drawn in blocks seeded by absolute position
+    cfm_steps: int = 2             # upstream generate() uses n_cfm_timesteps=2 with the meanflow decoder
+    speech_cap: int = MAX_SPEECH_TOKENS  # the engine's speech_tokens.max
 
 
 def deterministic_cudnn():
@@ -100,11 +111,14 @@ class WatermarkStream:
 
 
 class StreamDecoder:
-    """Speech tokens -> 24 kHz audio, incrementally, with seamless joins (see the module docstring)."""
+    """Speech tokens -> 24 kHz audio, incrementally, with seamless joins (see the module docstring). `lock` is held
+    around the model work (the engine's: one model, several threads)."""
 
-    def __init__(self, engine, model, ref: Dict[str, Any], seed: int, watermark: bool):
+    def __init__(self, model, ref: Dict[str, Any], seed: int, watermark: bool, lock: ContextManager,
+                 config: DecoderConfig = DecoderConfig()):
         import torch
-        self.engine = engine
+        self.lock = lock
+        self.config = config
         self.model = model
         self.s3gen = model.s3gen
         self.device = self.s3gen.device
@@ -112,7 +126,7 @@ class StreamDecoder:
         self.seed = seed
         flow = self.s3gen.flow
         self.prompt_frames = int(ref["prompt_feat"].shape[1])
-        cap = int(getattr(engine, "speech_cap", MAX_SPEECH_TOKENS))  # the engine's speech_tokens.max
+        cap = int(config.speech_cap)
         bank_frames = self.prompt_frames + FRAMES_PER_TOKEN * (max(cap, MAX_SPEECH_TOKENS) + 3 + 2)
         g = torch.Generator(device=self.device).manual_seed(mix_seed(seed, 2))
         # the flow's starting noise, one value per absolute frame position, fixed for the whole piece
@@ -168,7 +182,7 @@ class StreamDecoder:
             est = flow.decoder.estimator
             dtype = est.dtype
             x, mu, mel_mask, emb_c, cond = (t.to(dtype) for t in (x, mu, mel_mask, emb, cond))
-            t_span = torch.linspace(0, 1, self.engine.CFM_STEPS + 1, device=self.device, dtype=dtype)
+            t_span = torch.linspace(0, 1, self.config.cfm_steps + 1, device=self.device, dtype=dtype)
             for t, r in zip(t_span[:-1], t_span[1:]):
                 t, r = t[None], r[None]
                 dxdt = est.forward(x, mask=mel_mask, mu=mu, t=t, spks=emb_c, cond=cond, r=r)
@@ -212,7 +226,7 @@ class StreamDecoder:
         import torch
         sine = self.s3gen.mel2wav.m_source.l_sin_gen
         harmonics = sine.harmonic_num + 1
-        block = self.engine.NOISE_BLOCK_FRAMES
+        block = self.config.noise_block_frames
         first = start_frame // block
         last = (start_frame * SAMPLES_PER_FRAME + n_samples - 1) // (block * SAMPLES_PER_FRAME)
         parts = []
@@ -228,15 +242,14 @@ class StreamDecoder:
         import torch
         if self.finished:
             return np.zeros(0, np.float32)
-        engine = self.engine
-        overlap, context = engine.CROSSFADE_FRAMES, engine.CONTEXT_FRAMES
+        overlap, context = self.config.crossfade_frames, self.config.context_frames
         n = int(tokens.shape[-1])
         if not final and n <= self.s3gen.flow.pre_lookahead_len + overlap // FRAMES_PER_TOKEN:
             return np.zeros(0, np.float32)
         if final:
             silence = torch.full((3,), SILENCE_TOKEN, dtype=torch.long, device=tokens.device)
             tokens = torch.cat([tokens.long(), silence])
-        with engine._lock:
+        with self.lock:
             mel = self.flow_mel(tokens, finalize=final)
             frames = int(mel.shape[-1])
             keep = frames if final else frames - overlap  # frames handed out after this step

@@ -1,11 +1,12 @@
 """Speech-token sources for one piece of text, resumable so that audio can be decoded while T3 samples:
 `TokenSampler` (upstream's `T3.inference_turbo` loop with upstream's logits processors) and `FastTokenSource`
-(the same interface over fast_t3.FastT3.stream_tokens). Both draw from a private generator seeded per request.
+(the same interface over fast_t3.FastT3.stream_tokens). Both draw from a private generator seeded per request, and
+hold `lock` (the engine's: one model, several threads) while they run the model.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any, List
+from typing import Any, ContextManager, List
 
 from ...settings import GenerationSettings
 
@@ -26,12 +27,12 @@ def mix_seed(*parts: int) -> int:
 
 
 class FastTokenSource:
-    """The same interface as _TokenSampler, backed by fast_t3.FastT3.stream_tokens."""
+    """The same interface as TokenSampler, backed by fast_t3.FastT3.stream_tokens."""
 
-    def __init__(self, engine, fast, t3_cond, text_tokens, settings: GenerationSettings,
+    def __init__(self, lock: ContextManager, fast, t3_cond, text_tokens, settings: GenerationSettings,
                  seed: int, cap: int, first_chunk: int):
         import torch
-        self.engine = engine
+        self.lock = lock
         self.cap = max(1, int(cap))
         generator = torch.Generator(device=fast.device).manual_seed(mix_seed(seed, 1))
         self._it = fast.stream_tokens(t3_cond, text_tokens, settings, generator=generator,
@@ -42,7 +43,7 @@ class FastTokenSource:
 
     def run(self, until: int, cancel: threading.Event) -> None:
         until = min(until, self.cap)
-        with self.engine._lock:
+        with self.lock:
             while not self.done and self.count < until:
                 if cancel.is_set():
                     return
@@ -71,13 +72,13 @@ class TokenSampler:
     Same logits processors in the same order as upstream; sampling draws from a private generator.
     """
 
-    def __init__(self, engine, model, t3_cond, text_tokens, settings: GenerationSettings,
+    def __init__(self, lock: ContextManager, model, t3_cond, text_tokens, settings: GenerationSettings,
                  seed: int, cap: int):
         import torch
         from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
                                                             TemperatureLogitsWarper, TopKLogitsWarper,
                                                             TopPLogitsWarper)
-        self.engine = engine
+        self.lock = lock
         self.t3 = model.t3
         self.cond = t3_cond
         self.text_tokens = text_tokens
@@ -115,7 +116,7 @@ class TokenSampler:
         """Sample until `until` tokens exist, the stop token comes, the cap is reached or cancel is set."""
         import torch
         until = min(until, self.cap)
-        with self.engine._lock, torch.inference_mode():
+        with self.lock, torch.inference_mode():
             t3 = self.t3
             if self.past is None and not self.done:
                 start = t3.hp.start_speech_token * torch.ones_like(self.text_tokens[:, :1])

@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import numpy as np
 
 from ...engine import VoiceError
+from ...status import VoiceCacheStatus
 from ...voices import MIN_REFERENCE_S, check_reference
 from .s3gen_stream import SAMPLE_RATE
 
@@ -122,6 +123,12 @@ class VoiceCache:
         with self._lock:
             return len(self._entries), sum(e.nbytes for e in self._entries.values())
 
+    def status(self, max_voices: int, max_mb: float) -> VoiceCacheStatus:
+        voices, nbytes = self.size()
+        return VoiceCacheStatus(voices=voices, mb=round(nbytes / 2 ** 20, 3), max_voices=max_voices, max_mb=max_mb,
+                                hits=self.stats["hits"], misses=self.stats["misses"],
+                                evictions=self.stats["evictions"])
+
 
 # ------------------------------------------------------------------------------------------------ conditioning
 def prepare_t3_cond(model, conds):
@@ -133,6 +140,18 @@ def prepare_t3_cond(model, conds):
     if cond.cond_prompt_speech_tokens is not None and cond.cond_prompt_speech_emb is None:
         cond.cond_prompt_speech_emb = t3.speech_emb(cond.cond_prompt_speech_tokens)
     return conds
+
+
+def placeholder_t3_cond(model):
+    """A zero speaker and prompt conditioning for T3, prepared: for the load-time checks of a checkpoint that has no
+    built-in voice."""
+    import torch
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+    from chatterbox.tts_turbo import Conditionals
+    with torch.inference_mode():
+        cond = T3Cond(speaker_emb=torch.zeros(1, 256), cond_prompt_speech_tokens=torch.zeros(1, 8, dtype=torch.long),
+                      emotion_adv=0.5 * torch.ones(1, 1, 1))
+        return prepare_t3_cond(model, Conditionals(cond, {})).t3
 
 
 def load_reference(path: str) -> np.ndarray:

@@ -52,7 +52,7 @@ def router(TTSRequest: Type[BaseModel], max_input: int, started: int) -> APIRout
     @api.get("/api/model-info", responses=documented(401), summary="Engine, device, queue and counters")
     def model_info(core: SpeechCore = Depends(get_core),
                    settings: HttpSettings = Depends(get_settings)) -> Dict[str, Any]:
-        info = _jsonable(core.status())
+        info = _jsonable(core.status().as_dict())
         info.update({"formats": list(encoding.FORMATS), "max_input_chars": max_input,
                      "auth_required": bool(settings.api_key), "http_started": started})
         return info

@@ -1,6 +1,7 @@
 """Liveness (/health, /health/live: 200 while the server runs) and readiness (/health/ready: 200 only when the
 configured engine serves; 503 on the fallback engine or before it is loaded). Container health checks and
-start-up gating use readiness. An engine serving without its fast path is `degraded`, with `fast_path_warning`."""
+start-up gating use readiness. An engine serving without its fast path is `degraded`, with `fast_path_warning`.
+The body is the `Health` model of the core's typed status (core.CoreStatus)."""
 from typing import Any, Dict
 
 from fastapi import APIRouter, Depends
@@ -15,11 +16,13 @@ router = APIRouter(tags=["health"])
 
 def health_body(core: SpeechCore) -> Dict[str, Any]:
     st = core.status()
-    slow = bool(st.get("fast_path_warning"))  # the engine runs without its fast path: never silent
-    status = "unavailable" if not st["accepting"] else ("degraded" if st["using_fallback"] or slow else "ok")
-    body = {k: st.get(k) for k in Health.model_fields if k in st}
-    body.update({"status": status, "engine": core.engine_name, "device": str(st.get("device", "") or "")})
-    return body
+    warning = st.engine.fast_path_warning  # the engine runs without its fast path: never silent
+    status = "unavailable" if not st.accepting else ("degraded" if st.using_fallback or warning else "ok")
+    return Health(status=status, ready=st.ready, accepting=st.accepting, engine=core.engine_name,
+                  using_fallback=st.using_fallback, queue_depth=st.queue_depth, queue_max=st.queue_max,
+                  speaking=st.speaking, device=st.engine.device, model=st.engine.model, fast_path_warning=warning,
+                  last_error=st.last_error, last_latency_s=st.last_latency_s,
+                  last_first_audio_s=st.last_first_audio_s).model_dump()
 
 
 @router.get("/health", response_model=Health,

@@ -1,0 +1,126 @@
+"""Taking the memory plan's working memory at configure (the plan itself, pure arithmetic, is memory_plan.py), and
+reporting it.
+
+`take` sizes the plan for the loaded model and the longest piece SpeechCore sends, then, on CUDA, makes one
+worst-case pass: the fast path's KV cache and buffers and a graph for every bucket, the longest text prefill, and the
+longest piece through the S3Gen streaming decoder with a 10 s voice prompt. PyTorch's caching allocator keeps those
+blocks, so no allowed text needs a new device allocation afterwards. Running out of memory here fails configure,
+with the fix, instead of a request later.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import ContextManager, Dict, Optional
+
+import numpy as np
+
+from ...engine import EngineLoadError
+from ...settings import EngineSettings, GenerationSettings
+from ...status import MemoryStatus
+from . import gpu_memory, memory_plan
+from .s3gen_stream import SAMPLE_RATE, DecoderConfig, StreamDecoder
+from .tokens import SPEECH_VOCAB
+from .voice_cache import DEC_COND_SAMPLES
+
+log = logging.getLogger(__name__)
+
+_MB = 1024.0 * 1024.0
+
+
+@dataclass
+class WorkingMemory:
+    """What configure planned and took."""
+    plan: Optional[memory_plan.MemoryPlan] = None
+    state: str = "not loaded"
+    warm_s: float = 0.0
+    base: Dict[str, int] = field(default_factory=dict)  # allocator counters right after configure
+
+
+def plan_for(model, settings: EngineSettings, max_piece_chars: Optional[int], bucket: int,
+             decoder: DecoderConfig) -> memory_plan.MemoryPlan:
+    """The plan for this model (T3's shape, the tokenizer's limit) and settings; ValueError when a piece can need
+    more T3 positions than the model has."""
+    t3 = model.t3
+    cfg = t3.cfg
+    limit = getattr(model.tokenizer, "model_max_length", 1024) or 1024
+    return memory_plan.make_plan(
+        max_piece_chars, speech_max=int(settings.speech_tokens_max), speech_base=settings.speech_tokens_base,
+        speech_per_char=settings.speech_tokens_per_char, n_layer=int(cfg.n_layer),
+        n_head=int(cfg.num_attention_heads), head_dim=int(cfg.hidden_size) // int(cfg.num_attention_heads),
+        dtype_bytes=int(t3.speech_head.weight.element_size()), max_positions=int(t3.tfmr.wpe.weight.shape[0]),
+        bucket=bucket, tokenizer_limit=int(min(limit, 10 ** 6)), stream_first=int(settings.stream_first_tokens),
+        stream_max=int(settings.stream_max_tokens), crossfade_frames=decoder.crossfade_frames,
+        context_frames=decoder.context_frames)
+
+
+def take(model, settings: EngineSettings, max_piece_chars: Optional[int], *, device: str, fast, t3_cond,
+         lock: ContextManager, decoder: DecoderConfig, warm: bool) -> WorkingMemory:
+    """Plan, and when `warm` (on CUDA) take the plan's memory with one worst-case pass. `fast`: the FastT3 in use
+    (None: the reference loop); `t3_cond()`: a prepared T3 conditioning for the longest prefill."""
+    try:
+        plan = plan_for(model, settings, max_piece_chars, fast.bucket if fast is not None else 256, decoder)
+    except ValueError as exc:
+        log.info("Chatterbox Turbo memory plan: %s", exc)
+        return WorkingMemory(state=f"no plan: {exc}")
+    if not warm:
+        return WorkingMemory(plan, "planned (taken at configure on CUDA only)")
+    t0 = time.monotonic()
+    try:
+        warm_worst_case(model, plan, device=device, fast=fast, t3_cond=t3_cond, lock=lock, decoder=decoder)
+    except Exception as exc:  # noqa: BLE001
+        if "out of memory" in str(exc).lower():
+            raise EngineLoadError(
+                f"out of memory while taking the working memory for pieces of up to {plan.max_speech_tokens} "
+                f"speech tokens ({exc}); lower speech_tokens.max, use dtype float16, or start this node before "
+                f"other GPU services") from exc
+        state = f"warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); memory grows on demand"
+        log.warning("Chatterbox Turbo: %s", state)
+        return WorkingMemory(plan, state, time.monotonic() - t0)
+    warm_s = time.monotonic() - t0
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize(torch.device(device))
+    return WorkingMemory(plan, "taken at configure", warm_s, gpu_memory.allocator_stats(device))
+
+
+def warm_worst_case(model, plan: memory_plan.MemoryPlan, *, device: str, fast, t3_cond, lock: ContextManager,
+                    decoder: DecoderConfig) -> None:
+    import torch
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()  # leftovers of the checks: the plan's memory is taken from a clean slate
+    if fast is not None:
+        fast.warmup(None, text_len=plan.max_text_tokens, max_new_tokens=plan.max_speech_tokens - 1,
+                    settings=(None, "greedy"), all_buckets=True)
+        g = torch.Generator(device=dev).manual_seed(1)
+        text = torch.randint(0, 256, (1, plan.max_text_tokens), generator=g, device=dev)
+        fast.generate(t3_cond(), text, GenerationSettings(), generator=g, max_new_tokens=8)  # longest prefill
+    t = np.arange(DEC_COND_SAMPLES, dtype=np.float64) / SAMPLE_RATE
+    wav = (0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    with torch.inference_mode():
+        ref = model.s3gen.embed_ref(wav, SAMPLE_RATE, device=device)  # a 10 s voice: the longest prompt
+        tokens = torch.randint(0, SPEECH_VOCAB, (plan.max_speech_tokens,), device=dev,
+                               generator=torch.Generator(device=dev).manual_seed(2))
+    stream = StreamDecoder(model, ref, 1, True, lock, decoder)  # watermarked, as requests are by default
+    for at in plan.decode_points[:-1]:
+        stream.step(tokens[:at], final=False)
+    stream.step(tokens, final=True)
+
+
+def status(memory: WorkingMemory, device: str, host_sync: str, last_piece: Dict[str, int]) -> MemoryStatus:
+    """The plan, what configure took, and the allocator's work since (what the static plan is judged by: no device
+    allocation after configure, flat reserved memory, few block allocations per piece). Never raises."""
+    try:
+        now = gpu_memory.allocator_stats(device)
+        base = memory.base
+        return MemoryStatus(
+            state=memory.state, plan=memory.plan.as_dict() if memory.plan else None,
+            warm_s=round(memory.warm_s, 3), host_sync=host_sync, **gpu_memory.memory_report(device),
+            reserved_mb=round(now["reserved_bytes"] / _MB, 1),
+            reserved_at_configure_mb=round(base["reserved_bytes"] / _MB, 1) if base else None,
+            device_allocs_since_configure=now["num_device_alloc"] - base["num_device_alloc"] if base else None,
+            last_piece=dict(last_piece))
+    except Exception as exc:  # noqa: BLE001 - status must never fail
+        return MemoryStatus(state=f"unknown ({type(exc).__name__}: {exc})")
