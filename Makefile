@@ -11,8 +11,8 @@ PARAMS ?= config/params.yaml
 # for `make http`, arguments of the HTTP program, e.g. ARGS="--port 8077"
 ARGS ?=
 PYTEST_ARGS ?=
-# The ROS tests (node, action, launch, command line and where it comes from): what CI also runs on Jazzy. Engine, HTTP, load and everything
-# else does not depend on the ROS distribution and runs once, on Kilted.
+# The ROS tests (node, action, launch, the command line and where it comes from): what CI also runs on Jazzy.
+# Engine, HTTP, load and everything else does not depend on the ROS distribution and runs once, on Kilted.
 ROS_TESTS ?= test/test_node.py test/test_node_lifecycle.py test/test_say_action.py test/test_launch.py \
 	test/test_launch_failures.py test/test_ros2_cli.py test/test_install.py test/test_setup_fresh_clone.py
 SETUP := VENV=$(VENV) bash tools/setup_venv.sh --distro $(DISTRO)
