@@ -435,10 +435,7 @@ class SpeechCore:
 
     def status(self) -> CoreStatus:
         """Everything a status page or diagnostics shows: engine status, queue, counters, voices, last error."""
-        eng = self.engine
-        q = self.queue
-        cfg = self._settings.core
-        lib = self._library
+        eng, q, lib, cfg = self.engine, self.queue, self._library, self._settings.core
         return CoreStatus(
             engine=eng.info() if eng is not None else EngineStatus(),
             accepting=bool(self.loaded and q is not None and q.running), ready=self.ready,

@@ -1,12 +1,15 @@
 """Chatterbox Turbo (and Chatterbox-Nano), in small modules:
 
     models.py           turbo | nano: hub repository, T3 file, GPT-2 config; builds Nano's T3 with chatterbox 0.1.7
-    checkpoint.py       the checkpoint's files, checks, loader errors, hub download
+    checkpoint.py       the checkpoint's files, checks, loading and its errors, hub download
+    device.py           device and dtype, the allocator check, Jetson patches, giving memory back
     voice_cache.py      reference recordings -> conditioning, one bounded LRU cache
     tokens.py           speech-token sources (upstream's loop, the fast path)
     s3gen_stream.py     streaming S3Gen decoder (flow + HiFT, seamless joins, watermark)
-    memory_plan.py      the working memory the longest allowed piece needs (pure arithmetic), taken at configure
+    fast_path.py        choosing T3's decode loop: fast_t3 after its three self-checks, or upstream's (a warning)
+    memory_plan.py      the working memory the longest allowed piece needs (pure arithmetic, no torch)
+    memory_warmup.py    taking that memory at configure (one worst-case pass) and reporting it
     gpu_memory.py       allocator counters, host + device memory reports, the host thread's GPU wait mode
-    engine.py           ChatterboxTurboEngine: load / unload / synthesize / info
+    engine.py           ChatterboxTurboEngine: load / unload / synthesize / voices / info
     tiny_checkpoint.py  a tiny random checkpoint in the real layout (tests, CPU smoke runs)
 """
