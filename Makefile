@@ -14,7 +14,8 @@ PYTEST_ARGS ?=
 # The ROS tests (node, action, launch, the command line and where it comes from): what CI also runs on Jazzy.
 # Engine, HTTP, load and everything else does not depend on the ROS distribution and runs once, on Kilted.
 ROS_TESTS ?= test/test_node.py test/test_node_lifecycle.py test/test_say_action.py test/test_launch.py \
-	test/test_launch_failures.py test/test_ros2_cli.py test/test_install.py test/test_setup_fresh_clone.py
+	test/test_launch_failures.py test/test_ros2_cli.py test/test_say_cli.py \
+	test/test_install.py test/test_setup_fresh_clone.py
 SETUP := VENV=$(VENV) bash tools/setup_venv.sh --distro $(DISTRO)
 # ROS2_CLI_SRC: where `make ros2-tools` takes the ROS 2 command line's release sources from (a folder or .tar.gz
 # in the ../shared/ros2-cli/ layout; default: ../shared/ros2-cli/ when it exists, else the ros2-gbp downloads)

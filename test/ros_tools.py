@@ -44,21 +44,22 @@ ROS2 = shutil.which("ros2")
 ROS2_MISSING = "" if ROS2 else f"the ros2 command is not installed here: {GET_THE_TOOLS}"
 
 
-def readme_commands() -> List[str]:
-    """Every `ros2 ...` line of the README's bash blocks, without its trailing comment."""
+def readme_commands(prefix: str = "ros2 ") -> List[str]:
+    """Every line of the README's bash blocks that starts with `prefix` (`ros2 `, or `tools/say.py ` for the
+    pip-only commands), without its trailing comment."""
     text = (ROOT / "README.md").read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
             line = re.sub(r"\s+#\s.*$", "", line).strip()
-            if line.startswith("ros2 "):
+            if line.startswith(prefix):
                 commands.append(line)
     return commands
 
 
 def readme_command(start: str, contains: str = "") -> str:
     """The README's one command that starts with `start` and contains `contains` (or is exactly `start`)."""
-    found = [c for c in readme_commands() if c.startswith(start) and contains in c]
+    found = [c for c in readme_commands(start.split()[0] + " ") if c.startswith(start) and contains in c]
     if start in found:
         return start
     assert len(found) == 1, f"the README should show exactly one command starting {start!r} ({contains!r}): {found}"
