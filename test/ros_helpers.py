@@ -1,6 +1,7 @@
 """Start the node as its own process (the command `make run` uses) and talk to it with rclpy from the test.
 
-Every process gets loopback-only discovery, this session's ROS_DOMAIN_ID, a hard timeout, and is stopped by PID.
+Every process gets loopback-only discovery, this session's ROS_DOMAIN_ID (ros_environment.py, whatever the user's
+shell holds), a hard timeout, and is stopped by PID.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
+
+import ros_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable  # the set-up's interpreter that runs the tests (.venv/, or .venv-jazzy/ for Jazzy)
@@ -35,8 +38,8 @@ def wait_for_text(read, proc: subprocess.Popen, text: str, timeout: float) -> bo
 
 
 def ros_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    env = dict(os.environ)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    """This run's environment (conftest.py set its ROS variables), cleaned again for use outside pytest."""
+    env, _ = ros_environment.cleaned(os.environ)
     env.setdefault("ROS_DOMAIN_ID", "42")
     env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"

@@ -1,12 +1,12 @@
 """The real ROS 2 command line (`ros2`) and launch system for the tests, wherever they come from.
 
-`make test` runs pytest through tools/with_ros2_tools.sh: on a pip-only machine the tools are the release sources
-from ../shared/ros2-cli/ built into build/ros2-tools-<distro>/; on a ROS 2 machine they are the installed ones.
-Where neither exists, each test that needs them skips with the reason (nothing skips at import: launch_testing's
-collector imports every module of the folder).
+`make test` runs pytest through tools/with_ros2_tools.sh: on a pip-only machine the tools are those `make ros2-tools`
+(run by `make setup-test`) installed into the test-only prefix build/ros2-tools-<distro>/; on a ROS 2 machine they
+are the installed ones. Where neither exists, each test that needs them skips with the reason and the command that
+gets them (nothing skips at import: launch_testing's collector imports every module of the folder).
 
 Commands are taken from the README's code blocks and run as written (through bash), so the README shows exactly
-what the tests run.
+what the tests run; what they print is read past any warning lines (lifecycle_state).
 """
 from __future__ import annotations
 
@@ -18,30 +18,57 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
+import ros_environment
 from ros_helpers import wait_for_text
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-GET_THE_TOOLS = ("run the tests with `make test` (it builds ../shared/ros2-cli/ into build/ros2-tools-<distro>/ "
-                 "when that folder exists) or source a ROS 2 installation")
+
+
+def _distro_arg() -> str:
+    """` ROS_DISTRO=<d>` for the pip-only set-up's .venv-<d>/ interpreters ('' for .venv/, Kilted)."""
+    name = Path(sys.prefix).name
+    return f" ROS_DISTRO={name[len('.venv-'):]}" if name.startswith(".venv-") else ""
+
+
+def get_the_tools() -> str:
+    """The one command that gives this test run the ros2 command line and launch_testing."""
+    built = [env.parent.name for env in sorted((ROOT / "build").glob("ros2-tools-*/env.sh"))
+             if str(sys.prefix) in env.read_text(errors="replace")]
+    if built:  # installed for this interpreter, but this run was not started through the wrapper
+        distro = built[0][len("ros2-tools-"):]
+        return (f"run the tests through `tools/with_ros2_tools.sh --distro {distro} {sys.executable} -m pytest ...` "
+                f"(as `make test` does): build/{built[0]}/ holds them")
+    return f"run `make ros2-tools{_distro_arg()}`"
 
 
 def _launch_missing() -> str:
     missing = [m for m in ("launch", "launch_ros", "launch_testing") if importlib.util.find_spec(m) is None]
     if missing:
-        return f"ROS 2 launch is not installed here ({', '.join(missing)} missing): {GET_THE_TOOLS}"
+        return f"needs the ros2 command line and launch_testing ({', '.join(missing)} missing): {get_the_tools()}"
     if not hasattr(importlib.import_module("launch"), "LaunchDescription"):
-        return f"the `launch` module found here is PyPI's unrelated package, not ROS 2 launch: {GET_THE_TOOLS}"
+        return ("the `launch` module found here is PyPI's unrelated package, not ROS 2 launch: run "
+                f"`{sys.executable} -m pip uninstall -y launch`, then `make ros2-tools{_distro_arg()}`")
     return ""
 
 
 LAUNCH_MISSING = _launch_missing()
 ROS2 = shutil.which("ros2")
-ROS2_MISSING = "" if ROS2 else f"the ros2 command is not installed here: {GET_THE_TOOLS}"
+ROS2_MISSING = "" if ROS2 else f"needs the ros2 command line and launch_testing: {get_the_tools()}"
+LIFECYCLE_STATE = re.compile(r"^(unconfigured|inactive|active|finalized|configuring|cleaningup|shuttingdown|"
+                             r"activating|deactivating|errorprocessing) \[\d+\]$")
+
+
+def lifecycle_state(output: str) -> str:
+    """The last `<state> [<id>]` line of `ros2 lifecycle get`'s output ('' when none), whatever else it printed:
+    warnings of rcl or the RMW (Jazzy warns about ROS_LOCALHOST_ONLY in every command's output)."""
+    found = [line.strip() for line in output.splitlines() if LIFECYCLE_STATE.match(line.strip())]
+    return found[-1] if found else ""
 
 
 def readme_commands(prefix: str = "ros2 ") -> List[str]:
@@ -67,7 +94,8 @@ def readme_command(start: str, contains: str = "") -> str:
 
 
 def tools_env() -> dict:
-    env = dict(os.environ)
+    """This run's environment (conftest.py set its ROS variables), cleaned again for use outside pytest."""
+    env, _ = ros_environment.cleaned(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # launch's and the node's lines reach the log as they happen
     return env
 
@@ -95,6 +123,7 @@ def wait_for_output(command: str, expect: str, timeout: float = 90.0, attempts_t
         out = r.stdout + r.stderr
         if expect in out:
             return out
+        time.sleep(0.5)
     raise AssertionError(f"`{command}` never printed {expect!r} within {timeout} s; last output:\n{out[-3000:]}")
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from http_fixtures import reference_wav
 from ros_helpers import write_params
-from test_node_lifecycle import reference_wav
-from ros_tools import (LAUNCH_MISSING, ROS2_MISSING, Background, readme_command, readme_commands,
-                       ros2, ros2_ok, wait_for_output)
+from ros_tools import (LAUNCH_MISSING, ROS2_MISSING, Background, lifecycle_state, readme_command,
+                       readme_commands, ros2, ros2_ok, wait_for_output)
 
 pytestmark = [pytest.mark.timeout(400),
               pytest.mark.skipif(bool(ROS2_MISSING or LAUNCH_MISSING), reason=ROS2_MISSING or LAUNCH_MISSING)]
@@ -39,7 +39,8 @@ def transition(name: str, node: str = "/tts_node") -> str:
 
 
 def state(node: str = "/tts_node") -> str:
-    return ros2_ok(readme_command("ros2 lifecycle get").replace("/tts_node", node), "[").strip()
+    """`ros2 lifecycle get`'s answer ("active [3]"), past any warning lines the command prints."""
+    return lifecycle_state(ros2_ok(readme_command("ros2 lifecycle get").replace("/tts_node", node), "["))
 
 
 def ended_cleanly(launched: Background) -> bool:
@@ -122,7 +123,8 @@ def test_stop_ends_a_running_goal(node):
 
 
 def test_add_and_list_voices(node, folder):
-    recording = reference_wav(folder / "alice.wav")
+    recording = folder / "alice.wav"
+    recording.write_bytes(reference_wav())
     out = ros2_ok(readme_command("ros2 service call /voices/add").replace("/home/robot/alice.wav", str(recording)),
                   "success=True")
     assert "name='alice'" in out, out
