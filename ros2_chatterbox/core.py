@@ -38,6 +38,7 @@ __all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceA
 VOICE_EXISTS = "voice_exists"
 VOICE_NOT_FOUND = "voice_not_found"
 VOICE_IN_USE = "voice_in_use"
+EMPTY_TEXT = text_mod.EMPTY_TEXT  # what every door says for empty or all-space text (HTTP's schema check too)
 MAX_REFERENCE_BYTES = 64 << 20  # a reference recording read from a path (60 s of 48 kHz float stereo is 23 MiB)
 
 

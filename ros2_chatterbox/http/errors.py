@@ -15,9 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..core import VOICE_EXISTS, VOICE_IN_USE, VOICE_NOT_FOUND, RequestError, SpeechCore
+from ..core import EMPTY_TEXT, VOICE_EXISTS, VOICE_IN_USE, VOICE_NOT_FOUND, RequestError, SpeechCore
 from ..speech_queue import CANCELLED, ENGINE_ERROR, INVALID, QUEUE_FULL, UNAVAILABLE, JobResult
-from ..text import EMPTY_TEXT
 
 log = logging.getLogger(__name__)
 
