@@ -199,9 +199,11 @@ class Cli:
             raise self.not_found(f"action {name}")
 
         shown = []
+        heard = [time.monotonic()]  # --timeout counts from the last sign of life: a long story may take minutes
 
         def feedback(msg) -> None:  # one line per sentence (feedback comes with every audio chunk), and the end
             f = msg.feedback
+            heard[0] = time.monotonic()
             if not shown or shown[-1] != f.current_sentence:  # the last one names none: all done
                 shown.append(f.current_sentence)
                 print(f"feedback: {100 * f.progress:3.0f}% {f.audio_seconds:6.2f} s  {f.current_sentence}".rstrip(),
@@ -211,8 +213,13 @@ class Cli:
         handle = self.wait_for(client.send_goal_async(goal, feedback_callback=feedback), name)
         if not handle.accepted:
             raise CliError(f"goal rejected by {name}")
+        result_future = handle.get_result_async()
         try:
-            answer = self.wait_for(handle.get_result_async(), name)
+            while not result_future.done() and time.monotonic() - heard[0] < self.args.timeout:
+                self.spin_until(result_future.done, 1.0)
+            if not result_future.done():
+                raise CliError(f"no answer from {name}: nothing heard for {self.args.timeout:g} s (--timeout)", 2)
+            answer = result_future.result()
         except (KeyboardInterrupt, CliError) as exc:  # Ctrl-C or --timeout: the goal is not left speaking
             cancel = handle.cancel_goal_async()
             self.spin_until(cancel.done, 5.0)
