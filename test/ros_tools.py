@@ -24,27 +24,22 @@ from pathlib import Path
 from typing import List, Optional
 
 import ros_environment
+from optional import distro_arg
 from ros_helpers import wait_for_text
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-def _distro_arg() -> str:
-    """` ROS_DISTRO=<d>` for the pip-only set-up's .venv-<d>/ interpreters ('' for .venv/, Kilted)."""
-    name = Path(sys.prefix).name
-    return f" ROS_DISTRO={name[len('.venv-'):]}" if name.startswith(".venv-") else ""
-
-
 def get_the_tools() -> str:
     """The one command that gives this test run the ros2 command line and launch_testing."""
     built = [env.parent.name for env in sorted((ROOT / "build").glob("ros2-tools-*/env.sh"))
-             if str(sys.prefix) in env.read_text(errors="replace")]
+             if sys.prefix in re.split(r'[:"$]', env.read_text(errors="replace"))]  # its paths name this venv
     if built:  # installed for this interpreter, but this run was not started through the wrapper
         distro = built[0][len("ros2-tools-"):]
         return (f"run the tests through `tools/with_ros2_tools.sh --distro {distro} {sys.executable} -m pytest ...` "
                 f"(as `make test` does): build/{built[0]}/ holds them")
-    return f"run `make ros2-tools{_distro_arg()}`"
+    return f"run `make ros2-tools{distro_arg()}`"
 
 
 def _launch_missing() -> str:
@@ -53,7 +48,7 @@ def _launch_missing() -> str:
         return f"needs the ros2 command line and launch_testing ({', '.join(missing)} missing): {get_the_tools()}"
     if not hasattr(importlib.import_module("launch"), "LaunchDescription"):
         return ("the `launch` module found here is PyPI's unrelated package, not ROS 2 launch: run "
-                f"`{sys.executable} -m pip uninstall -y launch`, then `make ros2-tools{_distro_arg()}`")
+                f"`{sys.executable} -m pip uninstall -y launch`, then `make ros2-tools{distro_arg()}`")
     return ""
 
 

@@ -3,15 +3,19 @@ on the CPU by replaying the kernel's tile loop with numpy; on a CUDA machine wit
 the PyTorch ops (skipped here)."""
 import numpy as np
 import pytest
-import torch
 
-from ros2_chatterbox.engines.fast_t3 import kernels as tk
+from optional import optional_import, requires
+
+pytestmark = requires("torch")
+torch = optional_import("torch")
+if torch is not None:
+    from ros2_chatterbox.engines.fast_t3 import kernels as tk
 
 GPT2_WIDTHS = (768, 1024, 1280, 1600)  # small (Nano), medium (Turbo), large, xl
 ODD = (1, 5, 48, 96, 100, 257, 1000, 6563)
 
 
-def replay(x, w, b, t: tk.Tiling):
+def replay(x, w, b, t: "tk.Tiling"):
     """The kernel's loop in numpy: programs of block_n rows, K walked in block_k tiles, masked past N and K."""
     N, K = w.shape
     y = np.zeros(N, np.float64)
@@ -63,9 +67,10 @@ def test_bad_shapes_are_refused():
         tk.gemv(torch.zeros(1, 767), torch.zeros(8, 768), torch.zeros(8))
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and tk.available()), reason="needs CUDA and Triton")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_kernel_equals_torch_ops_on_gpu(dtype):
+@pytest.mark.skipif(torch is None or not (torch.cuda.is_available() and tk.available()), reason="needs CUDA and Triton")
+@pytest.mark.parametrize("dtype_name", ["float16", "float32"])
+def test_kernel_equals_torch_ops_on_gpu(dtype_name):
+    dtype = getattr(torch, dtype_name)
     shapes = [s for d in (768, 1024, 96) for s in tk.step_shapes(d)] + [(77, 1600, True, True, True)]
     for row in tk.check(shapes, dtype):
         assert row["rel_err"] <= (1e-4 if dtype == torch.float32 else 3e-2), row

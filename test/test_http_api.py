@@ -5,12 +5,12 @@ import collections
 import socket
 import threading
 from pathlib import Path
-import time
 
 import httpx
 import pytest
 
-from http_fixtures import REFERENCE_VOICE, http_core, http_server, http_settings, make_core, reference_wav, serving  # noqa: F401
+from http_fixtures import (REFERENCE_VOICE, http_core, http_server, http_settings, make_core, reference_wav,  # noqa: F401
+                           serving, voices_folder, wait_until)
 from log_capture import captured_logs
 from ros2_chatterbox import encoding
 from ros2_chatterbox.http.server import HttpServer
@@ -42,19 +42,6 @@ def assert_error(response: httpx.Response, status: int, param=None) -> dict:
 
 def counters(core):
     return collections.Counter(core.status().counters)
-
-
-def voices_folder(core):
-    return Path(core.settings.core.voices_dir)
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- plain endpoints -------------------------------------------------------------------------------------------------

@@ -8,11 +8,10 @@ import threading
 
 import pytest
 
-from http_fixtures import REFERENCE_VOICE, http_core, reference_wav, serving  # noqa: F401
-from test_http_api import voices_folder
-from test_web_page import By, chromium, speak, wait
+from http_fixtures import REFERENCE_VOICE, http_core, reference_wav, serving, voices_folder  # noqa: F401
+from web_browser import NEEDS_BROWSER, By, chromium, speak, wait
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), *NEEDS_BROWSER]
 
 UPLOAD_JS = """
 async function plant(target, name, overwrite) {

@@ -18,13 +18,13 @@ import httpx
 import numpy as np
 import pytest
 
-from http_fixtures import REFERENCE_VOICE, http_core, http_server, reference_wav, serving  # noqa: F401
+from http_fixtures import (REFERENCE_VOICE, http_core, http_server, reference_wav, serving, voices_folder,  # noqa: F401
+                           wait_until)
 from ros2_chatterbox.engine import VoiceError
 from ros2_chatterbox.http import security
 from ros2_chatterbox.http.security import SecurityMiddleware
 from ros2_chatterbox.settings import HttpSettings, Settings
 from ros2_chatterbox.voices import VoiceLibrary, check_reference
-from test_http_api import voices_folder, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,11 +5,11 @@ import threading
 import pytest
 from std_srvs.srv import Trigger
 
+from alsa_sink import ASOUNDRC
 from optional import requires
 from ros_helpers import NodeProcess, RosClient
-from test_playback import ASOUNDRC
 
-pytestmark = [pytest.mark.timeout(240), requires("sounddevice", hint="make setup; Debian: apt install libportaudio2")]
+pytestmark = [pytest.mark.timeout(240), requires("sounddevice")]
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alsa_sink import ASOUNDRC
 from log_capture import captured_logs
 from ros2_chatterbox import playback
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 24000
 
-ASOUNDRC = """\
-pcm.cbxtest {{
-    type file
-    slave.pcm "null"
-    file "{out}"
-    format "raw"
-    hint {{ show on description "Chatterbox test sink" }}
-}}
-pcm.!default {{ type plug slave.pcm "cbxtest" }}
-"""
 
 # Runs in the child: one scenario, result as one JSON line on stdout.
 CHILD = textwrap.dedent("""

@@ -2,10 +2,13 @@
 loader, without mapping the file, skipping what is not wanted, and a clear error for a damaged file."""
 import pytest
 
-torch = pytest.importorskip("torch")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+from optional import optional_import, requires
 
-from ros2_chatterbox.engines.chatterbox import models  # noqa: E402
+pytestmark = requires("torch", "safetensors.torch")
+torch = optional_import("torch")
+safetensors_torch = optional_import("safetensors.torch")
+if torch is not None:
+    from ros2_chatterbox.engines.chatterbox import models
 
 
 def tensors():
