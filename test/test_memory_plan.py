@@ -1,6 +1,7 @@
 """The engine's memory plan (engines/chatterbox/memory_plan.py): the bounds for the longest allowed piece, on CPU."""
 import pytest
 
+from optional import make_setup
 from ros2_chatterbox.engines.chatterbox import memory_plan as mp
 
 TURBO = dict(n_layer=24, n_head=16, head_dim=64, dtype_bytes=2, max_positions=8196)
@@ -14,7 +15,7 @@ def test_decode_points_follow_the_streaming_schedule():
 
 def test_text_token_bound_holds_for_hostile_text(tmp_path):
     """Every character can be 4 UTF-8 bytes, one byte-level BPE token each; punc_norm adds at most a full stop."""
-    pytest.importorskip("chatterbox.tts_turbo")
+    pytest.importorskip("chatterbox.tts_turbo", reason=f"needs chatterbox-tts: run `{make_setup('setup')}`")
     from chatterbox.tts_turbo import punc_norm
     from transformers import AutoTokenizer
     from ros2_chatterbox.engines.chatterbox.tiny_checkpoint import write_tokenizer

@@ -19,6 +19,7 @@ import pytest
 
 from alsa_sink import ASOUNDRC
 from log_capture import captured_logs
+from optional import make_setup
 from ros2_chatterbox import playback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,9 +207,9 @@ def portaudio(tmp_path_factory):
     except AssertionError as exc:
         text = str(exc)
         if "No module named 'sounddevice'" in text:
-            pytest.skip("the 'sounddevice' package is not installed (pip install sounddevice)")
+            pytest.skip(f"needs the 'sounddevice' package: run `{make_setup('setup')}`")
         if "PortAudio library not found" in text:
-            pytest.skip("the PortAudio library is missing (apt-get install libportaudio2)")
+            pytest.skip("needs the PortAudio library: run `apt-get install libportaudio2`")
         raise
     names = [d["name"] for d in res["devices"]]
     assert "cbxtest" in names, f"PortAudio does not list the test device from ~/.asoundrc: {res}"

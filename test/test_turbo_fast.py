@@ -134,8 +134,9 @@ def test_triton_kernels_step_equals_upstream(shape, request):
     shape's width (96) takes the kernel's masked column tiles."""
     import importlib.util
     import os
+    import sys
     if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
+        pytest.skip(f"needs triton: run `{sys.executable} -m pip install triton`")
     if os.environ.get("TRITON_INTERPRET") != "1":  # set before Python starts: triton reads it at import
         pytest.skip("slow (~6 min): run with TRITON_INTERPRET=1 and triton installed to check the Triton kernels "
                     "on CPU")

@@ -18,12 +18,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from optional import make_setup  # noqa: E402
 from ros2_chatterbox.settings import EngineSettings  # noqa: E402
 
 
 def require_chatterbox() -> None:
-    pytest.importorskip("torch", reason="torch is not installed (make setup)")
-    pytest.importorskip("chatterbox.tts_turbo", reason="chatterbox-tts is not installed (make setup)")
+    pytest.importorskip("torch", reason=f"needs torch: run `{make_setup('setup')}`")
+    pytest.importorskip("chatterbox.tts_turbo", reason=f"needs chatterbox-tts: run `{make_setup('setup')}`")
 
 
 def turbo_config(model_dir: Path, **overrides: Any) -> EngineSettings:
