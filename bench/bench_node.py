@@ -33,21 +33,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from ros2_chatterbox.speech_queue import JobListener  # noqa: E402
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import CONFIG_ENV, STOP, build_full_checkpoint, install_stubs, versions
+from ros2_chatterbox.speech_queue import JobListener
 
-STOP = 6562
-TOKENS_PER_S = 25
-CONFIG_ENV = {  # environment per configuration (set by the parent before this process starts)
-    "fast": {},
-    "jetson": {"CHATTERBOX_JETSON_PATCHES": "on", "HF_HOME": "/tmp/models", "PYTHONUNBUFFERED": "1"},
-    "jetson-nocache": {"CHATTERBOX_JETSON_PATCHES": "on", "HF_HOME": "/tmp/models", "PYTHONUNBUFFERED": "1",
-                       "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
-}
 TEXT = ("The battery is at forty percent, so I will finish cleaning the kitchen first and then go back to the "
         "charging station before I start on the living room.")
 
@@ -105,7 +93,6 @@ def main(argv=None) -> int:
     for k, v in CONFIG_ENV[args.config].items():
         os.environ.setdefault(k, v)
 
-    from bench_turbo import install_stubs, versions
     stubs = install_stubs()
     import numpy as np
     import torch
@@ -130,7 +117,6 @@ def main(argv=None) -> int:
         if args.tiny:
             tiny.build_tiny_checkpoint(ckpt, with_conds=False)
         else:
-            from bench_turbo import build_full_checkpoint
             build_full_checkpoint(ckpt)
     voices = work / "voices"
     voices.mkdir()

@@ -40,17 +40,9 @@ import types
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("TQDM_DISABLE", "1")       # upstream's per-token progress bar
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import (CONFIG_ENV, REPO, S3_CODES, SILENCE, SR, STOP, build_full_checkpoint, install_stubs,
+                    versions)
 
-STOP = 6562
-S3_CODES = 6561
-SILENCE = 4299                                   # chatterbox.models.s3gen.const.S3GEN_SIL
-SR = 24_000
-TOKENS_PER_S = 25
 SAMPLING = dict(temperature=0.8, top_k=1000, top_p=0.95, repetition_penalty=1.2)
 TEXTS = {
     # ~2 s and ~10 s of speech; with EOS suppressed the token count is exact anyway
@@ -61,112 +53,8 @@ TEXTS = {
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# environment
-# ------------------------------------------------------------------------------------------------------------------
-def _identity_decorator(*args, **kwargs):
-    if len(args) == 1 and callable(args[0]) and not kwargs:
-        return args[0]
-    return lambda f: f
-
-
-def install_stubs() -> List[str]:
-    """Minimal stand-ins for packages the GPU machine lacks and the benchmark does not exercise."""
-    stubbed = []
-    try:
-        import perth  # noqa: F401
-    except Exception:
-        class _NoWatermark:
-            def apply_watermark(self, wav, sample_rate=None, **_):
-                return wav
-
-            def get_watermark(self, wav, sample_rate=None, **_):
-                return 0.0
-        perth = types.ModuleType("perth")
-        perth.PerthImplicitWatermarker = _NoWatermark
-        perth.DummyWatermarker = _NoWatermark
-        sys.modules["perth"] = perth
-        stubbed.append("perth (watermark is off in the benchmark anyway)")
-    try:
-        import numba  # noqa: F401
-    except Exception:
-        import numpy as np
-        numba = types.ModuleType("numba")
-        for name in ("jit", "njit", "vectorize", "guvectorize", "stencil", "generated_jit", "cfunc"):
-            setattr(numba, name, _identity_decorator)
-        numba.prange = range
-        for t in ("uint8", "uint32", "int32", "int64", "float32", "float64", "complex64", "complex128", "boolean"):
-            setattr(numba, t, getattr(np, t, object))
-        numba.__version__ = "0.0-stub"
-        sys.modules["numba"] = numba
-        stubbed.append("numba (librosa imports it; mel filters, STFT, resampling do not use it)")
-    return stubbed
-
-
-def versions() -> Dict[str, Any]:
-    import importlib.metadata as md
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("torch", "transformers", "chatterbox-tts", "numpy", "safetensors", "triton", "librosa",
-                "diffusers"):
-        try:
-            out[pkg] = md.version(pkg)
-        except Exception:
-            out[pkg] = None
-    import torch
-    out["torch_cuda"] = torch.version.cuda
-    out["cpu_threads"] = torch.get_num_threads()
-    try:
-        out["loadavg"] = os.getloadavg()
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        out["gpu"] = p.name
-        out["gpu_mem_gib"] = round(p.total_memory / 2**30, 1)
-        out["gpu_sms"] = p.multi_processor_count
-        try:
-            q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-            out["nvidia_smi"] = q.stdout.strip()
-        except Exception:
-            pass
-        out["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
-    try:
-        out["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, timeout=10).stdout.strip() or None
-    except Exception:
-        pass
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------------------------
-def build_full_checkpoint(folder: Path, seed: int = 0, model: str = "turbo") -> Dict[str, Any]:
-    """Random-init real Turbo (or Nano) modules, saved in the hub snapshot's layout (no conds.pt: the voice is
-    conditioned)."""
-    import torch
-    from chatterbox.models.s3gen import S3Gen
-    from chatterbox.models.voice_encoder import VoiceEncoder
-    from safetensors.torch import save_file
-    from ros2_chatterbox.engines.chatterbox import models, tiny_checkpoint as tiny_turbo
-
-    spec = models.model_spec(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    params = {}
-    for name, make in (("ve.safetensors", VoiceEncoder), (spec.t3_file, lambda: models.build_t3(spec)),
-                       ("s3gen_meanflow.safetensors", lambda: S3Gen(meanflow=True))):
-        module = make()
-        params[name] = int(sum(p.numel() for p in module.parameters()))
-        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(folder / name))
-        del module
-        gc.collect()
-    tiny_turbo.write_tokenizer(folder)
-    (folder / "conds.pt").unlink(missing_ok=True)
-    return {"seconds": round(time.perf_counter() - t0, 2), "params": params}
-
-
 def load_model(folder: Path, device: str, tiny: bool, model: str = "turbo"):
     """Turbo through upstream's from_local, Nano through models.load_local (the engine's two paths)."""
     import contextlib
@@ -624,8 +512,6 @@ def write_markdown(b: Bench) -> None:
 
 def run_node_rows(b: "Bench", ckpt: Path, args) -> None:
     """bench_node.py per configuration, each in a fresh process with that configuration's environment."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from bench_node import CONFIG_ENV
     b.doc["node"] = {}
     for name in [c for c in args.node.split(",") if c]:
         path = b.out / f"node-{name}.json"

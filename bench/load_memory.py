@@ -19,15 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from common import build_full_checkpoint, install_stubs
 
 
 def child(loader: str, ckpt: Path, device: str, model: str) -> None:
     """One load in this process; prints one JSON line."""
-    import bench_turbo as bt
-    bt.install_stubs()
+    install_stubs()
     import torch  # noqa: F401 - imported before the clock starts, as the node has it imported at configure
     import chatterbox.tts_turbo as tts_turbo
     from ros2_chatterbox.engines.chatterbox import gpu_memory, models
@@ -51,8 +48,7 @@ def child(loader: str, ckpt: Path, device: str, model: str) -> None:
 
 def compare(ckpt: Path, device: str) -> dict:
     """Both loaders in one process: every parameter and buffer equal (dtype, shape, values)."""
-    import bench_turbo as bt
-    bt.install_stubs()
+    install_stubs()
     import torch
     import chatterbox.tts_turbo as tts_turbo
     from ros2_chatterbox.engines.chatterbox import models
@@ -88,9 +84,8 @@ def main(argv=None) -> int:
         print(json.dumps(compare(args.ckpt, args.device)), flush=True)
         return 0
     if not (args.ckpt / "s3gen_meanflow.safetensors").exists():
-        import bench_turbo as bt
-        bt.install_stubs()
-        bt.build_full_checkpoint(args.ckpt, model=args.model)
+        install_stubs()
+        build_full_checkpoint(args.ckpt, model=args.model)
     loaders = ["load_local"] if args.model == "nano" else ["from_local", "load_local"]
     runs = []
     me = [sys.executable, str(Path(__file__).resolve()), "--ckpt", str(args.ckpt), "--device", args.device,

@@ -21,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from common import S3_CODES, STOP
 
 TEXT = "Hi there, how can I help you?"
 
@@ -51,7 +49,8 @@ def main(argv=None) -> int:
     text = AutoTokenizer.from_pretrained(args.out / "tok")(TEXT, return_tensors="pt").input_ids.to(args.device)
     g = torch.Generator().manual_seed(0)
     spk = torch.randn(1, 256, generator=g)
-    cond = T3Cond(speaker_emb=spk / spk.norm(), cond_prompt_speech_tokens=torch.randint(0, 6561, (1, 375), generator=g),
+    prompt = torch.randint(0, S3_CODES, (1, 375), generator=g)
+    cond = T3Cond(speaker_emb=spk / spk.norm(), cond_prompt_speech_tokens=prompt,
                   emotion_adv=0.5 * torch.ones(1, 1, 1)).to(device=args.device)
     fast, info = {}, {}
     for name in ("turbo", "nano"):
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
         del t3.tfmr.wte
         t3.to(args.device).eval()
         with torch.no_grad():
-            t3.speech_head.bias[6562] = -1e4  # exact token counts
+            t3.speech_head.bias[STOP] = -1e4  # exact token counts
         released = release_text_head(t3)
         fast[name] = FastT3(t3)
         in_use = sum(p.numel() for p in t3.parameters())
