@@ -2,8 +2,8 @@
 (deactivate, activate, cleanup, configure); the node's exit code after launch has shut it down (the shape of
 ros2/demos lifecycle_py's test). The shutdown transition and Ctrl-C in each state: test_ros2_cli.py.
 
-Runs where ROS 2 launch exists (`make test` builds it on pip-only machines; ROS 2 installations have it); elsewhere
-each test skips with the reason.
+Runs where ROS 2 launch exists (`make ros2-tools` installs it on pip-only machines, `make setup-test` runs that; ROS 2
+installations have it); elsewhere each test skips with the reason and that command.
 """
 from pathlib import Path
 import tempfile
