@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import signal
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional
 
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -30,35 +29,24 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from ros2_chatterbox.srv import Speak
 
-from .core import CoreStatus, EngineLoadError, RequestError, SpeechCore
+from .core import EngineLoadError, RequestError, SpeechCore
 from .ros_audio import RosAudioOut
+from .ros_diagnostics import DIAGNOSTICS_PERIOD_S, speech_diagnostics
 from .ros_logging import forward_to_ros
+from .ros_params import changed_settings, declare_parameters, read_settings
+from .ros_process import SIGNAL_CHECK_S, already_stopping, ignore_signals, limit_malloc_arenas, stop_on_signals
 from .ros_voices import VoiceServices
 from .say_action import SayActionServer
-from .settings import CONFIGURE, RUNTIME, SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, Settings, check, \
-    describe
+from .settings import ConfigError, Settings
 from .speech_queue import UNAVAILABLE, Job
 
-DIAGNOSTICS_PERIOD_S = 1.0
 RELEASE_WAIT_S = 10.0  # how long release waits for callbacks still using the resources (each is bounded)
-
-
-def _descriptor(s: Setting) -> ParameterDescriptor:
-    note = {CONFIGURE: " Read at configure: set it while unconfigured (or after cleanup), then configure.",
-            RUNTIME: ""}.get(s.stage, " Read when the node starts: set it in the parameter file.")
-    d = ParameterDescriptor(description=describe(s) + note, read_only=s.read_only)
-    if s.min is not None and s.max is not None and not isinstance(s.default, bool):
-        if isinstance(s.default, int):
-            d.integer_range = [IntegerRange(from_value=int(s.min), to_value=int(s.max), step=0)]
-        elif isinstance(s.default, float):
-            d.floating_point_range = [FloatingPointRange(from_value=float(s.min), to_value=float(s.max), step=0.0)]
-    return d
 
 
 @dataclass
@@ -102,11 +90,10 @@ def _serialized(fn):
 class TtsNode(LifecycleNode):
     def __init__(self, node_name: str = "tts_node", **kwargs):
         super().__init__(node_name, **kwargs)
-        for s in SETTINGS:
-            self.declare_parameter(s.name, s.default, _descriptor(s))
         self._stop_forwarding_logs = forward_to_ros(self.get_logger())  # the package's log records, as this node's
+        declare_parameters(self)  # one per setting (ros_params.py); raises on a bad value in the parameter file
         # start-time settings (QoS depths, autostart) are read once, here; the rest again at each configure
-        self._settings = self._read_settings(lenient=True)
+        self._settings = read_settings(self, lenient=True)
         self._state_cond = threading.Condition()
         self._transition_lock = threading.RLock()  # see _serialized
         self._res: Optional[_Resources] = None
@@ -164,39 +151,11 @@ class TtsNode(LifecycleNode):
                                          f"first (or start it with --autostart)")
 
     # -- parameters ------------------------------------------------------------------------------------------
-    def _read_settings(self, lenient: bool = False) -> Settings:
-        """The parameters as settings; raises ConfigError. lenient: an invalid value is logged and left at its
-        default (at start, so that the node comes up and configure reports it)."""
-        values = {s.name: self.get_parameter(s.name).value for s in SETTINGS}
-        if lenient:
-            for name, value in list(values.items()):
-                try:
-                    check(name, value)
-                except ConfigError as exc:
-                    self.get_logger().error(f"invalid parameter (configure will refuse it): {exc}")
-                    del values[name]
-        return Settings.from_values(values)
-
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Validate; refuse configure-time changes unless unconfigured; hand run-time changes to their owners."""
-        changes = {}
-        for p in params:
-            s = SETTINGS_BY_NAME.get(p.name)
-            if s is None:
-                continue
-            try:
-                changes[p.name] = check(p.name, p.value)
-            except ConfigError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-            if s.stage == CONFIGURE:
-                state = self._state_label()
-                if state != "unconfigured":
-                    return SetParametersResult(successful=False, reason=(
-                        f"{p.name} is read at configure and the node is {state}: "
-                        + ("deactivate, then cleanup" if state == "active" else "cleanup")
-                        + f", set {p.name}, then configure (it applies at the next configure)"))
+        """Validate; refuse configure-time changes unless unconfigured (ros_params.py); hand run-time changes to
+        their owners."""
         try:
-            new = self._settings.with_values(changes)
+            new = changed_settings(params, self._settings, self._state_label)
         except ConfigError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self._settings = new
@@ -210,7 +169,7 @@ class TtsNode(LifecycleNode):
     @_serialized
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            settings = self._settings = self._read_settings()
+            settings = self._settings = read_settings(self)
         except ConfigError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -418,56 +377,15 @@ class TtsNode(LifecycleNode):
             res.diag_pub.publish(arr)
 
 
-def speech_diagnostics(st: CoreStatus, node_name: str, lifecycle_state: str) -> DiagnosticStatus:
-    """The core's status as one DiagnosticStatus: WARN with the reason on the fallback engine, without the fast path
-    or after an error; the values flat (fast_path_warning, memory_state, rss_plus_device_mb, queue_depth, ...)."""
-    level, message = DiagnosticStatus.OK, "ready"
-    if st.using_fallback:
-        level, message = DiagnosticStatus.WARN, f"using fallback engine: {st.fallback_reason}"
-    elif st.engine.fast_path_warning:
-        level, message = DiagnosticStatus.WARN, f"slow: {st.engine.fast_path_warning}"
-    elif st.last_error:
-        level, message = DiagnosticStatus.WARN, f"last error: {st.last_error}"
-    values = {"lifecycle_state": lifecycle_state, **st.flat(), "voices": ", ".join(st.voices)}
-    return DiagnosticStatus(level=level, name=f"{node_name}: speech", message=message, hardware_id=st.engine.device,
-                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-
-
-def _interrupt(signum, frame):
-    """The first SIGINT/SIGTERM ends spin(); any later one only says that the node is already stopping (a second
-    Ctrl-C must not raise out of the release, e.g. from gc.collect() while the model is freed)."""
-    signal.signal(signal.SIGINT, _already_stopping)
-    signal.signal(signal.SIGTERM, _already_stopping)
-    raise KeyboardInterrupt
-
-
-def _already_stopping(signum, frame):
-    sys.stderr.write("[tts_node] already shutting down: releasing the model, please wait\n")
-
-
-def _limit_malloc_arenas(n: int = 2) -> None:
-    """glibc gives each thread that allocates its own malloc arena; with the executor, HTTP and worker threads that
-    fragments a long-running process's memory (RSS creeping up over days). A few arenas keep it flat."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
-
-
-SIGNAL_CHECK_S = 0.25  # longest wait of the main thread before it looks at Ctrl-C / SIGTERM
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    _limit_malloc_arenas()
+    limit_malloc_arenas()
     argv = list(sys.argv if argv is None else argv)
     autostart = "--autostart" in argv
     argv = [a for a in argv if a != "--autostart"]
-    # Our own SIGINT/SIGTERM handling: the model is released (and logged) while the ROS context is still valid,
-    # then rclpy shuts down. `docker stop` and systemd send SIGTERM.
+    # Our own SIGINT/SIGTERM handling (ros_process.py): the model is released (and logged) while the ROS context is
+    # still valid, then rclpy shuts down. `docker stop` and systemd send SIGTERM.
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_signals()
     try:
         node = TtsNode()
     except ParameterException as exc:  # a value out of its range or of the wrong type in the parameter file
@@ -495,17 +413,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        signal.signal(signal.SIGINT, _already_stopping)  # also when spin() ended for another reason
-        signal.signal(signal.SIGTERM, _already_stopping)
+        already_stopping()  # also when spin() ended for another reason
         node.release("the node is shutting down")
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
-        # Python puts the default handler back for finalization, where a late Ctrl-C would kill the process
-        # (exit -2); the node has released everything by now, so ignore it instead.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_signals()  # the node has released everything: a late Ctrl-C must not kill finalization (exit -2)
     return 0
 
 

@@ -18,6 +18,7 @@ PKG = ROOT / "ros2_chatterbox"
 TEST = ROOT / "test"
 SKIP_DIRS = {"build", "install", "log", "node_modules", "__pycache__", "test-artifacts"}  # and dot folders (.venv/)
 DOOR_PREFIXES = ("ros2_chatterbox.tts_node", "ros2_chatterbox.ros_audio", "ros2_chatterbox.ros_voices",
+                 "ros2_chatterbox.ros_params", "ros2_chatterbox.ros_diagnostics", "ros2_chatterbox.ros_process",
                  "ros2_chatterbox.say_action", "ros2_chatterbox.ros_logging", "ros2_chatterbox.http")
 # what the doors may use besides each other: the core's surface, the settings (with their parameter files and the
 # package's paths), the job types, and the pure helpers that turn samples into messages or bytes (audio, encoding),

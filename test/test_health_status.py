@@ -6,7 +6,7 @@ from ros2_chatterbox.status import CoreStatus, EngineStatus, FastPathStatus, Mem
 
 from optional import optional_import, requires
 
-tts_node = optional_import("ros2_chatterbox.tts_node")
+ros_diagnostics = optional_import("ros2_chatterbox.ros_diagnostics")
 
 ACTIVE = FastPathStatus(requested=True, active=True, cuda_graphs=True, reason="active (greedy check: 64 tokens equal)")
 MEMORY = MemoryStatus(state="taken at configure", reserved_mb=5086.0, rss_plus_device_mb=9000.0,
@@ -71,13 +71,13 @@ def test_model_info_keeps_the_keys_users_read():
     assert info["voices"] == ["alice", "bob"]
 
 
-@requires("ros2_chatterbox.tts_node")
+@requires("ros2_chatterbox.ros_diagnostics")
 def test_diagnostics_carry_the_fast_path_warning_and_the_memory_headline():
     why = "active WITHOUT CUDA graphs (capture failed: unknown): several times slower than it should be"
     st = status(FastPathStatus(requested=True, active=True, fallback=True, reason=why))
-    diag = tts_node.speech_diagnostics(st, "tts_node", "active")
+    diag = ros_diagnostics.speech_diagnostics(st, "tts_node", "active")
     values = {kv.key: kv.value for kv in diag.values}
-    assert diag.level == tts_node.DiagnosticStatus.WARN and diag.message == f"slow: {why}"
+    assert diag.level == ros_diagnostics.DiagnosticStatus.WARN and diag.message == f"slow: {why}"
     assert diag.name == "tts_node: speech" and diag.hardware_id == "cuda:0"
     assert values["fast_path_warning"] == why and values["fast_path_state"] == why
     assert values["fast_path_active"] == "True"
@@ -87,6 +87,6 @@ def test_diagnostics_carry_the_fast_path_warning_and_the_memory_headline():
     assert values["engine"] == "chatterbox_turbo" and values["queue_depth"] == "0"
     assert all("{" not in v for v in values.values())  # one level: no section printed as a dict
 
-    fine = tts_node.speech_diagnostics(status(), "tts_node", "active")
-    assert fine.level == tts_node.DiagnosticStatus.OK and fine.message == "ready"
+    fine = ros_diagnostics.speech_diagnostics(status(), "tts_node", "active")
+    assert fine.level == ros_diagnostics.DiagnosticStatus.OK and fine.message == "ready"
     assert {kv.key: kv.value for kv in fine.values}["fast_path_warning"] == ""
