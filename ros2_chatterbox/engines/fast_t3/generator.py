@@ -48,11 +48,9 @@ either). `release_text_head(t3)` frees T3's text head, which Turbo inference nev
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -60,48 +58,14 @@ import torch
 
 from .graphs import GraphsMixin
 from .sampling import SamplingSettings, draw, process, process_topk
-from .step import StepMixin, _glue, _Layer, _sdpa_backends, cast_cond
+from .self_check import SelfCheckMixin
+from .step import StepMixin, _glue, _Layer, _sdpa_backends
+from .voice_prefix import VoicePrefixMixin, _VoicePrefix
 
-logger = logging.getLogger(__name__)
-
-
-class _VoicePrefix:
-    __slots__ = ("ref", "fingerprint", "kv", "length", "seconds")
-
-    def __init__(self, ref, fingerprint, kv, length, seconds):
-        self.ref, self.fingerprint, self.kv, self.length, self.seconds = ref, fingerprint, kv, length, seconds
+log = logging.getLogger(__name__)
 
 
-def _tensor_fp(t) -> Tuple:
-    if not torch.is_tensor(t):
-        return (repr(t),)
-    try:
-        version = t._version
-    except Exception:  # inference tensors keep no version counter
-        version = -1
-    return (t.data_ptr(), tuple(t.shape), str(t.dtype), version)
-
-
-# --------------------------------------------------------------------------------------------------------------
-STOP_HOLD = -1.0e4   # the stop token's bias while the self-check runs (far below any logit, in any dtype)
-
-
-@contextlib.contextmanager
-def stop_held_down(t3, stop: int):
-    """The stop token's bias set to STOP_HOLD in place (so every step reads it, captured graphs included), the
-    exact old value restored on exit."""
-    bias = t3.speech_head.bias
-    with torch.inference_mode(False), torch.no_grad():
-        saved = bias[stop].clone()
-        bias[stop] = STOP_HOLD
-    try:
-        yield
-    finally:
-        with torch.inference_mode(False), torch.no_grad():
-            bias[stop] = saved
-
-
-class FastT3(StepMixin, GraphsMixin):
+class FastT3(StepMixin, GraphsMixin, VoicePrefixMixin, SelfCheckMixin):
     """Static-cache, CUDA-graph, device-sampling generator for Chatterbox Turbo's T3 (see the module docstring).
 
     t3:           upstream `chatterbox.models.t3.T3` in the Turbo configuration (its parameters are used in place).
@@ -219,7 +183,7 @@ class FastT3(StepMixin, GraphsMixin):
 
     def _check_weights(self) -> None:
         if self._weight_fingerprint() != self._weights_fp:
-            logger.info("FastT3: t3's parameters changed (moved or cast); rebuilding")
+            log.info("FastT3: t3's parameters changed (moved or cast); rebuilding")
             self.dtype = self.t3.speech_head.weight.dtype
             if self.t3.speech_head.weight.device != self.device:
                 raise RuntimeError("t3 was moved to another device; create a new FastT3")
@@ -248,46 +212,7 @@ class FastT3(StepMixin, GraphsMixin):
             return f"topk{min(s.top_k, self.vocab) if s.top_k > 0 else self.vocab}"
         return "sort"
 
-    # -- voices -----------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _cond_fingerprint(c) -> Tuple:
-        parts = [_tensor_fp(getattr(c, "speaker_emb", None)), _tensor_fp(getattr(c, "clap_emb", None)),
-                 _tensor_fp(getattr(c, "cond_prompt_speech_tokens", None)),
-                 _tensor_fp(getattr(c, "emotion_adv", None))]
-        if getattr(c, "cond_prompt_speech_tokens", None) is None:
-            parts.append(_tensor_fp(getattr(c, "cond_prompt_speech_emb", None)))
-        return tuple(parts)
-
-    def voice_prefix(self, t3_cond) -> _VoicePrefix:
-        """The voice's prefilled keys/values (computed once per conditioning object, LRU-cached)."""
-        key = id(t3_cond)
-        fp = self._cond_fingerprint(t3_cond)
-        entry = self._voices.get(key)
-        if entry is not None and entry.ref() is t3_cond and entry.fingerprint == fp:
-            self._voices.move_to_end(key)
-            return entry
-        t0 = time.perf_counter()
-        with torch.inference_mode(), _sdpa_backends(cudnn=False):
-            emb = self._cond_embeds(t3_cond)
-            Lc = emb.shape[0]
-            kv = torch.empty(self.n_layer, 2, self.n_head, Lc, self.head_dim, device=self.device, dtype=self.dtype)
-            self._prefill(emb, kv, 0)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        try:
-            ref = weakref.ref(t3_cond)
-        except TypeError:
-            ref = (lambda obj: (lambda: obj))(t3_cond)
-        entry = _VoicePrefix(ref, fp, kv, Lc, time.perf_counter() - t0)
-        self._voices[key] = entry
-        while len(self._voices) > self.max_voices:
-            self._voices.popitem(last=False)
-        return entry
-
-    def forget_voice(self, t3_cond) -> None:
-        with self._lock:
-            self._voices.pop(id(t3_cond), None)
-
+    # -- voices (voice_prefix.py: voice_prefix, forget_voice) --------------------------------------------------------
     def clear(self) -> None:
         """Drop voice prefixes and graphs (buffers stay)."""
         with self._lock:
@@ -483,53 +408,7 @@ class FastT3(StepMixin, GraphsMixin):
         self.step.fill_(1)
         return P
 
-    # -- checks ----------------------------------------------------------------------------------------------------
-    def self_check(self, t3_cond, text_tokens, n_tokens: int = 64, tie_tol: Optional[float] = None
-                   ) -> Dict[str, Any]:
-        """Greedy tokens of upstream `t3.inference_turbo` vs this path, `n_tokens` of each.
-
-        The stop token is held down for the check's length (its bias set to `STOP_HOLD`, restored after), so
-        every checkpoint compares `n_tokens` tokens: the tiny test checkpoint, whose raised stop bias makes stop
-        the greedy choice, would otherwise compare one. In float32 every token must match. In half precision two
-        correct implementations can pick different tokens where the best two logits tie within rounding; a
-        divergence is accepted only there: upstream's own logits at that step (its HF forward over the common
-        prefix) must put the two tokens within `tie_tol` x max|logit| (default 2e-2 for fp16/bf16).
-        Returns {'ok', 'n', 'n_fast', 'match', and at a divergence 'diverged_at', 'margin'}."""
-        n_tokens = max(2, int(n_tokens))
-        tol = tie_tol if tie_tol is not None else (0.0 if self.dtype == torch.float32 else 2e-2)
-        with self._lock, stop_held_down(self.t3, self.stop_token):
-            cond = cast_cond(t3_cond, self.dtype, self.device)
-            text_tokens = text_tokens.to(self.device)
-            with torch.inference_mode():
-                ref = self.t3.inference_turbo(cond, text_tokens, temperature=1.0, top_k=1, top_p=1.0,
-                                              repetition_penalty=1.0, max_gen_len=n_tokens - 1)
-            got = self.generate(t3_cond, text_tokens, SamplingSettings(1.0, 1, 1.0, 1.0),
-                                max_new_tokens=n_tokens - 1)
-            ref_l, got_l = ref[0].tolist(), got[0].tolist()
-            match = 0
-            for a, b in zip(ref_l, got_l):
-                if a != b:
-                    break
-                match += 1
-            out: Dict[str, Any] = {"ok": ref_l == got_l and len(ref_l) == n_tokens, "n": len(ref_l),
-                                   "n_fast": len(got_l), "match": match}
-            if not out["ok"] and match < min(len(ref_l), len(got_l)):
-                margin = self._upstream_margin(cond, text_tokens, ref_l[:match], ref_l[match], got_l[match])
-                out.update(diverged_at=match, margin=round(margin, 6), ok=tol > 0 and margin <= tol)
-        return out
-
-    def _upstream_margin(self, cond, text_tokens, prefix: List[int], a: int, b: int) -> float:
-        """|logit(a) - logit(b)| / max|logit| of upstream's own forward pass after `prefix` (its first step's
-        input is the start-of-speech token, as in inference_turbo)."""
-        t3 = self.t3
-        with torch.inference_mode():
-            speech = torch.tensor([[self.start_token] + list(prefix)], dtype=torch.long, device=self.device)
-            embeds, _ = t3.prepare_input_embeds(t3_cond=cond, text_tokens=text_tokens, speech_tokens=speech,
-                                                cfg_weight=0.0)
-            hidden = t3.tfmr(inputs_embeds=embeds)[0]
-            logits = t3.speech_head(hidden[:, -1]).float()[0]
-            return float((logits[a] - logits[b]).abs() / logits.abs().max().clamp_min(1e-6))
-
+    # -- checks (self_check.py: self_check) and state ------------------------------------------------------------------
     def info(self) -> Dict[str, Any]:
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "cuda_graphs": self.use_graphs, "compile": self.use_compile, "graphs": len(self._graphs),

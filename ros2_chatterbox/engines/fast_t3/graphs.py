@@ -16,7 +16,7 @@ import torch
 from .sampling import SamplingSettings
 from .step import _glue, _sdpa_backends
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _SIDE_STREAMS: Dict[Any, Any] = {}
 
@@ -232,20 +232,20 @@ class GraphsMixin:
                     except Exception:
                         pass
                     if self._kernels == "triton":
-                        logger.warning("FastT3: CUDA graph capture with Triton kernels failed (%s); PyTorch ops", msg)
+                        log.warning("FastT3: CUDA graph capture with Triton kernels failed (%s); PyTorch ops", msg)
                         self._kernels = "torch"
                         self.stats.setdefault("kernels", {})["capture_error"] = msg[:300]
                         self._graphs.clear()
                     elif self.use_compile:
-                        logger.warning("FastT3: compiled CUDA graph capture failed (%s); without compile", msg)
+                        log.warning("FastT3: compiled CUDA graph capture failed (%s); without compile", msg)
                         self.use_compile = False
                         self._glue_fn = _glue
                         self._graphs.clear()
                     elif mode == "sort":
-                        logger.warning("FastT3: CUDA graph capture failed (%s); sampling with top-k", msg)
+                        log.warning("FastT3: CUDA graph capture failed (%s); sampling with top-k", msg)
                         self._sampler = "topk"
                     else:
-                        logger.warning("FastT3: CUDA graph capture failed (%s); running eager", msg)
+                        log.warning("FastT3: CUDA graph capture failed (%s); running eager", msg)
                         self.use_graphs = False
                         self._graphs.clear()
                         return
