@@ -51,10 +51,10 @@ def test_an_explicit_domain_is_kept():
 
 
 def test_a_shell_domain_held_by_another_run_is_not_shared():
-    ours = os.environ["ROS_DOMAIN_ID"]  # this test run holds it
-    run, = _claim_all([{"ROS_DOMAIN_ID": ours}])
-    assert run["env"]["ROS_DOMAIN_ID"] != ours
-    assert f"ROS_DOMAIN_ID={ours} from your shell is held by another test run" in run["notes"][0], run["notes"]
+    held, _ = ros_environment.claim_domain({})  # free, and now held by this run (no participant in it)
+    run, = _claim_all([{"ROS_DOMAIN_ID": held}])
+    assert run["env"]["ROS_DOMAIN_ID"] != held
+    assert f"ROS_DOMAIN_ID={held} from your shell is held by another test run" in run["notes"][0], run["notes"]
 
 
 def test_a_shell_domain_in_use_on_this_machine_is_not_joined(tmp_path):
