@@ -1,15 +1,19 @@
 """Request and response models of the HTTP API; the request limits follow the parameters, so /openapi.json tells
 the truth."""
 # No `from __future__ import annotations`: FastAPI must resolve the request models built in request_models().
+from dataclasses import fields as dataclass_fields
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model
 
 from .. import encoding
-from ..settings import SETTINGS_BY_NAME
+from ..settings import SETTINGS_BY_NAME, GenerationSettings
 
 OPENAI_MAX_INSTRUCTIONS = 4096
-GENERATION_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "seed", "watermark")
+# /tts takes every generation setting as an optional field, built from the settings table: a new sampling option
+# (a row in settings.py and a GenerationSettings field) appears here, with its range and description, by itself
+GENERATION_KEYS = tuple(f.name for f in dataclass_fields(GenerationSettings))
+_STRICT = {bool: StrictBool, int: StrictInt, float: StrictFloat}
 Format = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
 
@@ -21,15 +25,15 @@ class VoiceId(BaseModel):
 VoiceOrName = Union[str, VoiceId]
 
 
-def _gen_field(name: str, kind: Any, description: str) -> Tuple[Any, Any]:
+def _gen_field(name: str) -> Tuple[Any, Any]:
     s = SETTINGS_BY_NAME[f"generation.{name}"]
     extra: Dict[str, Any] = {}
     if s.min is not None:
         extra["ge"] = s.min
     if s.max is not None:
         extra["le"] = s.max
-    return (Optional[kind], Field(None, description=f"{description} Default: parameter generation.{name} "
-                                                    f"({s.default}).", **extra))
+    return (Optional[_STRICT[type(s.default)]],
+            Field(None, description=f"{s.description} Default: parameter generation.{name} ({s.default}).", **extra))
 
 
 def request_models(max_input: int) -> Tuple[Type[BaseModel], Type[BaseModel]]:
@@ -61,12 +65,7 @@ def request_models(max_input: int) -> Tuple[Type[BaseModel], Type[BaseModel]]:
         "format": (Format, Field("wav", description="Audio format of the answer.")),
         "speed": (StrictFloat, Field(1.0, ge=encoding.MIN_SPEED, le=encoding.MAX_SPEED,
                                      description="Tempo 0.25-4.0 (pitch unchanged).")),
-        "temperature": _gen_field("temperature", StrictFloat, "Sampling temperature (Chatterbox)."),
-        "top_p": _gen_field("top_p", StrictFloat, "Nucleus sampling threshold (Chatterbox)."),
-        "top_k": _gen_field("top_k", StrictInt, "Top-k sampling (Chatterbox)."),
-        "repetition_penalty": _gen_field("repetition_penalty", StrictFloat, "Repetition penalty (Chatterbox)."),
-        "seed": _gen_field("seed", StrictInt, "Random seed; 0 = new seed per request."),
-        "watermark": (Optional[StrictBool], Field(None, description="Perth watermark on Chatterbox output.")),
+        **{name: _gen_field(name) for name in GENERATION_KEYS},
         "stream": (StrictBool, Field(False, description="Stream the bytes as they are synthesized (chunked) instead "
                                                         "of answering with the complete file.")),
     }
