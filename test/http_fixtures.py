@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,16 +39,6 @@ def reference_wav(seconds: float = 6.0, sample_rate: int = 16000) -> bytes:
 def voices_folder(core: SpeechCore) -> Path:
     """The folder the core keeps its voices in (the test's voices_dir)."""
     return Path(core.settings.core.voices_dir)
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    """Poll `predicate` with a deadline; its last answer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def make_config(voices_dir: Path, **overrides: Any) -> Settings:

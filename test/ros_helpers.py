@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 import ros_environment
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable  # the set-up's interpreter that runs the tests (.venv/, or .venv-jazzy/ for Jazzy)
@@ -27,13 +28,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 def wait_for_text(read, proc: subprocess.Popen, text: str, timeout: float) -> bool:
     """Poll a process's output (`read()`) with a deadline until `text` appears; give up early once it has ended."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in read():
-            return True
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: text in read() or proc.poll() is not None, timeout, 0.1)
     return text in read()
 
 
@@ -211,12 +206,7 @@ class RosClient:
             return ""
 
     def wait_until(self, predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(interval)
-        return predicate()
+        return wait_until(predicate, timeout, interval)
 
     def settle(self, quiet: float = 0.4, timeout: float = 10.0) -> None:
         """Wait until no audio has arrived for `quiet` seconds (DDS delivers after a service answers)."""

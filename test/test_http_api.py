@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from http_fixtures import (REFERENCE_VOICE, http_core, http_server, http_settings, make_core, reference_wav,  # noqa: F401
-                           serving, voices_folder, wait_until)
+                           serving, voices_folder)
 from log_capture import captured_logs
+from waiting import wait_until
 from ros2_chatterbox import encoding
 from ros2_chatterbox.http.server import HttpServer
 from ros2_chatterbox.speech_queue import JobListener

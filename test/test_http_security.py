@@ -18,8 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
-from http_fixtures import (REFERENCE_VOICE, http_core, http_server, reference_wav, serving, voices_folder,  # noqa: F401
-                           wait_until)
+from http_fixtures import (REFERENCE_VOICE, http_core, http_server, reference_wav, serving,  # noqa: F401
+                           voices_folder)
+from waiting import wait_until
 from ros2_chatterbox.engine import VoiceError
 from ros2_chatterbox.http import security
 from ros2_chatterbox.http.security import SecurityMiddleware

@@ -14,12 +14,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ros_helpers import ARTIFACTS, free_port, ros_env, wait_for_text, write_params
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = Path(sys.prefix)
@@ -94,9 +94,7 @@ def test_make_run_shows_the_domain_and_passes_ros_arguments(tmp_path):
     try:
         paste = f"export ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
         assert wait_for_text(log_path.read_text, proc, paste, 60), log_path.read_text()[-3000:]
-        end = time.monotonic() + 240
-        while _health(port) != 200 and proc.poll() is None and time.monotonic() < end:
-            time.sleep(0.5)
+        wait_until(lambda: _health(port) == 200 or proc.poll() is not None, 240, 0.5)
         out = log_path.read_text()
         assert _health(port) == 200, f"the node's HTTP server never answered on ARGS' port {port}:\n{out[-3000:]}"
         # the paste line comes before anything the node prints
