@@ -65,8 +65,19 @@ def test_text_topic_spoken_in_order(node, client):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     pub = client.node.create_publisher(String, "/tts/text", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     assert client.wait_until(lambda: pub.get_subscription_count() > 0, 10)
-    sr = client.audio_info[-1].sample_rate
+    # Discovery is not symmetric: this publisher can see the node's subscription before the node has matched this
+    # publisher, and a message sent in between is lost (VOLATILE; "Hi." was, once, under load). A probe the node
+    # speaks proves the match.
     client.settle()
+    client.audio.clear()
+
+    def probe_heard():
+        pub.publish(String(data="Ready."))
+        return client.wait_until(lambda: len(client.audio) > 0, 10)
+    assert client.wait_until(probe_heard, 60, 0), "the node never heard this publisher"
+    assert client.wait_until(lambda: client.speaking and client.speaking[-1] is False, 30), client.speaking
+    sr = client.audio_info[-1].sample_rate
+    client.settle(quiet=1.0)
     client.audio.clear()
     texts = ["Hi.", "This second message is a good deal longer than the first and the third one.", "Okay then."]
     for t in texts:
