@@ -78,6 +78,10 @@ SETTINGS: List[Setting] = [
     _s("device", "engine", "auto", "auto (CUDA when available), cuda, cuda:N or cpu.", CONFIGURE),
     _s("dtype", "engine", "auto", "auto (float16 on CUDA, float32 on CPU), float16, bfloat16 or float32.",
        CONFIGURE, choices=("auto", "float16", "bfloat16", "float32")),
+    _s("s3gen_dtype", "engine", "auto", "dtype of S3Gen's flow (the speech-token-to-mel decoder, 115 M parameters): "
+       "auto (float16 on CUDA when dtype is float16, else float32), float16 (half its memory; within a tested "
+       "tolerance of float32) or float32. Its vocoder, tokenizer and speaker encoder stay float32.", CONFIGURE,
+       choices=("auto", "float32", "float16")),
     _s("cpu_threads", "engine", 0, "Torch CPU threads for the chatterbox engine (0 = torch's default). On a robot "
        "whose CPU is busy with other nodes, 1-2 threads are often faster than many.", CONFIGURE, min=0, max=256),
     _s("fast_path", "engine", True, "Use the project's fast Turbo decode loop where its equality test passed.",
@@ -249,6 +253,7 @@ class EngineSettings(_Group):
     hub_timeout_s: float = _default("hub_timeout_s")
     device: str = _default("device")
     dtype: str = _default("dtype")
+    s3gen_dtype: str = _default("s3gen_dtype")
     cpu_threads: int = _default("cpu_threads")
     fast_path: bool = _default("fast_path")
     jetson_patches: str = _default("jetson_patches")

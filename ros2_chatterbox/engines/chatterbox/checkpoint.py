@@ -136,9 +136,10 @@ def explain_load_error(exc: BaseException, folder: Path, repo: str,
     return EngineLoadError(f"{spec.title} could not load from '{folder}': {type(exc).__name__}: {msg[:400]}")
 
 
-def load_model(folder: Path, device: str, dtype: Any, repo: str, spec: models.ModelSpec) -> Tuple[Any, bool]:
+def load_model(folder: Path, device: str, dtype: Any, repo: str, spec: models.ModelSpec,
+               s3gen_dtype: Any = None) -> Tuple[Any, bool]:
     """(model, tiny): a checked folder loaded by models.load_local (a tiny checkpoint with its patches), T3 in
-    `dtype`. Every failure is an EngineLoadError naming the file or the fix, raised after whatever the loader had put
+    `dtype`, S3Gen's flow in `s3gen_dtype` (None: float32; s3gen_precision.resolve_s3gen_dtype). Every failure is an EngineLoadError naming the file or the fix, raised after whatever the loader had put
     on the GPU went back."""
     import torch
     try:
@@ -153,10 +154,14 @@ def load_model(folder: Path, device: str, dtype: Any, repo: str, spec: models.Mo
             model = models.load_local(folder, device, spec, arch["t3"] if arch is not None else None, t3_dtype=dtype)
         if dtype != torch.float32:
             # T3 (most weights, all per-token time) in half precision. VoiceEncoder, S3Tokenizer, CAMPPlus and HiFT
-            # break under .half() (FACTS.md), so S3Gen and the voice encoder stay float32. Cast outside
-            # inference_mode: parameters made there become inference tensors that nothing may update later.
+            # break under .half() (FACTS.md), so they stay float32. Cast outside inference_mode: parameters made
+            # there become inference tensors that nothing may update later.
             with torch.no_grad():
                 model.t3.to(dtype=dtype)
+        if s3gen_dtype is not None and s3gen_dtype != torch.float32:
+            # S3Gen's flow in half precision, within s3gen_precision.TOLERANCE of float32 (its FLOW_FP32 parts stay)
+            from .s3gen_precision import cast_flow
+            cast_flow(model.s3gen, s3gen_dtype)
     except Exception as exc:  # noqa: BLE001
         model = None
         release(device)

@@ -167,7 +167,8 @@ class StreamDecoder:
             token = torch.cat([prompt_token, tokens], dim=1)
             token_len = torch.tensor([token.shape[1]], device=self.device)
             mask = (~make_pad_mask(token_len)).unsqueeze(-1).to(emb)
-            h, _ = flow.encoder(flow.input_embedding(token) * mask, token_len)
+            x_in = flow.input_embedding(token) * mask  # float32 table (s3gen_precision.FLOW_FP32); encoder may be half
+            h, _ = flow.encoder(x_in.to(flow.encoder_proj.weight.dtype), token_len)
             if not finalize:
                 h = h[:, :-flow.pre_lookahead_len * flow.token_mel_ratio]
             n_prompt = prompt_feat.shape[1]
