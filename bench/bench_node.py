@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List
 
-from common import CONFIG_ENV, STOP, build_full_checkpoint, install_stubs, versions
+from common import CONFIG_ENV, STOP, build_full_checkpoint, install_stubs, process_device_mb, versions
 from ros2_chatterbox.speech_queue import JobListener
 
 TEXT = ("The battery is at forty percent, so I will finish cleaning the kitchen first and then go back to the "
@@ -61,21 +61,6 @@ class Listener(JobListener):
 
     def on_done(self, job, result):
         self.done.set()
-
-
-def process_device_mb():
-    """Device memory nvidia-smi counts for this process (context included), or None."""
-    import subprocess
-    try:
-        q = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                           capture_output=True, text=True, timeout=20).stdout
-    except Exception:
-        return None
-    for line in q.splitlines():
-        parts = [x.strip() for x in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(os.getpid()):
-            return float(parts[1])  # MiB, as every *_mb figure here
-    return None
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,7 @@ from ros2_chatterbox.engines.chatterbox.tiny_checkpoint import STOP_SPEECH as ST
 from ros2_chatterbox.engines.chatterbox.tokens import SPEECH_VOCAB as S3_CODES  # noqa: E402
 
 __all__ = ["REPO", "SR", "SILENCE", "STOP", "S3_CODES", "TOKENS_PER_S", "CONFIG_ENV", "install_stubs", "versions",
-           "build_full_checkpoint"]
+           "build_full_checkpoint", "process_device_mb"]
 
 TOKENS_PER_S = SR // (SAMPLES_PER_FRAME * FRAMES_PER_TOKEN)  # 25 speech tokens per second of audio
 # environment per node-path configuration (bench_node.py; set by the parent before that process starts)
@@ -141,3 +141,17 @@ def build_full_checkpoint(folder: Path, seed: int = 0, model: str = "turbo") -> 
     tiny_turbo.write_tokenizer(folder)
     (folder / "conds.pt").unlink(missing_ok=True)
     return {"seconds": round(time.perf_counter() - t0, 2), "params": params}
+
+
+def process_device_mb():
+    """Device memory nvidia-smi counts for this process (context included), or None."""
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=20).stdout
+    except Exception:
+        return None
+    for line in q.splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(os.getpid()):
+            return float(parts[1])  # MiB, as every *_mb figure here
+    return None

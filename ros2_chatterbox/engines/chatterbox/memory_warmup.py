@@ -85,24 +85,65 @@ def take(model, settings: EngineSettings, max_piece_chars: Optional[int], *, dev
     return WorkingMemory(plan, "taken at configure", warm_s, gpu_memory.allocator_stats(device))
 
 
+HEADROOM = 1.08   # the working-memory block: the measured need x this (best-fit splitting leaves small gaps)
+
+
 def warm_worst_case(model, plan: memory_plan.MemoryPlan, *, device: str, fast, t3_cond, lock: ContextManager,
                     decoder: DecoderConfig) -> None:
+    """The worst case, twice on CUDA. The first pass measures what it needs beyond what stays allocated (weights,
+    KV cache); then the cache is emptied and that much is taken as ONE block, and the second pass (and every
+    request after it) carves its tensors out of that block. One pass alone would leave a segment per size it ever
+    saw (the streaming decoder's tensors grow chunk by chunk): ~1.5x the need, kept for good."""
     import torch
     dev = torch.device(device)
-    if dev.type == "cuda":
+    cuda = dev.type == "cuda"
+    if cuda:
         torch.cuda.empty_cache()  # leftovers of the checks: the plan's memory is taken from a clean slate
     if fast is not None:
         fast.warmup(None, text_len=plan.max_text_tokens, max_new_tokens=plan.max_speech_tokens - 1,
                     settings=(None, "greedy"), all_buckets=True)
+    ref = worst_case_voice(model, dev)
+    g = torch.Generator(device=dev).manual_seed(2)
+    tokens = torch.randint(0, SPEECH_VOCAB, (plan.max_speech_tokens,), device=dev, generator=g)
+    if cuda:
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens)
+        need = torch.cuda.max_memory_allocated(dev) - base
+        torch.cuda.empty_cache()
+        block = torch.empty(int(need * HEADROOM), dtype=torch.uint8, device=dev)
+        del block  # back to the cache as one free segment
+    _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens)
+
+
+def worst_case_voice(model, dev) -> Dict:
+    """S3Gen's conditioning of the longest voice (a 10 s reference: 250 prompt tokens, 500 mel frames), made without
+    the S3 tokenizer (random prompt tokens: the decoder's memory depends on the lengths, not on the values)."""
+    import torch
+    def tone(sr: int) -> np.ndarray:
+        t = np.arange(DEC_COND_SAMPLES * sr // SAMPLE_RATE, dtype=np.float64) / sr
+        return (0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    s3 = model.s3gen
+    with torch.inference_mode():
+        w24 = torch.from_numpy(tone(SAMPLE_RATE))[None].to(dev)
+        mels = s3.mel_extractor(w24).transpose(1, 2).to(dtype=s3.dtype)
+        w16 = torch.from_numpy(tone(16_000))[None].to(dev)
+        embedding = s3.speaker_encoder.inference(w16.to(dtype=next(s3.speaker_encoder.parameters()).dtype))
+        n = memory_plan.PROMPT_TOKENS_MAX
+        g = torch.Generator(device=dev).manual_seed(3)
+        prompt = torch.randint(0, 6561, (1, n), device=dev, generator=g)
+    return dict(prompt_token=prompt, prompt_token_len=torch.tensor([n], device=dev),
+                prompt_feat=mels[:, :2 * n], prompt_feat_len=None, embedding=embedding)
+
+
+def _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens) -> None:
+    """The longest prefill, then the longest piece through the streaming decoder on the schedule requests use."""
+    import torch
+    if fast is not None:
         g = torch.Generator(device=dev).manual_seed(1)
         text = torch.randint(0, 256, (1, plan.max_text_tokens), generator=g, device=dev)
         fast.generate(t3_cond(), text, GenerationSettings(), generator=g, max_new_tokens=8)  # longest prefill
-    t = np.arange(DEC_COND_SAMPLES, dtype=np.float64) / SAMPLE_RATE
-    wav = (0.3 * np.sin(2 * np.pi * 140 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    with torch.inference_mode():
-        ref = model.s3gen.embed_ref(wav, SAMPLE_RATE, device=device)  # a 10 s voice: the longest prompt
-        tokens = torch.randint(0, SPEECH_VOCAB, (plan.max_speech_tokens,), device=dev,
-                               generator=torch.Generator(device=dev).manual_seed(2))
     stream = StreamDecoder(model, ref, 1, True, lock, decoder)  # watermarked, as requests are by default
     for at in plan.decode_points[:-1]:
         stream.step(tokens[:at], final=False)
