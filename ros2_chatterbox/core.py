@@ -217,12 +217,18 @@ class SpeechCore:
         interrupt = bool(interrupt) or cfg.queue_policy == "interrupt"
         job = Job(clean, voice_name, generation, source, listener, interrupt, chunk_ms,
                   cfg.audio_sentence_pause_ms)
-        job.pieces = text_mod.split_sentences(clean, cfg.text_chunk_chars)
+        job.pieces = text_mod.split_sentences(clean, self._piece_chars(cfg.text_chunk_chars))
         try:
             queue.submit(job)
         except QueueFull as exc:
             raise RequestError(QUEUE_FULL, str(exc)) from None
         return job
+
+    def _piece_chars(self, chunk_chars: int) -> int:
+        """The longest piece: text.chunk_chars, or less when the engine's memory budget chose shorter pieces."""
+        engine = self.engine
+        limit = getattr(engine, "max_piece_chars", None) if engine is not None else None
+        return min(int(chunk_chars), int(limit)) if limit else int(chunk_chars)
 
     def cancel(self, job: Job, reason: str = "cancelled") -> None:
         """Cancel one request, waiting or running (a running one stops within one chunk)."""

@@ -99,6 +99,10 @@ SETTINGS: List[Setting] = [
        CONFIGURE, min=0, max=1000),
     _s("stream.max_tokens", "engine", 200, "Largest streamed chunk in speech tokens (chunks double from "
        "stream.first_tokens up to this).", CONFIGURE, min=1, max=1000),
+    _s("memory.budget_mb", "engine", 0.0, "Most memory this node may take, host RSS + device memory in MiB (one RAM "
+       "on a Jetson). Configure fits into it: shorter pieces (text.chunk_chars), a lower speech_tokens.max, fewer "
+       "cached voices, and says what it chose; or refuses, naming what would fit. 0 = no budget.", CONFIGURE,
+       min=0.0, max=1_000_000.0),
     _s("speech_tokens.max", "engine", 1000, "Hard cap of speech tokens per sentence (25 per second of speech; "
        "upstream's 1000 = 40 s).", CONFIGURE, min=1, max=4000),
     _s("speech_tokens.base", "engine", 150, "Token cap for a sentence = speech_tokens.base + "
@@ -262,6 +266,7 @@ class EngineSettings(_Group):
     voice_cache_max_mb: float = _default("voice_cache.max_mb")
     stream_first_tokens: int = _default("stream.first_tokens")
     stream_max_tokens: int = _default("stream.max_tokens")
+    memory_budget_mb: float = _default("memory.budget_mb")
     speech_tokens_max: int = _default("speech_tokens.max")
     speech_tokens_base: int = _default("speech_tokens.base")
     speech_tokens_per_char: float = _default("speech_tokens.per_char")

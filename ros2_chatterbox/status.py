@@ -73,6 +73,8 @@ class MemoryStatus(_Record):
     reserved_at_configure_mb: Optional[float] = None
     device_allocs_since_configure: Optional[int] = None
     last_piece: Dict[str, int] = field(default_factory=dict)
+    budget: str = ""            # what memory.budget_mb made configure choose ('' = no budget)
+    footprint: Dict[str, Any] = field(default_factory=dict)  # where the memory is (engines/chatterbox/footprint.py)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,12 @@ class CoreStatus(_Record):
                             if isinstance(v, _SCALARS) and f"{name}_{k}" not in _OBJECTS})
             elif value is not None or name not in _SECTIONS:
                 out[name] = value
+        footprint = self.engine.memory.footprint if self.engine.memory is not None else {}
+        for part, w in (footprint.get("weights") or {}).items():   # where the memory is, in MiB
+            out[f"memory_weights_{part}_mb"] = w.get("mb")
+        for side in ("device", "host"):
+            out.update({f"memory_{side}_{k}": v for k, v in (footprint.get(side) or {}).items()
+                        if isinstance(v, _SCALARS)})
         for old, new in _OLD_NAMES.items():
             if new in out:
                 out[old] = out[new]

@@ -120,16 +120,33 @@ class ChatterboxTurboEngine(Engine):
                 raise
             self._model, self._builtin, self.model_dir = model, builtin, str(folder)
             self.device, self.dtype = device, str(dtype).replace("torch.", "")
-            self._warm_up()
-            speak = self._speak if self._builtin is not None else None
-            self.fast, self.fast_status = fast_path.select(
-                model, self.settings.fast_path, lock=self._lock, speak=speak, t3_cond=self._check_cond,
-                max_voices=self.settings.voice_cache_max_voices, text_tokens=self.tokenize)
-            self._release_unused()
-            self.memory = memory_warmup.take(
-                model, self.settings, self.max_piece_chars, device=device, fast=self.fast, t3_cond=self._check_cond,
-                lock=self._lock, decoder=self.decoder_config, warm=device.startswith("cuda") or self.WARM_ON_CPU)
+            try:
+                self._warm_up()
+                speak = self._speak if self._builtin is not None else None
+                self.fast, self.fast_status = fast_path.select(
+                    model, self.settings.fast_path, lock=self._lock, speak=speak, t3_cond=self._check_cond,
+                    max_voices=self.settings.voice_cache_max_voices, text_tokens=self.tokenize)
+                self._release_unused()
+                self.memory = memory_warmup.take(
+                    model, self.settings, self.max_piece_chars, device=device, fast=self.fast,
+                    t3_cond=self._check_cond, lock=self._lock, decoder=self.decoder_config,
+                    warm=device.startswith("cuda") or self.WARM_ON_CPU)
+                self._apply_budget(self.memory.budget)
+            except BaseException:
+                self.unload()  # a failed configure (e.g. memory.budget_mb too small) leaves nothing loaded
+                raise
             self.load_seconds = time.monotonic() - t0
+
+    def _apply_budget(self, choice) -> None:
+        """What memory.budget_mb chose becomes the engine's limits: the speech-token cap, the cached voices and the
+        longest piece (SpeechCore splits text at min(text.chunk_chars, max_piece_chars))."""
+        if choice is None:
+            return
+        self.settings = replace(self.settings, speech_tokens_max=choice.speech_tokens_max,
+                                voice_cache_max_voices=choice.max_voices)
+        self.max_piece_chars = choice.chunk_chars
+        if self.fast is not None:
+            self.fast.max_voices = choice.max_voices
 
     def _warm_up(self) -> None:
         """The watermarker's first call costs ~1 s (resampler and network set-up): pay it at load, not in speech."""
@@ -195,7 +212,7 @@ class ChatterboxTurboEngine(Engine):
             voice_cache=self._voices.status(s.voice_cache_max_voices, s.voice_cache_max_mb),
             fast_path=replace(self.fast_status, requested=s.fast_path, active=fast is not None,
                               cuda_graphs=bool(fast is not None and fast.use_graphs)),
-            memory=memory_warmup.status(self.memory, self.device, self.sync_mode, self.last_alloc),
+            memory=memory_warmup.status(self.memory, self.device, self.sync_mode, self.last_alloc, self._model, fast),
             cuda=cuda_status(self.device))
 
     # -- voices --------------------------------------------------------------------------------------------------

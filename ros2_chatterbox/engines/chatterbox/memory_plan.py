@@ -114,3 +114,61 @@ def make_plan(chunk_chars: Optional[int], *, n_layer: int, n_head: int, head_dim
         kv_bytes=int(n_layer) * 2 * int(n_head) * kv_positions * int(head_dim) * int(dtype_bytes),
         flow_tokens_max=PROMPT_TOKENS_MAX + speech + FINAL_SILENCE_TOKENS, vocoder_frames_max=int(vocoder),
         decode_points=tuple(points))
+
+
+# ------------------------------------------------------------------------------- a budget (memory.budget_mb)
+# Measured on an H200 (bench/results/gpu-h200-2026-12-03-memory, fp16 T3, fp32 flow): the worst case's working memory
+# beyond what stays allocated was ~1,560 MiB for a flow input of 1,253 tokens; the flow's attention over 2 mel frames
+# per token dominates, so it grows with the square of the flow input. An fp16 flow needs about half.
+FLOW_WORKSPACE_MB_PER_TOKEN2 = 1560.0 / 1253 ** 2
+WORKSPACE_BASE_MB = 64.0          # the prefill's and the vocoder's part, small beside the flow's
+CUDA_CONTEXT_MB = 860.0           # device memory beyond PyTorch's reserved: context, cuBLAS, cuDNN (H200; less on Orin)
+# (text.chunk_chars, speech_tokens.max) from the defaults down: 4 speech tokens per character is 2-3x normal speech,
+# so a piece of that length is still spoken in full
+LADDER: Tuple[Tuple[int, int], ...] = ((250, 1000), (200, 800), (160, 640), (120, 480), (90, 360), (60, 240))
+
+
+def workspace_mb(plan: MemoryPlan, flow_bytes: int = 4) -> float:
+    """The working memory a plan's worst case needs beyond the weights and the KV cache (MiB, estimated)."""
+    return WORKSPACE_BASE_MB + FLOW_WORKSPACE_MB_PER_TOKEN2 * plan.flow_tokens_max ** 2 * flow_bytes / 4.0
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    chunk_chars: int
+    speech_tokens_max: int
+    max_voices: int
+    predicted_mb: float
+    budget_mb: float
+
+    def describe(self) -> str:
+        return (f"memory.budget_mb {self.budget_mb:.0f}: pieces of up to {self.chunk_chars} characters, "
+                f"speech_tokens.max {self.speech_tokens_max}, {self.max_voices} cached voices "
+                f"(predicted {self.predicted_mb:.0f} MiB)")
+
+
+def fit_budget(budget_mb: float, fixed_mb: float, plan_for, chunk_chars: int, speech_max: int, max_voices: int,
+               voice_mb: float, flow_bytes: int = 4) -> BudgetChoice:
+    """The largest (chunk, speech cap, voices) within `budget_mb`: the configured values first, then LADDER's
+    smaller steps, then fewer cached voices. `fixed_mb`: what the process holds already (host RSS, weights on the
+    device, the CUDA context); `plan_for(chunk_chars, speech_max)` -> MemoryPlan; `voice_mb`: one cached voice.
+    ValueError naming the smallest setting and what it would need when nothing fits."""
+    steps = [(chunk_chars, speech_max)] + [(c, s) for c, s in LADDER if c < chunk_chars and s <= speech_max]
+    voices = [max_voices] + [v for v in (4, 2, 1) if v < max_voices]
+    last = None
+    for v in voices:
+        for chars, speech in steps:
+            try:
+                plan = plan_for(chars, speech)
+            except ValueError:  # more T3 positions than the model has: a smaller step may fit
+                continue
+            need = fixed_mb + plan.kv_bytes / 2 ** 20 + workspace_mb(plan, flow_bytes) + v * voice_mb
+            last = BudgetChoice(chars, speech, v, round(need, 1), float(budget_mb))
+            if need <= budget_mb:
+                return last
+    if last is None:
+        raise ValueError(f"no setting down to pieces of {steps[-1][0]} characters fits the model's positions")
+    raise ValueError(f"memory.budget_mb {budget_mb:.0f} is too small: the model alone holds {fixed_mb:.0f} MiB and "
+                     f"the smallest setting (pieces of {last.chunk_chars} characters, speech_tokens.max "
+                     f"{last.speech_tokens_max}, 1 cached voice) needs {last.predicted_mb:.0f} MiB; raise the budget "
+                     f"to at least {math.ceil(last.predicted_mb / 100) * 100:.0f}, or use model nano")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ContextManager, Dict, Optional
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from ...engine import EngineLoadError
 from ...settings import EngineSettings, GenerationSettings
 from ...status import MemoryStatus
-from . import gpu_memory, memory_plan
+from . import footprint, gpu_memory, memory_plan
 from .s3gen_stream import SAMPLE_RATE, DecoderConfig, StreamDecoder
 from .tokens import SPEECH_VOCAB
 from .voice_cache import DEC_COND_SAMPLES
@@ -36,6 +36,7 @@ class WorkingMemory:
     state: str = "not loaded"
     warm_s: float = 0.0
     base: Dict[str, int] = field(default_factory=dict)  # allocator counters right after configure
+    budget: Optional[memory_plan.BudgetChoice] = None   # what memory.budget_mb made configure choose
 
 
 def plan_for(model, settings: EngineSettings, max_piece_chars: Optional[int], bucket: int,
@@ -55,45 +56,82 @@ def plan_for(model, settings: EngineSettings, max_piece_chars: Optional[int], bu
         context_frames=decoder.context_frames)
 
 
+def voice_mb(model, fast) -> float:
+    """What one cached voice holds on the device (MiB): its conditioning, and its T3 prefix KV on the fast path."""
+    cfg = model.t3.cfg
+    prefix = (int(cfg.n_layer) * 2 * memory_plan.PREFIX_POSITIONS * int(cfg.hidden_size)
+              * int(model.t3.speech_head.weight.element_size())) if fast is not None else 0
+    return 1.0 + prefix / 2 ** 20
+
+
+def fit_budget(model, settings: EngineSettings, max_piece_chars: Optional[int], *, device: str, fast, bucket: int,
+               decoder: DecoderConfig) -> memory_plan.BudgetChoice:
+    """memory.budget_mb's choice for this model, from what the process holds now (EngineLoadError: nothing fits)."""
+    fixed = gpu_memory.rss_bytes() / _MB
+    if device.startswith("cuda"):
+        import torch
+        fixed += torch.cuda.memory_allocated(torch.device(device)) / _MB + memory_plan.CUDA_CONTEXT_MB
+
+    def plan(chars: int, speech: int) -> memory_plan.MemoryPlan:
+        return plan_for(model, replace(settings, speech_tokens_max=speech), chars, bucket, decoder)
+    flow_bytes = next(model.s3gen.flow.parameters()).element_size()
+    try:
+        return memory_plan.fit_budget(settings.memory_budget_mb, fixed, plan, int(max_piece_chars or 250),
+                                      int(settings.speech_tokens_max), int(settings.voice_cache_max_voices),
+                                      voice_mb(model, fast), flow_bytes)
+    except ValueError as exc:
+        raise EngineLoadError(str(exc)) from None
+
+
 def take(model, settings: EngineSettings, max_piece_chars: Optional[int], *, device: str, fast, t3_cond,
          lock: ContextManager, decoder: DecoderConfig, warm: bool) -> WorkingMemory:
-    """Plan, and when `warm` (on CUDA) take the plan's memory with one worst-case pass. `fast`: the FastT3 in use
-    (None: the reference loop); `t3_cond()`: a prepared T3 conditioning for the longest prefill."""
+    """Plan (within memory.budget_mb when set: `WorkingMemory.budget` says what it chose, and the plan is sized for
+    it), and when `warm` (on CUDA) take the plan's memory with one worst-case pass. `fast`: the FastT3 in use (None:
+    the reference loop); `t3_cond()`: a prepared T3 conditioning for the longest prefill."""
+    bucket = fast.bucket if fast is not None else 256
+    budget = None
+    if settings.memory_budget_mb > 0:
+        budget = fit_budget(model, settings, max_piece_chars, device=device, fast=fast, bucket=bucket, decoder=decoder)
+        log.info("Chatterbox Turbo: %s", budget.describe())
+        settings = replace(settings, speech_tokens_max=budget.speech_tokens_max)
+        max_piece_chars = budget.chunk_chars
     try:
-        plan = plan_for(model, settings, max_piece_chars, fast.bucket if fast is not None else 256, decoder)
+        plan = plan_for(model, settings, max_piece_chars, bucket, decoder)
     except ValueError as exc:
         log.info("Chatterbox Turbo memory plan: %s", exc)
-        return WorkingMemory(state=f"no plan: {exc}")
+        return WorkingMemory(state=f"no plan: {exc}", budget=budget)
     if not warm:
-        return WorkingMemory(plan, "planned (taken at configure on CUDA only)")
+        return WorkingMemory(plan, "planned (taken at configure on CUDA only)", budget=budget)
     t0 = time.monotonic()
     try:
-        warm_worst_case(model, plan, device=device, fast=fast, t3_cond=t3_cond, lock=lock, decoder=decoder)
+        warm_worst_case(model, plan, device=device, fast=fast, t3_cond=t3_cond, lock=lock, decoder=decoder,
+                        voices=budget.max_voices if budget else settings.voice_cache_max_voices)
     except Exception as exc:  # noqa: BLE001
         if "out of memory" in str(exc).lower():
             raise EngineLoadError(
                 f"out of memory while taking the working memory for pieces of up to {plan.max_speech_tokens} "
-                f"speech tokens ({exc}); lower speech_tokens.max, use dtype float16, or start this node before "
-                f"other GPU services") from exc
+                f"speech tokens ({exc}); set memory.budget_mb (or lower speech_tokens.max), or start this node "
+                f"before other GPU services") from exc
         state = f"warm-up failed ({type(exc).__name__}: {str(exc)[:200]}); memory grows on demand"
         log.warning("Chatterbox Turbo: %s", state)
-        return WorkingMemory(plan, state, time.monotonic() - t0)
+        return WorkingMemory(plan, state, time.monotonic() - t0, budget=budget)
     warm_s = time.monotonic() - t0
     if device.startswith("cuda"):
         import torch
         torch.cuda.synchronize(torch.device(device))
-    return WorkingMemory(plan, "taken at configure", warm_s, gpu_memory.allocator_stats(device))
+    return WorkingMemory(plan, "taken at configure", warm_s, gpu_memory.allocator_stats(device), budget)
 
 
-HEADROOM = 1.08   # the working-memory block: the measured need x this (best-fit splitting leaves small gaps)
+HEADROOM = 1.10   # the working-memory block: the measured need x this (best-fit splitting leaves small gaps)
 
 
 def warm_worst_case(model, plan: memory_plan.MemoryPlan, *, device: str, fast, t3_cond, lock: ContextManager,
-                    decoder: DecoderConfig) -> None:
+                    decoder: DecoderConfig, voices: int = 0) -> None:
     """The worst case, twice on CUDA. The first pass measures what it needs beyond what stays allocated (weights,
     KV cache); then the cache is emptied and that much is taken as ONE block, and the second pass (and every
     request after it) carves its tensors out of that block. One pass alone would leave a segment per size it ever
-    saw (the streaming decoder's tensors grow chunk by chunk): ~1.5x the need, kept for good."""
+    saw (the streaming decoder's tensors grow chunk by chunk): ~1.5x the need, kept for good. The block also holds
+    `voices` cached voices: they are carved from it later, and must not leave the worst case without room."""
     import torch
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -112,7 +150,8 @@ def warm_worst_case(model, plan: memory_plan.MemoryPlan, *, device: str, fast, t
         _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens)
         need = torch.cuda.max_memory_allocated(dev) - base
         torch.cuda.empty_cache()
-        block = torch.empty(int(need * HEADROOM), dtype=torch.uint8, device=dev)
+        block = torch.empty(int(need * HEADROOM + voices * voice_mb(model, fast) * _MB), dtype=torch.uint8,
+                            device=dev)
         del block  # back to the cache as one free segment
     _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens)
 
@@ -150,7 +189,8 @@ def _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens) -> 
     stream.step(tokens, final=True)
 
 
-def status(memory: WorkingMemory, device: str, host_sync: str, last_piece: Dict[str, int]) -> MemoryStatus:
+def status(memory: WorkingMemory, device: str, host_sync: str, last_piece: Dict[str, int], model=None,
+           fast=None) -> MemoryStatus:
     """The plan, what configure took, and the allocator's work since (what the static plan is judged by: no device
     allocation after configure, flat reserved memory, few block allocations per piece). Never raises."""
     try:
@@ -162,6 +202,7 @@ def status(memory: WorkingMemory, device: str, host_sync: str, last_piece: Dict[
             reserved_mb=round(now["reserved_bytes"] / _MB, 1),
             reserved_at_configure_mb=round(base["reserved_bytes"] / _MB, 1) if base else None,
             device_allocs_since_configure=now["num_device_alloc"] - base["num_device_alloc"] if base else None,
-            last_piece=dict(last_piece))
+            last_piece=dict(last_piece), budget=memory.budget.describe() if memory.budget else "",
+            footprint=footprint.footprint(model, device, fast) if model is not None else {})
     except Exception as exc:  # noqa: BLE001 - status must never fail
         return MemoryStatus(state=f"unknown ({type(exc).__name__}: {exc})")
