@@ -4,6 +4,7 @@
     checkpoint.py       the checkpoint's files, checks, loading and its errors, hub download
     device.py           device and dtype, the allocator check, Jetson patches, giving memory back
     voice_cache.py      reference recordings -> conditioning, one bounded LRU cache
+    s3_tokenizer.py     the S3 tokenizer, read from the checkpoint only while a new voice is conditioned
     tokens.py           speech-token sources (upstream's loop, the fast path)
     s3gen_stream.py     streaming S3Gen decoder (flow + HiFT, seamless joins, watermark)
     fast_path.py        choosing T3's decode loop: fast_t3 after its three self-checks, or upstream's (a warning)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -140,12 +141,16 @@ def load_local(folder, device: str, spec: ModelSpec, t3_overrides: Optional[Mapp
     * their weights are read one tensor at a time, straight onto `device` and (T3) in `t3_dtype`, and taken as the
       parameters (`load_weights`): no second copy of the weights exists at any moment (from_local holds the random
       module, the whole file and, at `.to(device)`, the device copy at once: a 6.0 GiB host peak for Turbo on a CPU);
-    * T3's text embedding (`tfmr.wte`, which from_local loads and then deletes) is not read at all.
+    * T3's text embedding (`tfmr.wte`, which from_local loads and then deletes) is not read at all;
+    * the S3 tokenizer (`s3gen.tokenizer`, 123.7 M parameters) is not loaded: an `s3_tokenizer.OnDemandS3Tokenizer`
+      stands in its place, and conditioning a new voice reads it from s3gen_meanflow.safetensors for just that
+      (s3_tokenizer.py). Its tensors are checked to be in the file, so a damaged file still fails here.
     """
     import torch
     import chatterbox.tts_turbo as tts_turbo
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
+    from . import s3_tokenizer
 
     folder = Path(folder)
     map_location = torch.device("cpu") if device in ("cpu", "mps") else None
@@ -161,7 +166,12 @@ def load_local(folder, device: str, spec: ModelSpec, t3_overrides: Optional[Mapp
 
     with no_random_init():
         s3gen = tts_turbo.S3Gen(meanflow=True)
-    load_weights(s3gen, folder / "s3gen_meanflow.safetensors", device)
+    s3gen_file = folder / "s3gen_meanflow.safetensors"
+    built = s3gen.tokenizer  # uninitialised (no_random_init): it only tells its class and tensor shapes
+    s3gen.tokenizer = s3_tokenizer.OnDemandS3Tokenizer(type(built), s3gen_file)
+    load_weights(s3gen, s3gen_file, device, ignore=(s3_tokenizer.PREFIX,))
+    s3_tokenizer.check_in_file(built, s3gen_file)
+    del built
     s3gen.to(device).eval()
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -190,16 +200,19 @@ def no_random_init() -> Iterator[None]:
         yield
 
 
-def load_weights(module, path: Path, device: str, dtype: Any = None, ignore: Tuple[str, ...] = ()) -> None:
+def load_weights(module, path: Path, device: str, dtype: Any = None, ignore: Tuple[str, ...] = (),
+                 prefix: str = "") -> None:
     """`module.load_state_dict(file, strict=True)`, read one tensor at a time (`read_safetensors`) onto `device`, each
     in the module's own dtype (floating tensors in `dtype` when given), and taken as the module's tensors (assign):
     memory holds the weights once, plus one tensor in flight. Tensors whose names start with an `ignore` prefix are
-    not read."""
+    not read. With a `prefix`, only the tensors under it are read, as `module`'s without it (one submodule's part
+    of a file)."""
     import torch
     own = module.state_dict()
     target = torch.device(device)
     state = {}
-    for key, t in read_safetensors(path, skip=ignore):
+    for key, t in read_safetensors(path, skip=ignore, only=(prefix,) if prefix else ()):
+        key = key[len(prefix):]
         mine = own.get(key)
         want = dtype if (dtype is not None and t.is_floating_point()) else (mine.dtype if mine is not None
                                                                              else t.dtype)
@@ -212,10 +225,12 @@ _ST_DTYPES = ("F64:float64 F32:float32 F16:float16 BF16:bfloat16 I64:int64 I32:i
               "BOOL:bool").split()
 
 
-def read_safetensors(path: Path, skip: Tuple[str, ...] = ()) -> Iterator[Tuple[str, Any]]:
+def read_safetensors(path: Path, skip: Tuple[str, ...] = (), only: Tuple[str, ...] = ()) -> Iterator[Tuple[str, Any]]:
     """(name, CPU tensor) for each tensor of a safetensors file, in file order, read with plain reads into fresh
-    memory. Unlike safetensors' own loaders this maps no part of the file: the process holds only the tensors it
-    keeps, and replacing the file later cannot change (or crash) a loaded model."""
+    memory; names starting with a `skip` prefix are left out, and with `only`, every name not starting with one of
+    its prefixes. Unlike safetensors' own loaders this maps no part of the file: the process holds only the tensors
+    it keeps, and replacing the file later cannot change (or crash) a loaded model. A file shorter than its header
+    says is refused before anything is read (also when the missing part is one that is skipped)."""
     import torch
     dtypes = {code: getattr(torch, name) for code, name in (d.split(":") for d in _ST_DTYPES)}
     path = Path(path)
@@ -223,8 +238,12 @@ def read_safetensors(path: Path, skip: Tuple[str, ...] = ()) -> Iterator[Tuple[s
         header, base = _read_header(f)
         entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
                          key=lambda kv: kv[1]["data_offsets"][0])
+        end = base + max((int(v["data_offsets"][1]) for _k, v in entries), default=0)
+        size = os.fstat(f.fileno()).st_size
+        if size < end:
+            raise ValueError(f"{path.name} is incomplete ({size} bytes; its header describes {end})")
         for name, entry in entries:
-            if name.startswith(skip):
+            if name.startswith(skip) or (only and not name.startswith(only)):
                 continue
             if entry.get("dtype") not in dtypes:
                 raise ValueError(f"{path.name}: tensor {name} has dtype {entry.get('dtype')}, which this loader "
@@ -249,11 +268,16 @@ def _read_header(f) -> Tuple[Dict[str, Any], int]:
 
 
 # ------------------------------------------------------------------------------------------------ which T3 is there
-def safetensors_shape(path: Path, key: str) -> Optional[Tuple[int, ...]]:
-    """The shape of one tensor from a safetensors file's header (no tensor data read); None when absent."""
+def safetensors_header(path: Path) -> Dict[str, Any]:
+    """A safetensors file's JSON header: {name: {"dtype", "shape", "data_offsets"}} (no tensor data read)."""
     with open(path, "rb") as f:
         header, _ = _read_header(f)
-    entry = header.get(key)
+    return header
+
+
+def safetensors_shape(path: Path, key: str) -> Optional[Tuple[int, ...]]:
+    """The shape of one tensor from a safetensors file's header (no tensor data read); None when absent."""
+    entry = safetensors_header(path).get(key)
     return tuple(int(d) for d in entry["shape"]) if isinstance(entry, dict) else None
 
 

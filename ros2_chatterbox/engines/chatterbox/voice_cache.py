@@ -176,19 +176,20 @@ def load_reference(path: str) -> np.ndarray:
 
 
 def compute_conds(model, path: str):
-    """Upstream's prepare_conditionals, under inference_mode, with the reference validated first."""
+    """Upstream's prepare_conditionals, under inference_mode, with the reference validated first. The S3 tokenizer
+    (S3Gen's prompt tokens and T3's) is read from the checkpoint for this call and dropped after it (s3_tokenizer.py);
+    EngineError naming the file when it cannot be."""
     import librosa
     import torch
     from chatterbox.models.t3.modules.cond_enc import T3Cond
     from chatterbox.tts_turbo import Conditionals
+    from .s3_tokenizer import speech_prompts
     wav = load_reference(path)
     wav = np.asarray(model.norm_loudness(wav, SAMPLE_RATE), dtype=np.float32)  # float64 under numpy 2
     ref_16k = librosa.resample(wav, orig_sr=SAMPLE_RATE, target_sr=16_000).astype(np.float32)
     with torch.inference_mode():
-        gen = model.s3gen.embed_ref(wav[:DEC_COND_SAMPLES], SAMPLE_RATE, device=model.device)
-        plen = model.t3.hp.speech_cond_prompt_len
-        tokens, _ = model.s3gen.tokenizer.forward([ref_16k[:ENC_COND_SAMPLES]], max_len=plen)
-        tokens = torch.atleast_2d(tokens).to(model.device)
+        gen, tokens = speech_prompts(model.s3gen, wav[:DEC_COND_SAMPLES], ref_16k[:ENC_COND_SAMPLES], model.device,
+                                     model.t3.hp.speech_cond_prompt_len)
         ve = torch.from_numpy(model.ve.embeds_from_wavs([ref_16k], sample_rate=16_000))
         ve = ve.mean(axis=0, keepdim=True).to(model.device)
         t3_cond = T3Cond(speaker_emb=ve, cond_prompt_speech_tokens=tokens,
