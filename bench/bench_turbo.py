@@ -65,7 +65,9 @@ def load_model(folder: Path, device: str, tiny: bool, model: str = "turbo"):
     with tiny_turbo.tiny_patches(arch) if tiny else contextlib.nullcontext():
         if spec.name == "turbo":
             return ChatterboxTurboTTS.from_local(folder, device)
-        return models.load_local(folder, device, spec, arch["t3"] if arch else None)
+        m = models.load_local(folder, device, spec, arch["t3"] if arch else None)
+    m.s3gen.tokenizer = m.s3gen.tokenizer.load().to(device)  # resident again: upstream's prepare_conditionals runs it
+    return m
 
 
 # ------------------------------------------------------------------------------------------------------------------
