@@ -127,8 +127,8 @@ def test_a_new_voice_speaks_and_the_tokenizer_does_not_stay(turbo_engine, voice_
 def without_tokenizer(src, dst):
     """A copy of S3Gen's file without the tokenizer's tensors."""
     from safetensors.torch import save_file
-    from ros2_chatterbox.engines.chatterbox import models
-    save_file({k: v for k, v in models.read_safetensors(src, skip=("tokenizer.",))}, str(dst))
+    from ros2_chatterbox.engines.chatterbox import weights
+    save_file({k: v for k, v in weights.read_safetensors(src, skip=("tokenizer.",))}, str(dst))
 
 
 @pytest.mark.parametrize("damage", ["no tokenizer", "truncated"])
@@ -177,10 +177,10 @@ def test_a_truncated_file_names_itself_even_where_only_skipped_tensors_are_cut(t
     was asked to skip lie past the end."""
     import torch
     from safetensors.torch import save_file
-    from ros2_chatterbox.engines.chatterbox import models
+    from ros2_chatterbox.engines.chatterbox import weights
     path = tmp_path / S3GEN_FILE
     save_file({"a.weight": torch.ones(4), "tokenizer.w": torch.ones(1000)}, str(path))  # tokenizer.* last
     data = path.read_bytes()
     path.write_bytes(data[:-100])
     with pytest.raises(ValueError, match=f"{S3GEN_FILE} is incomplete"):
-        list(models.read_safetensors(path, skip=("tokenizer.",)))
+        list(weights.read_safetensors(path, skip=("tokenizer.",)))

@@ -1,4 +1,4 @@
-"""The engine's safetensors reader (models.read_safetensors / load_weights): the same tensors as safetensors' own
+"""The engine's safetensors reader (weights.read_safetensors / load_weights): the same tensors as safetensors' own
 loader, without mapping the file, skipping what is not wanted, and a clear error for a damaged file."""
 import pytest
 
@@ -8,7 +8,7 @@ pytestmark = requires("torch", "safetensors.torch")
 torch = optional_import("torch")
 safetensors_torch = optional_import("safetensors.torch")
 if torch is not None:
-    from ros2_chatterbox.engines.chatterbox import models
+    from ros2_chatterbox.engines.chatterbox import weights
 
 
 def tensors():
@@ -29,7 +29,7 @@ def test_reads_what_safetensors_reads(tmp_path):
     path = tmp_path / "w.safetensors"
     safetensors_torch.save_file(tensors(), str(path), metadata={"format": "pt"})
     theirs = safetensors_torch.load_file(str(path))
-    mine = dict(models.read_safetensors(path))
+    mine = dict(weights.read_safetensors(path))
     assert sorted(mine) == sorted(theirs)
     for k, ref in theirs.items():
         assert mine[k].dtype == ref.dtype and mine[k].shape == ref.shape and torch.equal(mine[k], ref), k
@@ -40,8 +40,8 @@ def test_skips_prefixes_and_loads_into_a_module(tmp_path):
     ref = {k: torch.randn_like(v) for k, v in module.state_dict().items()}
     path = tmp_path / "m.safetensors"
     safetensors_torch.save_file({**ref, "unused.weight": torch.ones(1000)}, str(path))
-    assert "unused.weight" not in dict(models.read_safetensors(path, skip=("unused.",)))
-    models.load_weights(module, path, "cpu", dtype=torch.float16, ignore=("unused.",))
+    assert "unused.weight" not in dict(weights.read_safetensors(path, skip=("unused.",)))
+    weights.load_weights(module, path, "cpu", dtype=torch.float16, ignore=("unused.",))
     for k, v in module.state_dict().items():
         assert v.dtype == torch.float16 and torch.equal(v, ref[k].half()), k
 
@@ -52,4 +52,4 @@ def test_a_truncated_file_is_named(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 8])
     with pytest.raises(ValueError, match="s3gen_meanflow.safetensors is incomplete"):
-        list(models.read_safetensors(path))
+        list(weights.read_safetensors(path))

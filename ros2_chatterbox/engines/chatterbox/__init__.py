@@ -2,6 +2,7 @@
 
     models.py           turbo | nano: hub repository, T3 file, GPT-2 config; builds Nano's T3 with chatterbox 0.1.7
     checkpoint.py       the checkpoint's files, checks, loading and its errors, hub download
+    weights.py          reading safetensors into a module: one tensor at a time, no file mapping, no random init
     device.py           device and dtype, the allocator check, Jetson patches, giving memory back
     voice_cache.py      reference recordings -> conditioning, one bounded LRU cache
     s3_tokenizer.py     the S3 tokenizer, read from the checkpoint only while a new voice is conditioned

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ...engine import EngineError
-from . import models
+from . import weights
 from .device import trim_host_memory
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,9 @@ def load_s3_tokenizer(path: Path, build: Optional[Callable[[], Any]] = None):
     with its shape. Read with the loader's own machinery (no random init, one tensor at a time, no file mapping)."""
     if build is None:
         from chatterbox.models.s3tokenizer import S3Tokenizer as build
-    with models.no_random_init():
+    with weights.no_random_init():
         tokenizer = build()
-    models.load_weights(tokenizer, path, "cpu", dtype=torch.float32, prefix=PREFIX)
+    weights.load_weights(tokenizer, path, "cpu", dtype=torch.float32, prefix=PREFIX)
     return tokenizer.eval()
 
 
@@ -90,7 +90,7 @@ def check_in_file(tokenizer, path: Path) -> None:
     """ValueError naming the file unless each tensor of `tokenizer` is in S3Gen's file `path` under PREFIX with its
     shape (the header only; the loader refuses a file shorter than its header says). At configure, so that a file
     whose tokenizer part is missing fails there, as it did while the tokenizer was loaded with the rest."""
-    header = models.safetensors_header(path)
+    header = weights.safetensors_header(path)
     wrong = []
     for name, t in tokenizer.state_dict().items():
         entry = header.get(PREFIX + name)
