@@ -46,6 +46,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--model", default="turbo")
     ap.add_argument("--mixed", type=int, default=10)
+    ap.add_argument("--mixed-seconds", type=float, default=0.0,
+                    help="stop the mixed utterances after this many seconds (0: no limit; the count done is recorded)")
+    ap.add_argument("--params", type=Path, default=None,
+                    help="a ROS parameters file under the bench's own values (default with --config jetson*: "
+                         "docker/params.yaml, the container's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--env", action="append", default=[], metavar="K=V")
     ap.add_argument("--tracemalloc", action="store_true")
@@ -127,7 +132,7 @@ def main(argv=None) -> int:
 
     from ros2_chatterbox import settings as cfgmod
     from ros2_chatterbox.core import SpeechCore
-    from ros2_chatterbox.engines.chatterbox import engine as engmod, fast_path, memory_warmup, models
+    from ros2_chatterbox.engines.chatterbox import engine as engmod, fast_path, gpu_memory, memory_warmup, models
     from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny
 
     work = Path(tempfile.mkdtemp(prefix="cbx-mem-"))
@@ -158,6 +163,12 @@ def main(argv=None) -> int:
     wrap(memory_warmup, "take", "working memory taken")
 
     values = cfgmod.defaults()
+    params = args.params or (Path(__file__).resolve().parents[1] / "docker" / "params.yaml"
+                             if args.config.startswith("jetson") else None)
+    if params is not None:
+        from ros2_chatterbox.params_file import read_params_file
+        values.update(read_params_file(str(params)))
+        doc["params"] = str(params)
     values.update({"engine": "chatterbox_turbo", "model": args.model, "model_dir": str(ckpt),
                    "voices_dir": str(voices), "device": device, "dtype": "float16" if device == "cuda" else "float32",
                    "default_voice": "alice", "audio.sentence_pause_ms": 0,
@@ -203,12 +214,28 @@ def main(argv=None) -> int:
         cap = engine.memory.plan.max_speech_tokens if engine.memory.plan else 400
         rng = np.random.default_rng(0)
         words = TEXT.split()
-        seconds = []
+        seconds, tokens = [], []
+        a0 = gpu_memory.allocator_stats(engine.device)
+        if device == "cuda":  # peak over the mixed utterances alone (the warm-up's worst case is the peak so far)
+            doc["max_allocated_before_mixed_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            torch.cuda.reset_peak_memory_stats()
+        t_mixed = time.monotonic()
         for _ in range(args.mixed):
-            toks = int(rng.choice([10, 25, 75, 150, 250, 400, 600, cap]))
-            seconds.append(speak(min(toks, cap), " ".join(words[:int(rng.integers(1, len(words) + 1))])))
-        stage(f"after {args.mixed} mixed utterances")
-        doc["mixed_seconds_median"] = round(statistics.median(seconds), 3) if seconds else None
+            if args.mixed_seconds and time.monotonic() - t_mixed > args.mixed_seconds:
+                break
+            toks = min(int(rng.choice([10, 25, 75, 150, 250, 400, 600, cap])), cap)
+            seconds.append(speak(toks, " ".join(words[:int(rng.integers(1, len(words) + 1))])))
+            tokens.append(toks)
+        a1 = gpu_memory.allocator_stats(engine.device)
+        stage(f"after {len(seconds)} mixed utterances")
+        doc["mixed"] = {"utterances": len(seconds), "speech_tokens": sum(tokens), "longest_tokens": max(tokens, default=0),
+                        "seconds_median": round(statistics.median(seconds), 3) if seconds else None,
+                        "wall_s": round(time.monotonic() - t_mixed, 1),
+                        "device_allocs": a1["num_device_alloc"] - a0["num_device_alloc"],
+                        "reserved_before_mb": round(a0["reserved_bytes"] / 2**20, 1),
+                        "reserved_after_mb": round(a1["reserved_bytes"] / 2**20, 1),
+                        "peak_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                              if device == "cuda" else None)}
     except Exception as exc:  # noqa: BLE001
         doc["errors"].append(f"{type(exc).__name__}: {exc}")
 

@@ -8,6 +8,7 @@ Without CUDA (or without torch) it says so and exits 0; it exits 1 only when a G
     ros2-chatterbox-doctor            # or: python -m ros2_chatterbox.doctor / ros2 run ros2_chatterbox doctor
     ros2-chatterbox-doctor --json     # machine-readable
     ros2-chatterbox-doctor --url http://127.0.0.1:8004   # also ask the running node: fast path, memory plan
+    ros2-chatterbox-doctor --board orin-nano-8gb --other-mb 2560   # does the node fit beside 2.5 GB of other work
 
 The CUDA checks and the troubleshooting table are cuda_checks.py. Imports neither rclpy nor chatterbox; torch is
 imported inside :func:`collect`.
@@ -34,6 +35,15 @@ DEFAULT_MANIFEST = "/usr/local/share/ros2_chatterbox/sbsa-manifest.tsv"
 # GiB. The reference Jetson container reported needing ~5.5 GiB of contiguous unified memory (fp16).
 NEEDS_GIB = {"float16": 2.4, "float32": 3.2}
 JETSON_NEEDS_GIB = 5.5
+
+# The whole node (host RSS + device memory, MiB) with the container's parameters after a mix of utterances, per
+# model: bench/memory_breakdown.py on an H200 (bench/results/gpu-h100-2026-12-07-memory/README.md). A running node's own
+# figure (--url) is used instead when given.
+NODE_MB = {"turbo": 6600, "nano": 6100}
+# A board's memory (MiB) that the node may not count on: the OS and desktop-less JetPack services.
+BOARD_OS_MB = 1536
+BOARDS_MB = {"orin-nano-4gb": 4096, "orin-nano-8gb": 8192, "orin-nx-8gb": 8192, "orin-nx-16gb": 16384,
+             "agx-orin-32gb": 32768, "agx-orin-64gb": 65536}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,6 +126,31 @@ def memory_report(torch: Any, cuda: bool, jetson: bool) -> Dict[str, Any]:
     return report
 
 
+def board_mb(value: str) -> int:
+    """`orin-nano-8gb` (BOARDS_MB) or a number of MiB -> MiB (ValueError naming the boards)."""
+    name = value.strip().lower()
+    if name in BOARDS_MB:
+        return BOARDS_MB[name]
+    try:
+        mb = int(float(name))
+    except ValueError:
+        raise ValueError(f"board '{value}': give its memory in MiB or one of {', '.join(BOARDS_MB)}") from None
+    if mb <= 0:
+        raise ValueError(f"board '{value}': its memory must be more than 0 MiB")
+    return mb
+
+
+def board_report(board: int, other_mb: float, model: str = "turbo", node_mb: Optional[float] = None,
+                 os_mb: float = BOARD_OS_MB) -> Dict[str, Any]:
+    """Whether the node fits a board of `board` MiB beside `other_mb` of the robot's other work: what is left for the
+    node against what it takes (`node_mb`: a running node's RSS + device memory; else the bench's NODE_MB)."""
+    left = board - os_mb - other_mb
+    need = node_mb if node_mb else NODE_MB.get(model, NODE_MB["turbo"])
+    basis = "the running node's RSS + device memory" if node_mb else f"bench figure for model {model} (NODE_MB)"
+    return {"board_mb": board, "os_mb": os_mb, "other_mb": other_mb, "left_mb": round(left), "node_mb": round(need),
+            "basis": basis, "model": model, "fits": need <= left, "budget_hint_mb": max(0, int(left // 100 * 100))}
+
+
 def node_report(url: str, api_key: str = "", timeout: float = 5.0) -> Dict[str, Any]:
     """The running node's engine state from its HTTP API (/api/model-info), as status records: whether the fast path
     runs (and why not: `fast_path.warning`), what configure took (`memory`). {'ok': False, 'error': ...} when the
@@ -135,8 +170,10 @@ def node_report(url: str, api_key: str = "", timeout: float = 5.0) -> Dict[str, 
 
 
 def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True, node_url: str = "",
-            api_key: str = "") -> Dict[str, Any]:
-    """Everything the doctor knows, as a dict (JSON with `default=_as_json`: the node's status records)."""
+            api_key: str = "", board: Optional[int] = None, other_mb: float = 2560, model: str = "turbo"
+            ) -> Dict[str, Any]:
+    """Everything the doctor knows, as a dict (JSON with `default=_as_json`: the node's status records). `board`
+    (MiB): also whether the node fits such a board beside `other_mb` of other work."""
     from . import jetson_patches
 
     report: Dict[str, Any] = {"platform": platform_report(), "problems": []}
@@ -153,6 +190,18 @@ def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True, node
                                        "cause": "the node's HTTP API did not answer",
                                        "fix": "check that the node is active, the port, and the API key "
                                               "(--api-key or CHATTERBOX_API_KEY)"})
+    if board:
+        node = report.get("node") or {}
+        running = node.get("memory").rss_plus_device_mb if node.get("ok") else None
+        fit = report["board"] = board_report(board, other_mb, model, running)
+        if not fit["fits"]:
+            report["problems"].append({
+                "name": "board memory", "error": f"the node takes ~{fit['node_mb']} MiB ({fit['basis']}); a "
+                f"{board} MiB board leaves {fit['left_mb']} MiB after the OS (~{fit['os_mb']:.0f}) and "
+                f"{fit['other_mb']:.0f} MiB of other work",
+                "cause": "the node does not fit beside the robot's other work on this board",
+                "fix": f"set memory.budget_mb: {fit['budget_hint_mb']} (configure then fits into it or refuses naming "
+                       "what would fit), model nano, a lower text.chunk_chars / speech_tokens.max, or less other work"})
     jetson = report["platform"]["jetson"]
     try:
         report["jetson_patches_auto"] = jetson_patches.should_apply("auto")
@@ -275,6 +324,13 @@ def render(report: Dict[str, Any]) -> str:
             else:
                 lines += [f"  FAIL  {check['name']}: {check['error']}",
                           f"        cause: {check['cause']}", f"        fix:   {check['fix']}"]
+    fit = report.get("board")
+    if fit:
+        lines += ["", "Board",
+                  f"  {fit['board_mb']} MiB - OS ~{fit['os_mb']:.0f} - other work {fit['other_mb']:.0f} = "
+                  f"{fit['left_mb']} MiB for the node; it takes ~{fit['node_mb']} MiB ({fit['basis']}) -> "
+                  + ("FITS" if fit["fits"] else f"DOES NOT FIT (memory.budget_mb: {fit['budget_hint_mb']} makes "
+                                                 "configure fit into it or say what would)")]
     node = report.get("node")
     if node and node.get("ok"):
         fp, mem = node["fast_path"], node["memory"]
@@ -299,6 +355,13 @@ def _as_json(value: Any) -> Any:
     return value.as_dict() if hasattr(value, "as_dict") else str(value)
 
 
+def _board_arg(value: str) -> int:
+    try:
+        return board_mb(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ros2-chatterbox-doctor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -309,8 +372,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "whether its fast path runs and what memory it took")
     parser.add_argument("--api-key", default=os.environ.get("CHATTERBOX_API_KEY", ""),
                         help="the node's http.api_key (default: $CHATTERBOX_API_KEY)")
+    parser.add_argument("--board", type=_board_arg, default=None, metavar="MIB|NAME",
+                        help="also say whether the node fits a board of this memory (MiB, or one of "
+                             f"{', '.join(BOARDS_MB)}) beside --other-mb of other work")
+    parser.add_argument("--other-mb", type=float, default=2560,
+                        help="memory the robot's other nodes take on that board (default: %(default)s)")
+    parser.add_argument("--model", choices=sorted(NODE_MB), default="turbo",
+                        help="the model whose bench figure --board uses without --url (default: %(default)s)")
     args = parser.parse_args(argv)
-    report = collect(args.manifest, run_checks=not args.no_checks, node_url=args.url, api_key=args.api_key)
+    report = collect(args.manifest, run_checks=not args.no_checks, node_url=args.url, api_key=args.api_key,
+                     board=args.board, other_mb=args.other_mb, model=args.model)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True, default=_as_json))
     else:

@@ -265,6 +265,11 @@ def test_doctor_asks_the_running_node_and_reports_a_fast_path_fallback(capsys):
         assert doctor.main(["--no-checks", "--json", "--url", url]) == 0
         node = json.loads(capsys.readouterr().out)["node"]
         assert node["fast_path"]["warning"] == why and node["memory"]["rss_plus_device_mb"] == 9000.0
+        # --board: the running node's own figure against what an 8 GB Orin Nano leaves beside 2.5 GB of other work
+        assert doctor.main(["--no-checks", "--url", url, "--board", "orin-nano-8gb"]) == 0
+        text = capsys.readouterr().out
+        assert "8192 MiB - OS ~1536 - other work 2560 = 4096 MiB for the node; it takes ~9000 MiB" in text
+        assert "DOES NOT FIT (memory.budget_mb: 4000" in text and "board memory" in text
     finally:
         server.shutdown()
         server.server_close()
@@ -272,3 +277,21 @@ def test_doctor_asks_the_running_node_and_reports_a_fast_path_fallback(capsys):
     report = doctor.collect(run_checks=False, node_url=url)  # the server is gone now
     assert not report["node"]["ok"]
     assert any(p["name"] == f"node at {url}" and "API key" in p["fix"] for p in report["problems"])
+
+
+def test_board_fit_from_the_bench_figures_and_what_to_set():
+    """--board without a node: the bench's figure for the model against the board's memory after the OS and the
+    robot's other work; a board that is too small names the budget that fits it; names and MiB both work."""
+    assert doctor.board_mb("orin-nano-8gb") == 8192 and doctor.board_mb("16384") == 16384
+    for bad in ("orin-nano-9gb", "-5"):
+        with pytest.raises(ValueError, match="orin-nano-8gb|more than 0"):
+            doctor.board_mb(bad)
+    big = doctor.board_report(doctor.board_mb("agx-orin-64gb"), 2560, "nano")
+    assert big["fits"] and big["node_mb"] == doctor.NODE_MB["nano"] and "bench figure for model nano" in big["basis"]
+    small = doctor.board_report(4096, 2560, "turbo")
+    assert not small["fits"] and small["left_mb"] == 0 and small["budget_hint_mb"] == 0
+    report = doctor.collect(run_checks=False, board=8192, other_mb=6000, model="turbo")
+    problem = next(p for p in report["problems"] if p["name"] == "board memory")
+    assert "leaves 656 MiB" in problem["error"] and "memory.budget_mb: 600" in problem["fix"]
+    out = _run("--no-checks", "--board", "toaster")
+    assert out.returncode == 2 and "orin-nano-8gb" in out.stderr

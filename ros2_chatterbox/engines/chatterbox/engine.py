@@ -40,6 +40,7 @@ from . import fast_path, gpu_memory, memory_warmup, models
 from .checkpoint import check_checkpoint, load_model, locate_checkpoint, resolve_repo
 from .device import (apply_jetson_patches, check_allocator, cuda_status, release, remove_jetson_patches,
                      resolve_device, resolve_dtype, trim_host_memory)
+from .s3gen_precision import resolve_s3gen_dtype
 from .s3gen_stream import SAMPLE_RATE, DecoderConfig, StreamDecoder
 from .tokens import FastTokenSource, TokenSampler
 from .voice_cache import VoiceCache, compute_conds, placeholder_t3_cond, prepare_t3_cond
@@ -110,7 +111,8 @@ class ChatterboxTurboEngine(Engine):
             check_checkpoint(folder, repo, spec)
             self.jetson_active = apply_jetson_patches(self.settings.jetson_patches)
             try:
-                model, self.tiny = load_model(folder, device, dtype, repo, spec)
+                model, self.tiny = load_model(folder, device, dtype, repo, spec, s3gen_dtype=resolve_s3gen_dtype(
+                    self.settings.s3gen_dtype, device, dtype))
                 with torch.inference_mode():  # the built-in voice, prepared (model.conds: upstream's generate works)
                     builtin = prepare_t3_cond(model, model.conds) if model.conds is not None else None
             except BaseException:
