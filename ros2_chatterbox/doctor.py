@@ -36,10 +36,11 @@ DEFAULT_MANIFEST = "/usr/local/share/ros2_chatterbox/sbsa-manifest.tsv"
 NEEDS_GIB = {"float16": 2.4, "float32": 3.2}
 JETSON_NEEDS_GIB = 5.5
 
-# The whole node (host RSS + device memory, MiB) with the container's parameters after a mix of utterances, per
-# model: bench/memory_breakdown.py on an H200 (bench/results/gpu-h100-2026-12-07-memory/README.md). A running node's own
-# figure (--url) is used instead when given.
-NODE_MB = {"turbo": 6600, "nano": 6100}
+# The whole node (host RSS + device memory, MiB) with the container's parameters after 20 mixed utterances, per
+# model. Turbo: bench/memory_breakdown.py on an H200 (bench/results/gpu-h200-2026-12-03-memory/README.md). Nano:
+# Turbo's figure less the 430 MiB Nano saved in the earlier run that measured both (an estimate until it is
+# measured again). A running node's own figure (--url) is used instead when given.
+NODE_MB = {"turbo": 7240, "nano": 6810}
 # A board's memory (MiB) that the node may not count on: the OS and desktop-less JetPack services.
 BOARD_OS_MB = 1536
 BOARDS_MB = {"orin-nano-4gb": 4096, "orin-nano-8gb": 8192, "orin-nx-8gb": 8192, "orin-nx-16gb": 16384,
