@@ -8,6 +8,9 @@
     s3_tokenizer.py     the S3 tokenizer, read from the checkpoint only while a new voice is conditioned
     tokens.py           speech-token sources (upstream's loop, the fast path)
     s3gen_stream.py     streaming S3Gen decoder (flow + HiFT, seamless joins, watermark)
+    s3gen_static.py     the flow at static shapes (token buckets, masked padding): groundwork for its CUDA graphs
+    s3gen_precision.py  S3Gen's flow in float16: what stays float32, the tolerance against float32
+    footprint.py        where the memory is: weights per part and dtype, device pools, host libraries and heap
     fast_path.py        choosing T3's decode loop: fast_t3 after its three self-checks, or upstream's (a warning)
     memory_plan.py      the working memory the longest allowed piece needs (pure arithmetic, no torch)
     memory_warmup.py    taking that memory at configure (one worst-case pass) and reporting it

@@ -110,6 +110,18 @@ class WatermarkStream:
 
 
 
+def meanflow(est, x, mel_mask, mu, spks, cond, steps: int):
+    """S3Gen's meanflow decoder: `steps` Euler steps of the estimator from noise `x` (B, 80, T), in its dtype."""
+    import torch
+    dtype = est.dtype
+    x, mu, mel_mask, spks, cond = (t.to(dtype) for t in (x, mu, mel_mask, spks, cond))
+    t_span = torch.linspace(0, 1, steps + 1, device=x.device, dtype=dtype)
+    for t, r in zip(t_span[:-1], t_span[1:]):
+        t, r = t[None], r[None]
+        x = x + (r - t) * est.forward(x, mask=mel_mask, mu=mu, t=t, spks=spks, cond=cond, r=r)
+    return x
+
+
 class StreamDecoder:
     """Speech tokens -> 24 kHz audio, incrementally, with seamless joins (see the module docstring). `lock` is held
     around the model work (the engine's: one model, several threads)."""
@@ -150,19 +162,24 @@ class StreamDecoder:
         with torch.inference_mode():
             return self.model.watermarker.apply_watermark(x, sample_rate=SAMPLE_RATE)
 
+    def flow_inputs(self):
+        """The voice's side of the flow: (speaker embedding through the flow's projection, prompt tokens (1, P),
+        prompt mel (1, 2P, 80)) on the decoder's device."""
+        import torch
+        import torch.nn.functional as F
+        ref = self.ref
+        emb = F.normalize(torch.atleast_2d(ref["embedding"]).to(self.device, torch.float32), dim=1)
+        return (self.s3gen.flow.spk_embed_affine_layer(emb), torch.atleast_2d(ref["prompt_token"]).to(self.device).long(),
+                torch.atleast_3d(ref["prompt_feat"]).to(self.device, torch.float32))
+
     # the two model stages, usable on their own (tests compare them with upstream)
     def flow_mel(self, tokens, finalize: bool, z=None):
         """S3Gen's CausalMaskedDiffWithXvec.inference + meanflow Euler steps, for B=1 and this piece's noise."""
         import torch
-        import torch.nn.functional as F
         from chatterbox.models.s3gen.utils.mask import make_pad_mask
         flow = self.s3gen.flow
-        ref = self.ref
         with torch.inference_mode():
-            emb = F.normalize(torch.atleast_2d(ref["embedding"]).to(self.device, torch.float32), dim=1)
-            emb = flow.spk_embed_affine_layer(emb)
-            prompt_token = torch.atleast_2d(ref["prompt_token"]).to(self.device).long()
-            prompt_feat = torch.atleast_3d(ref["prompt_feat"]).to(self.device, torch.float32)
+            emb, prompt_token, prompt_feat = self.flow_inputs()
             tokens = torch.atleast_2d(tokens).to(self.device).long()
             token = torch.cat([prompt_token, tokens], dim=1)
             token_len = torch.tensor([token.shape[1]], device=self.device)
@@ -180,14 +197,7 @@ class StreamDecoder:
             mel_mask = torch.ones(1, 1, n_total, device=self.device, dtype=h.dtype)
             x = (self.z if z is None else z)[:, :, :n_total]
             mu = h.transpose(1, 2).contiguous()
-            est = flow.decoder.estimator
-            dtype = est.dtype
-            x, mu, mel_mask, emb_c, cond = (t.to(dtype) for t in (x, mu, mel_mask, emb, cond))
-            t_span = torch.linspace(0, 1, self.config.cfm_steps + 1, device=self.device, dtype=dtype)
-            for t, r in zip(t_span[:-1], t_span[1:]):
-                t, r = t[None], r[None]
-                dxdt = est.forward(x, mask=mel_mask, mu=mu, t=t, spks=emb_c, cond=cond, r=r)
-                x = x + (r - t) * dxdt
+            x = meanflow(flow.decoder.estimator, x, mel_mask, mu, emb, cond, self.config.cfm_steps)
             return x.float()[:, :, n_prompt:]
 
     def vocode(self, mel, start_frame: int, phase0=None, phase_at_frame: Optional[int] = None,
