@@ -77,3 +77,26 @@ def test_upstreams_encoder_on_padded_input_is_not_exact_and_the_masked_one_is(de
     assert float((upstream[:, :2 * n] - exact).abs().max()) > 1e-2
     assert float((masked[:, :2 * n] - exact).abs().max()) < 1e-4
     assert float(masked[:, 2 * n:].abs().max()) == 0.0
+
+
+def test_one_static_flow_serves_every_voice_and_step(decoders):
+    """The same buffers, loaded step after step with another voice (prompt length, noise) and another length, give
+    each decoder's own frames: nothing of an earlier step stays behind."""
+    import torch
+    from ros2_chatterbox.engines.chatterbox.s3gen_static import StaticFlow
+    g = torch.Generator().manual_seed(3)
+    flow = decoders[0].s3gen.flow
+    static = StaticFlow(flow, 320, decoders[0].config.cfm_steps, "cpu")
+    for dec, n, final in ((decoders[0], 120, False), (decoders[1], 40, True), (decoders[0], 30, False)):
+        tokens = torch.randint(0, 6561, (n,), generator=g)
+        want = dec.flow_mel(tokens, finalize=final)
+        with torch.inference_mode():
+            spks, prompt_token, prompt_feat = dec.flow_inputs()
+            token = torch.cat([prompt_token, tokens[None]], dim=1)
+            n_valid = (token.shape[1] - (0 if final else flow.pre_lookahead_len)) * flow.token_mel_ratio
+            static.load(spks, prompt_feat, token, n_valid, dec.z)
+            static.run()
+        got = static.frames(prompt_feat.shape[1], n_valid)
+        assert got.shape == want.shape and float((got - want).abs().max()) < 1e-4
+    with pytest.raises(ValueError, match="do not fit a bucket of 320"):
+        static.load(spks, prompt_feat, torch.zeros(1, 321, dtype=torch.long), 10, dec.z)

@@ -6,11 +6,13 @@ a bucket (`flow_buckets`, `bucket_for`) and the padding is masked. Upstream's en
 stages: its pre-lookahead convolution and its upsampling read the padded positions (after the embedding they are
 not zero: the embedding adds a bias and positions), which changes the last real frames by up to ~10 (measured on the
 tiny checkpoint). `masked_encode` runs the same submodules and zeroes the padding before each stage that looks
-across positions, and `padded_flow_mel` gives the frames `StreamDecoder.flow_mel` gives, within float rounding
-(max |difference| ~2e-6 in float32 on the tiny checkpoint; `test_s3gen_static.py`), whatever the padding.
+across positions. `StaticFlow` holds one bucket's static buffers (`load` copies a step's inputs in, the prompt's
+length and the valid frames as masks; `run` is the part a CUDA graph would capture) and gives the frames
+`StreamDecoder.flow_mel` gives, within float rounding (max |difference| ~2e-6 in float32 on the tiny checkpoint;
+`test_s3gen_static.py`), whatever the padding and whatever voice or step was loaded before.
 
-Not yet used by the decoder: capture and replay per bucket come with the GPU work of that issue (where the prompt's
-length and the valid frames, slices here, become masks so that one graph serves every voice).
+Not yet used by the decoder: capture and replay per bucket (in T3's memory pool), and HiFT at static shapes, come
+with the GPU work of that issue.
 """
 from __future__ import annotations
 
@@ -57,35 +59,68 @@ def masked_encode(encoder, xs, xs_lens):
     return xs * keep, masks
 
 
-def padded_flow_mel(decoder, tokens, finalize: bool, pad_to: int):
-    """`decoder.flow_mel(tokens, finalize)` computed at the static length `pad_to` tokens (prompt + `tokens`,
-    padded): every tensor the flow sees has a shape that depends on `pad_to` alone. Returns the same frames
-    (1, 80, n) as flow_mel."""
-    import torch
-    import torch.nn.functional as F
-    from chatterbox.models.s3gen.utils.mask import make_pad_mask
+class StaticFlow:
+    """The flow for one bucket of `bucket` tokens, on static buffers: `load` copies a step's inputs in (the prompt's
+    length and the valid frames become masks, so one bucket serves every voice), `run` is the part a CUDA graph
+    would capture (tensor ops only: no host sync, no shape that depends on the inputs), `frames` reads the result."""
 
-    from .s3gen_stream import meanflow
-    flow = decoder.s3gen.flow
-    with torch.inference_mode():
-        emb, prompt_token, prompt_feat = decoder.flow_inputs()
-        token = torch.cat([prompt_token, torch.atleast_2d(tokens).to(decoder.device).long()], dim=1)
+    def __init__(self, flow, bucket: int, steps: int, device):
+        import torch
+        self.flow, self.bucket, self.steps = flow, int(bucket), int(steps)
+        frames = self.bucket * flow.token_mel_ratio
+        self.token = torch.zeros(1, self.bucket, dtype=torch.long, device=device)
+        self.token_len = torch.zeros(1, dtype=torch.long, device=device)
+        self.n_valid = torch.zeros(1, dtype=torch.long, device=device)      # mel frames handed on
+        self.spks = torch.zeros(1, flow.output_size, device=device)
+        self.cond = torch.zeros(1, flow.output_size, frames, device=device)  # the prompt's mel, zeros after it
+        self.z = torch.zeros(1, flow.output_size, frames, device=device)     # the piece's noise at these positions
+        self.frame_index = torch.arange(frames, device=device)
+        self.out = None
+
+    def load(self, spks, prompt_feat, token, n_valid: int, z) -> None:
+        """One step's inputs: the projected speaker embedding (1, 80), the prompt's mel (1, 2P, 80), prompt + speech
+        tokens (1, n), the frames to hand on, the piece's noise bank (1, 80, >= n frames; zeros past its end)."""
         n = token.shape[1]
-        if n > pad_to:
-            raise ValueError(f"{n} flow tokens do not fit a bucket of {pad_to}")
-        token_len = torch.tensor([n], device=decoder.device)
-        mask = (~make_pad_mask(token_len, pad_to)).unsqueeze(-1).to(emb)
-        x_in = flow.input_embedding(F.pad(token, (0, pad_to - n))) * mask
-        h, _ = masked_encode(flow.encoder, x_in.to(flow.encoder_proj.weight.dtype), token_len)
-        n_valid = (n - (0 if finalize else flow.pre_lookahead_len)) * flow.token_mel_ratio
-        n_prompt, n_total = prompt_feat.shape[1], h.shape[1]
+        if n > self.bucket:
+            raise ValueError(f"{n} flow tokens do not fit a bucket of {self.bucket}")
+        self.token.zero_()
+        self.token[:, :n] = token
+        self.token_len.fill_(n)
+        self.n_valid.fill_(n_valid)
+        self.spks.copy_(spks)
+        self.cond.zero_()
+        self.cond[:, :, :prompt_feat.shape[1]] = prompt_feat.transpose(1, 2)
+        self.z.zero_()
+        k = min(self.z.shape[-1], z.shape[-1])
+        self.z[:, :, :k] = z[:, :, :k]
+
+    def run(self):
+        """The captured part: token embedding, masked encoder, projection, meanflow steps -> self.out (1, 80, 2B)."""
+        from .s3gen_stream import meanflow
+        flow = self.flow
+        mask = (self.frame_index[:self.bucket] < self.token_len).view(1, -1, 1).to(self.spks.dtype)
+        x_in = flow.input_embedding(self.token) * mask
+        h, _ = masked_encode(flow.encoder, x_in.to(flow.encoder_proj.weight.dtype), self.token_len)
+        mel_mask = (self.frame_index < self.n_valid).view(1, 1, -1).to(h.dtype)
         h = flow.encoder_proj(h)
-        cond = torch.zeros([1, n_total, flow.output_size], device=decoder.device, dtype=h.dtype)
-        cond[:, :n_prompt] = prompt_feat
-        mel_mask = torch.zeros(1, 1, n_total, device=decoder.device, dtype=h.dtype)
-        mel_mask[..., :n_valid] = 1
         mu = (h.transpose(1, 2) * mel_mask).contiguous()
-        z = decoder.z[:, :, :n_total]  # the piece's noise bank ends past the plan's longest piece; padding: zeros
-        z = F.pad(z, (0, n_total - z.shape[-1]))
-        x = meanflow(flow.decoder.estimator, z, mel_mask, mu, emb, cond.transpose(1, 2), decoder.config.cfm_steps)
-        return x.float()[:, :, n_prompt:n_valid]
+        self.out = meanflow(flow.decoder.estimator, self.z, mel_mask, mu, self.spks, self.cond, self.steps)
+        return self.out
+
+    def frames(self, n_prompt: int, n_valid: int):
+        return self.out.float()[:, :, n_prompt:n_valid]
+
+
+def padded_flow_mel(decoder, tokens, finalize: bool, pad_to: int):
+    """`decoder.flow_mel(tokens, finalize)` computed by a StaticFlow of `pad_to` tokens (prompt + `tokens`, padded).
+    Returns the same frames (1, 80, n) as flow_mel."""
+    import torch
+    with torch.inference_mode():
+        spks, prompt_token, prompt_feat = decoder.flow_inputs()
+        token = torch.cat([prompt_token, torch.atleast_2d(tokens).to(decoder.device).long()], dim=1)
+        flow = decoder.s3gen.flow
+        n_valid = (token.shape[1] - (0 if finalize else flow.pre_lookahead_len)) * flow.token_mel_ratio
+        static = StaticFlow(flow, pad_to, decoder.config.cfm_steps, decoder.device)
+        static.load(spks, prompt_feat, token, n_valid, decoder.z)
+        static.run()
+        return static.frames(prompt_feat.shape[1], n_valid)
