@@ -12,7 +12,11 @@ length and the valid frames as masks; `run` is the part a CUDA graph would captu
 `test_s3gen_static.py`), whatever the padding and whatever voice or step was loaded before.
 
 Not yet used by the decoder: capture and replay per bucket (in T3's memory pool), and HiFT at static shapes, come
-with the GPU work of that issue.
+with the GPU work of that issue. For HiFT, measured on the tiny checkpoint (CPU, float32, 2026-12-07; 60- and
+250-token utterances streamed at 25/75/175 tokens): zero-padding each streamed step's vocoder window on the right to
+a 16-frame bucket changes the audio only in the last ~4 frames before each join, which the cross-fade covers (SNR
+76.7-79.7 dB against today's decoder, max |difference| 2e-4); padding the final step too reaches the utterance's last
+frames (36.8-42.8 dB), so the final step keeps its exact length.
 """
 from __future__ import annotations
 
