@@ -198,7 +198,7 @@ def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True, node
         if not fit["fits"]:
             report["problems"].append({
                 "name": "board memory", "error": f"the node takes ~{fit['node_mb']} MiB ({fit['basis']}); a "
-                f"{board} MiB board leaves {fit['left_mb']} MiB after the OS (~{fit['os_mb']:.0f}) and "
+                f"board of {board} MiB leaves {fit['left_mb']} MiB after the OS (~{fit['os_mb']:.0f}) and "
                 f"{fit['other_mb']:.0f} MiB of other work",
                 "cause": "the node does not fit beside the robot's other work on this board",
                 "fix": f"set memory.budget_mb: {fit['budget_hint_mb']} (configure then fits into it or refuses naming "
