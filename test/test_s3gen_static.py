@@ -39,7 +39,7 @@ def decoders(tiny_ckpt, tmp_path_factory):
     return [StreamDecoder(model, ref, 7, False, threading.Lock(), DecoderConfig(speech_cap=300)) for ref in refs]
 
 
-@pytest.mark.parametrize("n_tokens,final", [(25, False), (80, False), (80, True), (300, True)])
+@pytest.mark.parametrize("n_tokens,final", [(25, False), (80, False), (120, True)])
 def test_padded_flow_gives_the_decoders_frames_whatever_the_padding(decoders, n_tokens, final):
     import torch
     from ros2_chatterbox.engines.chatterbox.s3gen_static import bucket_for, flow_buckets, padded_flow_mel
@@ -52,7 +52,7 @@ def test_padded_flow_gives_the_decoders_frames_whatever_the_padding(decoders, n_
         want = dec.flow_mel(tokens, finalize=final)
         n = int(dec.ref["prompt_token"].shape[-1]) + len(tokens)
         bucket = bucket_for(n, flow_buckets(n + 200))
-        for pad_to in sorted({n, n + 1, bucket, bucket + 64}):
+        for pad_to in sorted({n, n + 1, bucket + 64}):
             got = padded_flow_mel(dec, tokens, final, pad_to)
             assert got.shape == want.shape
             assert float((got - want).abs().max()) < 1e-4, (pad_to, float((got - want).abs().max()))
