@@ -7,43 +7,67 @@ CUDA_MODULE_LOADING=EAGER: the difference says how much of the heap is the drive
     python bench/host_heap_probe.py > lazy.json
     CUDA_MODULE_LOADING=EAGER python bench/host_heap_probe.py > eager.json
 """
-import ctypes, json, os, sys, time
+import json
+import os
+import sys
+from pathlib import Path
+
 import torch
-class MI(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena","ordblks","smblks","hblks","hblkhd","usmblks","fsmblks","uordblks","fordblks","keepcost")]
-libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = MI
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ros2_chatterbox.engines.chatterbox import footprint  # noqa: E402
+
 rows = []
-def rec(name):
+
+
+def rec(name: str) -> None:
     torch.cuda.synchronize()
-    i = libc.mallinfo2()
-    rows.append((name, round((i.uordblks + i.hblkhd) / 2**20, 1), round(rss(), 1)))
+    rows.append((name, footprint.malloc_in_use_mb(), footprint.host().get("rss_mb")))
+
+
 rec("start")
-torch.zeros(1, device="cuda"); rec("init")
-x = torch.randn(256, 256, device="cuda", dtype=torch.float16); w = torch.randn(256, 256, device="cuda", dtype=torch.float16)
-(x @ w).sum().item(); rec("matmul fp16")
+torch.zeros(1, device="cuda")
+rec("init")
+x = torch.randn(256, 256, device="cuda", dtype=torch.float16)
+w = torch.randn(256, 256, device="cuda", dtype=torch.float16)
+(x @ w).sum().item()
+rec("matmul fp16")
 xf = x.float()
-ops = [("matmul fp32", lambda: xf @ xf), ("softmax", lambda: torch.softmax(xf, -1)), ("sort", lambda: torch.sort(xf, -1)),
-       ("topk", lambda: torch.topk(xf, 50)), ("cumsum", lambda: torch.cumsum(xf, -1)),
-       ("layer_norm", lambda: torch.nn.functional.layer_norm(x, (256,))), ("gelu", lambda: torch.nn.functional.gelu(x, approximate="tanh")),
-       ("conv1d", lambda: torch.nn.functional.conv1d(xf[None], xf[:, :, None])),
-       ("conv_transpose1d", lambda: torch.nn.functional.conv_transpose1d(xf[None], xf[:, :, None])),
-       ("multinomial", lambda: torch.multinomial(torch.softmax(xf, -1), 1)),
-       ("sdpa", lambda: torch.nn.functional.scaled_dot_product_attention(x[None, None], x[None, None], x[None, None])),
-       ("stft", lambda: torch.stft(xf.flatten(), 64, return_complex=True, window=torch.hann_window(64, device="cuda"))),
-       ("rfft", lambda: torch.fft.rfft(xf)), ("leaky_relu", lambda: torch.nn.functional.leaky_relu(xf)),
-       ("sin/exp", lambda: torch.sin(xf).exp()), ("interp", lambda: torch.nn.functional.interpolate(xf[None], scale_factor=2)),
-       ("randn gen", lambda: torch.randn(100, device="cuda", generator=torch.Generator(device="cuda"))),
-       ("where/masked", lambda: torch.where(xf > 0, xf, -xf)), ("argmax", lambda: xf.argmax(-1)), ("pad reflect", lambda: torch.nn.functional.pad(xf[None], (3, 3), mode="reflect"))]
-for name, f in ops:
-    f(); rec(name)
+OPS = [
+    ("matmul fp32", lambda: xf @ xf),
+    ("softmax", lambda: torch.softmax(xf, -1)),
+    ("sort", lambda: torch.sort(xf, -1)),
+    ("topk", lambda: torch.topk(xf, 50)),
+    ("cumsum", lambda: torch.cumsum(xf, -1)),
+    ("layer_norm", lambda: F.layer_norm(x, (256,))),
+    ("gelu", lambda: F.gelu(x, approximate="tanh")),
+    ("conv1d", lambda: F.conv1d(xf[None], xf[:, :, None])),
+    ("conv_transpose1d", lambda: F.conv_transpose1d(xf[None], xf[:, :, None])),
+    ("multinomial", lambda: torch.multinomial(torch.softmax(xf, -1), 1)),
+    ("sdpa", lambda: F.scaled_dot_product_attention(x[None, None], x[None, None], x[None, None])),
+    ("stft", lambda: torch.stft(xf.flatten(), 64, return_complex=True, window=torch.hann_window(64, device="cuda"))),
+    ("rfft", lambda: torch.fft.rfft(xf)),
+    ("leaky_relu", lambda: F.leaky_relu(xf)),
+    ("sin/exp", lambda: torch.sin(xf).exp()),
+    ("interp", lambda: F.interpolate(xf[None], scale_factor=2)),
+    ("randn gen", lambda: torch.randn(100, device="cuda", generator=torch.Generator(device="cuda"))),
+    ("where/masked", lambda: torch.where(xf > 0, xf, -xf)),
+    ("argmax", lambda: xf.argmax(-1)),
+    ("pad reflect", lambda: F.pad(xf[None], (3, 3), mode="reflect")),
+]
+for name, op in OPS:
+    op()
+    rec(name)
+
+
 def block(y):
     for _ in range(24):
-        y = torch.nn.functional.layer_norm(torch.nn.functional.gelu(y @ w), (256,))
+        y = F.layer_norm(F.gelu(y @ w), (256,))
     return y
-s = torch.cuda.Stream()
-with torch.cuda.stream(s):
+
+
+with torch.cuda.stream(torch.cuda.Stream()):  # warm up off the default stream, as capture requires
     block(x)
 torch.cuda.synchronize()
 graphs = []
@@ -51,5 +75,6 @@ for i in range(6):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         block(x)
-    graphs.append(g); rec(f"graph {i} captured (72 kernels)")
+    graphs.append(g)
+    rec(f"graph {i} captured (72 kernels)")
 print(json.dumps({"env": os.environ.get("CUDA_MODULE_LOADING"), "torch": torch.__version__, "rows": rows}))

@@ -83,7 +83,7 @@ def test_one_static_flow_serves_every_voice_and_step(decoders):
     """The same buffers, loaded step after step with another voice (prompt length, noise) and another length, give
     each decoder's own frames: nothing of an earlier step stays behind."""
     import torch
-    from ros2_chatterbox.engines.chatterbox.s3gen_static import StaticFlow
+    from ros2_chatterbox.engines.chatterbox.s3gen_static import StaticFlow, valid_frames
     g = torch.Generator().manual_seed(3)
     flow = decoders[0].s3gen.flow
     static = StaticFlow(flow, 320, decoders[0].config.cfm_steps, "cpu")
@@ -93,7 +93,7 @@ def test_one_static_flow_serves_every_voice_and_step(decoders):
         with torch.inference_mode():
             spks, prompt_token, prompt_feat = dec.flow_inputs()
             token = torch.cat([prompt_token, tokens[None]], dim=1)
-            n_valid = (token.shape[1] - (0 if final else flow.pre_lookahead_len)) * flow.token_mel_ratio
+            n_valid = valid_frames(flow, token.shape[1], final)
             static.load(spks, prompt_feat, token, n_valid, dec.z)
             static.run()
         got = static.frames(prompt_feat.shape[1], n_valid)

@@ -63,6 +63,12 @@ def masked_encode(encoder, xs, xs_lens):
     return xs * keep, masks
 
 
+def valid_frames(flow, n_tokens: int, finalize: bool) -> int:
+    """Mel frames of `n_tokens` flow tokens (prompt included) that a step hands on: all on the final step, else all
+    but the pre-lookahead's, which still wait for their look-ahead (as flow_mel cuts them)."""
+    return (n_tokens - (0 if finalize else flow.pre_lookahead_len)) * flow.token_mel_ratio
+
+
 class StaticFlow:
     """The flow for one bucket of `bucket` tokens, on static buffers: `load` copies a step's inputs in (the prompt's
     length and the valid frames become masks, so one bucket serves every voice), `run` is the part a CUDA graph
@@ -123,7 +129,7 @@ def padded_flow_mel(decoder, tokens, finalize: bool, pad_to: int):
         spks, prompt_token, prompt_feat = decoder.flow_inputs()
         token = torch.cat([prompt_token, torch.atleast_2d(tokens).to(decoder.device).long()], dim=1)
         flow = decoder.s3gen.flow
-        n_valid = (token.shape[1] - (0 if finalize else flow.pre_lookahead_len)) * flow.token_mel_ratio
+        n_valid = valid_frames(flow, token.shape[1], finalize)
         static = StaticFlow(flow, pad_to, decoder.config.cfm_steps, decoder.device)
         static.load(spks, prompt_feat, token, n_valid, decoder.z)
         static.run()
