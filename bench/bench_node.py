@@ -74,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--mixed", type=int, default=100, help="utterances of mixed length for the memory rows")
     ap.add_argument("--long-tokens", type=int, default=250, help="speech tokens of the timed utterance (10 s)")
+    ap.add_argument("--longer-tokens", type=int, default=750, help="speech tokens of the longer one (30 s; 0: skip)")
+    ap.add_argument("--s3gen-graphs", default="on", choices=("on", "off"), help="parameter s3gen_graphs")
     args = ap.parse_args(argv)
     for k, v in CONFIG_ENV[args.config].items():
         os.environ.setdefault(k, v)
@@ -120,7 +122,8 @@ def main(argv=None) -> int:
                    "device": device, "dtype": doc["dtype"], "default_voice": "alice",
                    "generation.watermark": False, "audio.sentence_pause_ms": 0,
                    "jetson_patches": "on" if args.config.startswith("jetson") else "off",
-                   "queue.max_size": 4})
+                   "queue.max_size": 4, "s3gen_graphs": args.s3gen_graphs == "on"})
+    doc["s3gen_graphs"] = args.s3gen_graphs
     core = SpeechCore(cfgmod.Settings.from_values(values))
     t0 = time.monotonic()
     try:
@@ -200,7 +203,18 @@ def main(argv=None) -> int:
             "device_allocs_per_utterance": [r["device_allocs"] for r in runs],
             "block_allocations_per_utterance_median": statistics.median(r["block_allocations"] for r in runs),
         }
-        print(json.dumps(doc["utterance"], indent=1), flush=True)
+        if args.longer_tokens > 0:
+            longer = [speak(args.longer_tokens) for _ in range(3)]
+            doc["longer_utterance"] = {
+                "speech_tokens": args.longer_tokens, "audio_s": longer[0]["audio_s"],
+                "end_to_end_s": [round(r["end_to_end_s"], 4) for r in longer],
+                "end_to_end_s_median": round(statistics.median(r["end_to_end_s"] for r in longer), 4),
+                "first_audio_s_median": round(statistics.median(r["first_audio_s"] for r in longer), 4),
+                "cpu_s_per_audio_s": round(sum(r["cpu_s"] for r in longer) / sum(r["audio_s"] for r in longer), 4)}
+        graphs = getattr(engine, "graphs", None)
+        doc["s3gen_graph_counts"] = dict(graphs.counts) if graphs is not None else None
+        print(json.dumps({k: doc.get(k) for k in ("utterance", "longer_utterance", "s3gen_graph_counts")},
+                         indent=1), flush=True)
         save()
 
         # S3Gen by call size (warm, the timed utterances only)

@@ -86,6 +86,8 @@ SETTINGS: List[Setting] = [
        "whose CPU is busy with other nodes, 1-2 threads are often faster than many.", CONFIGURE, min=0, max=256),
     _s("fast_path", "engine", True, "Use the project's fast Turbo decode loop where its equality test passed.",
        CONFIGURE),
+    _s("s3gen_graphs", "engine", True, "Run S3Gen's streaming decoder (flow and vocoder) as CUDA graphs captured at "
+       "configure, one per length bucket, where they match the eager decoder (CUDA only).", CONFIGURE),
     _s("jetson_patches", "engine", "auto", "Jetson workarounds (FFT sizes cuFFT rejects on Orin go to the CPU): "
        "auto (on when running on a Jetson), on, off.", CONFIGURE, choices=("auto", "on", "off")),
     _s("piper_model", "engine", "", "Piper .onnx voice for the piper engine ('' = the embedded joe-us voice).",
@@ -260,6 +262,7 @@ class EngineSettings(_Group):
     s3gen_dtype: str = _default("s3gen_dtype")
     cpu_threads: int = _default("cpu_threads")
     fast_path: bool = _default("fast_path")
+    s3gen_graphs: bool = _default("s3gen_graphs")
     jetson_patches: str = _default("jetson_patches")
     piper_model: str = _default("piper_model")
     voice_cache_max_voices: int = _default("voice_cache.max_voices")

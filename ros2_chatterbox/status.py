@@ -2,7 +2,8 @@
 
     CoreStatus          SpeechCore.status(): readiness, queue, counters, voices, last error; `.engine` below
       EngineStatus      Engine.info(): engine, device, model, load time, voice cache; Chatterbox adds:
-        FastPathStatus    whether the fast T3 decode path runs, and why (`.warning`: why not, when asked for)
+        FastPathStatus    whether the fast T3 decode path runs, and why (`.warning`: why not, when asked for); the
+                          same record tells whether S3Gen runs in CUDA graphs (`s3gen_graphs`)
         MemoryStatus      the memory plan, what configure took, the allocator's work since
         CudaStatus        the CUDA device and its allocator figures
 
@@ -44,7 +45,8 @@ class _Record:
 
 @dataclass(frozen=True)
 class FastPathStatus(_Record):
-    """The fast T3 decode path (parameter fast_path): asked for, running, with CUDA graphs, or fallen back."""
+    """A fast path (T3's decode loop, parameter fast_path; S3Gen's CUDA graphs, parameter s3gen_graphs): asked
+    for, running, with CUDA graphs, or fallen back."""
     requested: bool = False
     active: bool = False
     cuda_graphs: bool = False
@@ -121,13 +123,16 @@ class EngineStatus(_Record):
     last_first_chunk_s: Optional[float] = None
     voice_cache: Optional[VoiceCacheStatus] = None
     fast_path: Optional[FastPathStatus] = None
+    s3gen_graphs: Optional[FastPathStatus] = None
     memory: Optional[MemoryStatus] = None
     cuda: Optional[CudaStatus] = None
 
     @property
     def fast_path_warning(self) -> str:
-        """Why the engine runs without the fast path it was asked for ('' = fast, or an engine without one)."""
-        return self.fast_path.warning if self.fast_path is not None else ""
+        """Why the engine runs without a fast path it was asked for, T3's or S3Gen's graphs ('' = fast, or an engine
+        without one)."""
+        return "; ".join(f"{label}{p.warning}" for label, p in (("", self.fast_path), ("S3Gen: ", self.s3gen_graphs))
+                         if p is not None and p.warning)
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ class CoreStatus(_Record):
         return out
 
 
-_SECTIONS = ("voice_cache", "fast_path", "memory", "cuda")
+_SECTIONS = ("voice_cache", "fast_path", "s3gen_graphs", "memory", "cuda")
 _OBJECTS = ("memory_plan",)  # None or an object: /api/model-info shows it under memory
 _OLD_NAMES = {"fast_path_state": "fast_path_reason", "rss_plus_device_mb": "memory_rss_plus_device_mb",
               "device_allocs_since_configure": "memory_device_allocs_since_configure"}

@@ -36,7 +36,7 @@ import numpy as np
 from ...engine import Engine, EngineError, EngineLoadError, VoiceError
 from ...settings import EngineSettings, GenerationSettings
 from ...status import EngineStatus, FastPathStatus
-from . import fast_path, gpu_memory, memory_warmup, models
+from . import fast_path, gpu_memory, memory_warmup, models, s3gen_graphs
 from .checkpoint import check_checkpoint, load_model, locate_checkpoint, resolve_repo
 from .device import (apply_jetson_patches, check_allocator, cuda_status, release, remove_jetson_patches,
                      resolve_device, resolve_dtype, trim_host_memory)
@@ -76,6 +76,8 @@ class ChatterboxTurboEngine(Engine):
         self.sync_mode = "n/a"
         self.fast = None              # fast_t3.FastT3 when the fast decode path is active
         self.fast_status = FastPathStatus(requested=self.settings.fast_path)
+        self.graphs = None            # s3gen_graphs.S3GenGraphs when S3Gen runs in CUDA graphs
+        self.graphs_status = FastPathStatus(requested=self.settings.s3gen_graphs)
         self.memory = memory_warmup.WorkingMemory()
         self.last_alloc: Dict[str, int] = {}    # allocator work of the last piece (deltas)
         self.last_tokens = 0          # speech tokens of the last piece (for tests and the bench)
@@ -132,12 +134,23 @@ class ChatterboxTurboEngine(Engine):
                 self.memory = memory_warmup.take(
                     model, self.settings, self.max_piece_chars, device=device, fast=self.fast,
                     t3_cond=self._check_cond, lock=self._lock, decoder=self.decoder_config,
-                    warm=device.startswith("cuda") or self.WARM_ON_CPU)
+                    warm=device.startswith("cuda") or self.WARM_ON_CPU, decoder_graphs=self._capture_graphs)
                 self._apply_budget(self.memory.budget)
             except BaseException:
                 self.unload()  # a failed configure (e.g. memory.budget_mb too small) leaves nothing loaded
                 raise
             self.load_seconds = time.monotonic() - t0
+
+    def _capture_graphs(self, plan):
+        """S3Gen's CUDA graphs for the memory plan (s3gen_graphs.select), checked with the built-in voice or the
+        longest voice the plan allows."""
+        def ref():
+            return self._builtin.gen if self._builtin is not None else memory_warmup.worst_case_voice(
+                self._model, self._model.s3gen.device)
+        with self._lock:
+            self.graphs, self.graphs_status = s3gen_graphs.select(
+                self._model, plan, self.decoder_config, self.settings.s3gen_graphs, ref)
+        return self.graphs
 
     def _apply_budget(self, choice) -> None:
         """What memory.budget_mb chose becomes the engine's limits: the speech-token cap, the cached voices and the
@@ -181,8 +194,9 @@ class ChatterboxTurboEngine(Engine):
     def unload(self) -> None:
         with self._lock:
             was = self.device
-            self._model = self._builtin = self.fast = None
+            self._model = self._builtin = self.fast = self.graphs = None
             self.fast_status = FastPathStatus(requested=self.settings.fast_path)
+            self.graphs_status = FastPathStatus(requested=self.settings.s3gen_graphs)
             self.memory = memory_warmup.WorkingMemory()
             self._voices.clear()
             self._remove_jetson_patches()
@@ -214,7 +228,9 @@ class ChatterboxTurboEngine(Engine):
             voice_cache=self._voices.status(s.voice_cache_max_voices, s.voice_cache_max_mb),
             fast_path=replace(self.fast_status, requested=s.fast_path, active=fast is not None,
                               cuda_graphs=bool(fast is not None and fast.use_graphs)),
-            memory=memory_warmup.status(self.memory, self.device, self.sync_mode, self.last_alloc, self._model, fast),
+            s3gen_graphs=replace(self.graphs_status, requested=s.s3gen_graphs, active=self.graphs is not None),
+            memory=memory_warmup.status(self.memory, self.device, self.sync_mode, self.last_alloc, self._model, fast,
+                                        self.graphs),
             cuda=cuda_status(self.device))
 
     # -- voices --------------------------------------------------------------------------------------------------
@@ -308,7 +324,8 @@ class ChatterboxTurboEngine(Engine):
             tokens: Any = FastTokenSource(self._lock, fast, conds.t3, text_tokens, settings, seed, cap, first)
         else:
             tokens = TokenSampler(self._lock, model, conds.t3, text_tokens, settings, seed, cap)
-        decoder = StreamDecoder(model, conds.gen, seed, settings.watermark, self._lock, self.decoder_config)
+        decoder = StreamDecoder(model, conds.gen, seed, settings.watermark, self._lock, self.decoder_config,
+                                self.graphs)
         next_at = first if first > 0 else None
         step = first
         try:

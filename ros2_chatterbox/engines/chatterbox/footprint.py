@@ -105,9 +105,9 @@ def malloc_in_use_mb() -> Optional[float]:
         return None
 
 
-def device(device_name: str, fast=None) -> Dict[str, Any]:
-    """PyTorch's share of the device (MiB): reserved, allocated, the CUDA graph pool, the fast path's KV cache and
-    buffers; empty off CUDA."""
+def device(device_name: str, fast=None, graphs=None) -> Dict[str, Any]:
+    """PyTorch's share of the device (MiB): reserved, allocated, the CUDA graph pools (T3's and S3Gen's together in
+    graph_pool_mb, S3Gen's also alone), the fast path's KV cache and buffers; empty off CUDA."""
     if not device_name.startswith("cuda"):
         return {}
     try:
@@ -115,13 +115,17 @@ def device(device_name: str, fast=None) -> Dict[str, Any]:
         dev = torch.device(device_name)
         out: Dict[str, Any] = {"reserved_mb": round(torch.cuda.memory_reserved(dev) / _MB, 1),
                                "allocated_mb": round(torch.cuda.memory_allocated(dev) / _MB, 1)}
-        pool = getattr(fast, "_pool", None) if fast is not None else None
-        graph_bytes = 0
-        if pool is not None:
+        pools = {"t3": getattr(fast, "_pool", None), "s3gen": getattr(graphs, "pool", None)}
+        pool_bytes = {name: 0 for name in pools}
+        if any(p is not None for p in pools.values()):
             for seg in torch.cuda.memory_snapshot():
-                if tuple(seg.get("segment_pool_id", (0, 0))) == tuple(pool):
-                    graph_bytes += int(seg.get("total_size", 0))
-        out["graph_pool_mb"] = round(graph_bytes / _MB, 1)
+                for name, p in pools.items():
+                    if p is not None and tuple(seg.get("segment_pool_id", (0, 0))) == tuple(p):
+                        pool_bytes[name] += int(seg.get("total_size", 0))
+        out["graph_pool_mb"] = round(sum(pool_bytes.values()) / _MB, 1)
+        if graphs is not None:
+            out["s3gen_graph_pool_mb"] = round(pool_bytes["s3gen"] / _MB, 1)
+            out["s3gen_graph_buffers_mb"] = round(graphs.buffer_bytes() / _MB, 1)
         if fast is not None and getattr(fast, "kv", None) is not None:
             buffers = sum(t.untyped_storage().nbytes() for t in vars(fast).values()
                           if torch.is_tensor(t) and t.device.type == "cuda")
@@ -132,7 +136,7 @@ def device(device_name: str, fast=None) -> Dict[str, Any]:
         return {}
 
 
-def footprint(model, device_name: str, fast=None) -> Dict[str, Any]:
+def footprint(model, device_name: str, fast=None, graphs=None) -> Dict[str, Any]:
     """The whole breakdown: weights per part, the device side (with what the cache holds beyond weights and the fast
     path: S3Gen's and the prefill's workspace) and the host side."""
     out: Dict[str, Any] = {}
@@ -142,10 +146,11 @@ def footprint(model, device_name: str, fast=None) -> Dict[str, Any]:
         w = {}
     out["weights"] = w
     out["weights_mb"] = round(sum(p["mb"] for p in w.values()), 1)
-    dev = device(device_name, fast)
+    dev = device(device_name, fast, graphs)
     if dev:
         on_device = sum(mb for p in w.values() for where, mb in p["where"].items() if where.startswith("cuda"))
-        fixed = on_device + dev.get("fast_path_buffers_mb", 0.0) + dev.get("graph_pool_mb", 0.0)
+        fixed = (on_device + dev.get("fast_path_buffers_mb", 0.0) + dev.get("graph_pool_mb", 0.0)
+                 + dev.get("s3gen_graph_buffers_mb", 0.0))
         dev["workspace_mb"] = round(max(0.0, dev["reserved_mb"] - fixed), 1)
     out["device"] = dev
     out["host"] = host()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import ContextManager, Dict, Optional
+from typing import Any, Callable, ContextManager, Dict, Optional
 
 import numpy as np
 
@@ -84,10 +84,13 @@ def fit_budget(model, settings: EngineSettings, max_piece_chars: Optional[int], 
 
 
 def take(model, settings: EngineSettings, max_piece_chars: Optional[int], *, device: str, fast, t3_cond,
-         lock: ContextManager, decoder: DecoderConfig, warm: bool) -> WorkingMemory:
+         lock: ContextManager, decoder: DecoderConfig, warm: bool,
+         decoder_graphs: Optional[Callable[[memory_plan.MemoryPlan], Any]] = None) -> WorkingMemory:
     """Plan (within memory.budget_mb when set: `WorkingMemory.budget` says what it chose, and the plan is sized for
     it), and when `warm` (on CUDA) take the plan's memory with one worst-case pass. `fast`: the FastT3 in use (None:
-    the reference loop); `t3_cond()`: a prepared T3 conditioning for the longest prefill."""
+    the reference loop); `t3_cond()`: a prepared T3 conditioning for the longest prefill; `decoder_graphs(plan)`:
+    S3Gen's graphs for this plan (s3gen_graphs.select, or None; called with None when there is no plan), made
+    before the worst case so that it runs through them."""
     bucket = fast.bucket if fast is not None else 256
     budget = None
     if settings.memory_budget_mb > 0:
@@ -99,13 +102,16 @@ def take(model, settings: EngineSettings, max_piece_chars: Optional[int], *, dev
         plan = plan_for(model, settings, max_piece_chars, bucket, decoder)
     except ValueError as exc:
         log.info("Chatterbox Turbo memory plan: %s", exc)
+        if decoder_graphs is not None:
+            decoder_graphs(None)
         return WorkingMemory(state=f"no plan: {exc}", budget=budget)
+    graphs = decoder_graphs(plan) if decoder_graphs is not None else None
     if not warm:
         return WorkingMemory(plan, "planned (taken at configure on CUDA only)", budget=budget)
     t0 = time.monotonic()
     try:
         warm_worst_case(model, plan, device=device, fast=fast, t3_cond=t3_cond, lock=lock, decoder=decoder,
-                        voices=budget.max_voices if budget else settings.voice_cache_max_voices)
+                        voices=budget.max_voices if budget else settings.voice_cache_max_voices, graphs=graphs)
     except Exception as exc:  # noqa: BLE001
         if "out of memory" in str(exc).lower():
             raise EngineLoadError(
@@ -126,7 +132,7 @@ HEADROOM = 1.10   # the working-memory block: the measured need x this (best-fit
 
 
 def warm_worst_case(model, plan: memory_plan.MemoryPlan, *, device: str, fast, t3_cond, lock: ContextManager,
-                    decoder: DecoderConfig, voices: int = 0) -> None:
+                    decoder: DecoderConfig, voices: int = 0, graphs=None) -> None:
     """The worst case, twice on CUDA. The first pass measures what it needs beyond what stays allocated (weights,
     KV cache); then the cache is emptied and that much is taken as ONE block, and the second pass (and every
     request after it) carves its tensors out of that block. One pass alone would leave a segment per size it ever
@@ -147,13 +153,13 @@ def warm_worst_case(model, plan: memory_plan.MemoryPlan, *, device: str, fast, t
         torch.cuda.synchronize(dev)
         base = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens)
+        _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens, graphs)
         need = torch.cuda.max_memory_allocated(dev) - base
         torch.cuda.empty_cache()
         block = torch.empty(int(need * HEADROOM + voices * voice_mb(model, fast) * _MB), dtype=torch.uint8,
                             device=dev)
         del block  # back to the cache as one free segment
-    _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens)
+    _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens, graphs)
 
 
 def worst_case_voice(model, dev) -> Dict:
@@ -176,21 +182,21 @@ def worst_case_voice(model, dev) -> Dict:
                 prompt_feat=mels[:, :2 * n], prompt_feat_len=None, embedding=embedding)
 
 
-def _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens) -> None:
+def _worst_pass(model, plan, dev, fast, t3_cond, lock, decoder, ref, tokens, graphs=None) -> None:
     """The longest prefill, then the longest piece through the streaming decoder on the schedule requests use."""
     import torch
     if fast is not None:
         g = torch.Generator(device=dev).manual_seed(1)
         text = torch.randint(0, 256, (1, plan.max_text_tokens), generator=g, device=dev)
         fast.generate(t3_cond(), text, GenerationSettings(), generator=g, max_new_tokens=8)  # longest prefill
-    stream = StreamDecoder(model, ref, 1, True, lock, decoder)  # watermarked, as requests are by default
+    stream = StreamDecoder(model, ref, 1, True, lock, decoder, graphs)  # watermarked, as requests are by default
     for at in plan.decode_points[:-1]:
         stream.step(tokens[:at], final=False)
     stream.step(tokens, final=True)
 
 
 def status(memory: WorkingMemory, device: str, host_sync: str, last_piece: Dict[str, int], model=None,
-           fast=None) -> MemoryStatus:
+           fast=None, graphs=None) -> MemoryStatus:
     """The plan, what configure took, and the allocator's work since (what the static plan is judged by: no device
     allocation after configure, flat reserved memory, few block allocations per piece). Never raises."""
     try:
@@ -203,6 +209,6 @@ def status(memory: WorkingMemory, device: str, host_sync: str, last_piece: Dict[
             reserved_at_configure_mb=round(base["reserved_bytes"] / _MB, 1) if base else None,
             device_allocs_since_configure=now["num_device_alloc"] - base["num_device_alloc"] if base else None,
             last_piece=dict(last_piece), budget=memory.budget.describe() if memory.budget else "",
-            footprint=footprint.footprint(model, device, fast) if model is not None else {})
+            footprint=footprint.footprint(model, device, fast, graphs) if model is not None else {})
     except Exception as exc:  # noqa: BLE001 - status must never fail
         return MemoryStatus(state=f"unknown ({type(exc).__name__}: {exc})")

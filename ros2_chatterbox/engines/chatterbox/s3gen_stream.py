@@ -122,14 +122,40 @@ def meanflow(est, x, mel_mask, mu, spks, cond, steps: int):
     return x
 
 
+def sine_cycles(hift, mel):
+    """HiFT's f0 for mel (1, 80, T), upsampled to samples (1, 1, T*480), and each harmonic's phase in cycles summed
+    from the window's first sample (1, H, T*480): upstream's SineGen before its random start phase."""
+    import torch
+    sine = hift.m_source.l_sin_gen
+    f0_up = hift.f0_upsamp(hift.f0_predictor(mel)[:, None])
+    harmonics = torch.arange(1, sine.harmonic_num + 2, device=mel.device, dtype=torch.float32)
+    return f0_up, torch.cumsum(f0_up * harmonics.view(1, -1, 1) / sine.sampling_rate, dim=-1)
+
+
+def excitation(hift, cycles, f0_up, noise, phase_vec):
+    """HiFT's source signal (1, 1, samples) from the phase in cycles, the piece's start phases and its noise:
+    upstream's SineGen + SourceModuleHnNSF with the noise and the phases given instead of drawn."""
+    import torch
+    src_mod = hift.m_source
+    sine = src_mod.l_sin_gen
+    theta = 2 * np.pi * (cycles % 1)
+    waves = sine.sine_amp * torch.sin(theta + phase_vec)
+    uv = (f0_up > sine.voiced_threshold).float()
+    noise_amp = uv * sine.noise_std + (1 - uv) * sine.sine_amp / 3
+    waves = waves * uv + noise_amp * noise
+    return src_mod.l_tanh(src_mod.l_linear(waves.transpose(1, 2))).transpose(1, 2)
+
+
 class StreamDecoder:
     """Speech tokens -> 24 kHz audio, incrementally, with seamless joins (see the module docstring). `lock` is held
     around the model work (the engine's: one model, several threads)."""
 
     def __init__(self, model, ref: Dict[str, Any], seed: int, watermark: bool, lock: ContextManager,
-                 config: DecoderConfig = DecoderConfig()):
+                 config: DecoderConfig = DecoderConfig(), graphs=None):
         import torch
         self.lock = lock
+        self.graphs = graphs                  # s3gen_graphs.S3GenGraphs: the flow and HiFT at static shapes, or None
+        self._inputs = None                   # flow_inputs(), computed once
         self.config = config
         self.model = model
         self.s3gen = model.s3gen
@@ -167,10 +193,13 @@ class StreamDecoder:
         prompt mel (1, 2P, 80)) on the decoder's device."""
         import torch
         import torch.nn.functional as F
-        ref = self.ref
-        emb = F.normalize(torch.atleast_2d(ref["embedding"]).to(self.device, torch.float32), dim=1)
-        return (self.s3gen.flow.spk_embed_affine_layer(emb), torch.atleast_2d(ref["prompt_token"]).to(self.device).long(),
-                torch.atleast_3d(ref["prompt_feat"]).to(self.device, torch.float32))
+        if self._inputs is None:
+            ref = self.ref
+            emb = F.normalize(torch.atleast_2d(ref["embedding"]).to(self.device, torch.float32), dim=1)
+            self._inputs = (self.s3gen.flow.spk_embed_affine_layer(emb),
+                            torch.atleast_2d(ref["prompt_token"]).to(self.device).long(),
+                            torch.atleast_3d(ref["prompt_feat"]).to(self.device, torch.float32))
+        return self._inputs
 
     # the two model stages, usable on their own (tests compare them with upstream)
     def flow_mel(self, tokens, finalize: bool, z=None):
@@ -206,24 +235,14 @@ class StreamDecoder:
         at `phase0` (cycles per harmonic; None = 0 as upstream). Returns (audio, phase at `phase_at_frame`)."""
         import torch
         hift = self.s3gen.mel2wav
-        src_mod = hift.m_source
-        sine = src_mod.l_sin_gen
         with torch.inference_mode():
             mel = mel.to(self.device, torch.float32)
-            f0 = hift.f0_predictor(mel)
-            f0_up = hift.f0_upsamp(f0[:, None])  # (1, 1, samples)
-            harmonics = torch.arange(1, sine.harmonic_num + 2, device=self.device, dtype=torch.float32)
-            cycles = torch.cumsum(f0_up * harmonics.view(1, -1, 1) / sine.sampling_rate, dim=-1)
+            f0_up, cycles = sine_cycles(hift, mel)
             if phase0 is not None:
                 cycles = cycles + phase0.view(1, -1, 1)
-            theta = 2 * np.pi * (cycles % 1)
-            waves = sine.sine_amp * torch.sin(theta + self.phase_vec)
-            uv = (f0_up > sine.voiced_threshold).float()
-            noise_amp = uv * sine.noise_std + (1 - uv) * sine.sine_amp / 3
             if noise is None:
-                noise = self._noise(start_frame, waves.shape[-1])
-            waves = waves * uv + noise_amp * noise
-            src = src_mod.l_tanh(src_mod.l_linear(waves.transpose(1, 2))).transpose(1, 2)
+                noise = self._noise(start_frame, cycles.shape[-1])
+            src = excitation(hift, cycles, f0_up, noise, self.phase_vec)
             with deterministic_cudnn():  # HiFT's transposed convolutions vary run to run on CUDA otherwise
                 audio = hift.decode(x=mel, s=src)
             phase_out = None
@@ -231,6 +250,18 @@ class StreamDecoder:
                 idx = (phase_at_frame - start_frame) * SAMPLES_PER_FRAME
                 phase_out = cycles[0, :, idx - 1] % 1 if idx > 0 else (phase0 if phase0 is not None else None)
             return audio[0].float().cpu().numpy(), phase_out
+
+    def _flow(self, tokens, final: bool):
+        """flow_mel, replayed at the bucket's static shapes when graphs hold one for this length."""
+        mel = self.graphs.flow_mel(self, tokens, final) if self.graphs is not None else None
+        return self.flow_mel(tokens, finalize=final) if mel is None else mel
+
+    def _vocode(self, mel, start: int, phase0, phase_at_frame: Optional[int], final: bool):
+        """vocode of mel frames [start, end), at a static window when graphs hold one for it."""
+        out = (self.graphs.vocode(self, mel, start, phase0, phase_at_frame, final) if self.graphs is not None
+               else None)
+        return self.vocode(mel[:, :, start:], start, phase0=phase0, phase_at_frame=phase_at_frame) if out is None \
+            else out
 
     def _noise(self, start_frame: int, n_samples: int):
         """Vocoder noise for samples from `start_frame` on, identical for an absolute position in every step."""
@@ -261,7 +292,7 @@ class StreamDecoder:
             silence = torch.full((3,), SILENCE_TOKEN, dtype=torch.long, device=tokens.device)
             tokens = torch.cat([tokens.long(), silence])
         with self.lock:
-            mel = self.flow_mel(tokens, finalize=final)
+            mel = self._flow(tokens, final)
             frames = int(mel.shape[-1])
             keep = frames if final else frames - overlap  # frames handed out after this step
             if keep <= self.emitted:
@@ -269,8 +300,7 @@ class StreamDecoder:
             start = max(0, self.emitted - context)
             phase0 = self.src_phase if (self.src_phase is not None and self.src_phase_frame == start) else None
             next_start = max(0, keep - context)
-            audio, phase_next = self.vocode(mel[:, :, start:], start, phase0=phase0,
-                                            phase_at_frame=None if final else next_start)
+            audio, phase_next = self._vocode(mel, start, phase0, None if final else next_start, final)
         audio = audio[(self.emitted - start) * SAMPLES_PER_FRAME:]  # from frame `emitted` on
         # upstream silences the first 20 ms and fades in over the next 20 ms ("spillover" from the reference)
         abs0 = self.emitted * SAMPLES_PER_FRAME
