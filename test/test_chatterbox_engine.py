@@ -4,7 +4,6 @@
 No ROS here: loading and its failures, voices and their cache, seeds, tags, streaming, cancel, unload, and the
 equivalence of the engine's re-implemented steps with upstream's code.
 """
-import contextlib
 import gc
 import json
 import math
@@ -18,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from turbo_fixtures import (copy_checkpoint, joined, require_chatterbox, speak, tiny_ckpt, turbo_config,  # noqa: F401
-                            turbo_engine, voice_dir, write_voice)
+from turbo_fixtures import (copy_checkpoint, joined, long_generation, require_chatterbox, speak, tiny_ckpt,  # noqa: F401
+                            turbo_config, turbo_engine, voice_dir, write_voice)
 
 from ros2_chatterbox.engine import EngineError, EngineLoadError, GenerationSettings, VoiceError
 from ros2_chatterbox.engines import create_engine
@@ -33,25 +32,6 @@ INFO_KEYS = {"engine", "sample_rate", "loaded", "can_clone", "device", "dtype", 
              "voice_cache_hits", "voice_cache_misses", "voice_cache_evictions", "fast_path", "fast_path_active",
              "fast_path_state", "fast_path_warning", "jetson_patches", "jetson_patches_active", "builtin_voice",
              "tiny_checkpoint", "memory", "memory_state", "rss_plus_device_mb", "device_allocs_since_configure"}
-
-
-@contextlib.contextmanager
-def long_generation(engine, max_tokens):
-    """Random weights stop after a few tokens; suppress the stop token and cap the piece instead."""
-    import torch
-    bias = engine._model.t3.speech_head.bias
-    stop = int(engine._model.t3.hp.stop_speech_token)
-    saved = (engine.max_tokens_for, engine.stream_first_tokens, engine.stream_max_tokens)
-    with torch.no_grad():
-        bias[stop] -= 40.0
-    engine.max_tokens_for = lambda text: max_tokens
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            bias[stop] += 40.0
-        engine.max_tokens_for, engine.stream_first_tokens, engine.stream_max_tokens = saved
-        engine.__dict__.pop("max_tokens_for", None)  # the method again
 
 
 class CountdownEvent(threading.Event):

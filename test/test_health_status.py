@@ -90,3 +90,19 @@ def test_diagnostics_carry_the_fast_path_warning_and_the_memory_headline():
     fine = ros_diagnostics.speech_diagnostics(status(), "tts_node", "active")
     assert fine.level == ros_diagnostics.DiagnosticStatus.OK and fine.message == "ready"
     assert {kv.key: kv.value for kv in fine.values}["fast_path_warning"] == ""
+
+
+def test_s3gen_graphs_that_fell_back_make_the_engine_degraded_and_say_so():
+    why = "capture failed (RuntimeError: operation not permitted when stream is capturing); decoding eagerly"
+    engine = EngineStatus(engine="chatterbox_turbo", loaded=True, device="cuda:0", fast_path=ACTIVE,
+                          s3gen_graphs=FastPathStatus(requested=True, fallback=True, reason=why), memory=MEMORY)
+    st = CoreStatus(engine=engine, accepting=True, ready=True)
+    body = health_body(StubCore(st))
+    assert body["status"] == "degraded" and body["fast_path_warning"] == f"S3Gen: {why}"
+    flat = st.flat()
+    assert flat["s3gen_graphs_warning"] == why and flat["s3gen_graphs_fallback"] is True
+    assert st.as_dict()["s3gen_graphs"]["reason"] == why
+    # off on purpose (or on the CPU) is no warning
+    off = EngineStatus(engine="chatterbox_turbo", fast_path=ACTIVE,
+                       s3gen_graphs=FastPathStatus(requested=True, reason="off: CUDA only (the CPU decodes eagerly)"))
+    assert health_body(StubCore(CoreStatus(engine=off, accepting=True, ready=True)))["status"] == "ok"

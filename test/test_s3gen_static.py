@@ -16,9 +16,9 @@ pytestmark = pytest.mark.timeout(600)
 def test_buckets_cover_the_plan_and_the_smallest_that_holds_is_chosen():
     from ros2_chatterbox.engines.chatterbox.s3gen_static import FLOW_BUCKET_TOKENS, bucket_for, flow_buckets
     buckets = flow_buckets(375 + 1000 + 3)  # a 15 s prompt, speech_tokens.max 1000, the final silence
-    assert buckets[0] == FLOW_BUCKET_TOKENS and buckets[-1] == 1408 and buckets[-1] - 1378 < FLOW_BUCKET_TOKENS
-    assert all(b - a == FLOW_BUCKET_TOKENS for a, b in zip(buckets, buckets[1:]))
-    assert [bucket_for(n, buckets) for n in (1, 64, 65, 400, 1378)] == [64, 64, 128, 448, 1408]
+    assert buckets[0] == FLOW_BUCKET_TOKENS and buckets[-1] == 1408 and buckets[-1] - 1378 < 2 * FLOW_BUCKET_TOKENS
+    assert buckets[:8] == list(range(64, 513, 64)) and all(b - a == 128 for a, b in zip(buckets[7:], buckets[8:]))
+    assert [bucket_for(n, buckets) for n in (1, 64, 65, 400, 513, 1378)] == [64, 64, 128, 448, 640, 1408]
     with pytest.raises(ValueError, match="exceed the largest bucket"):
         bucket_for(1409, buckets)
     with pytest.raises(ValueError):

@@ -6,6 +6,7 @@ Everything is skipped with the reason when chatterbox-tts is not installed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -93,3 +94,22 @@ def speak(engine, text: str, voice: Optional[str] = None, cancel=None, **setting
 
 def joined(parts) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def long_generation(engine, max_tokens):
+    """Random weights stop after a few tokens; suppress the stop token and cap the piece instead."""
+    import torch
+    bias = engine._model.t3.speech_head.bias
+    stop = int(engine._model.t3.hp.stop_speech_token)
+    saved = (engine.max_tokens_for, engine.stream_first_tokens, engine.stream_max_tokens)
+    with torch.no_grad():
+        bias[stop] -= 40.0
+    engine.max_tokens_for = lambda text: max_tokens
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            bias[stop] += 40.0
+        engine.max_tokens_for, engine.stream_first_tokens, engine.stream_max_tokens = saved
+        engine.__dict__.pop("max_tokens_for", None)  # the method again

@@ -195,6 +195,11 @@ def decode(model, ref, tokens, config: DecoderConfig, graphs: Optional[S3GenGrap
     return np.concatenate(parts)
 
 
+def on_cuda(model) -> bool:
+    import torch
+    return torch.device(model.s3gen.device).type == "cuda"
+
+
 def fell_back(reason: str) -> FastPathStatus:
     log.warning("Chatterbox: S3Gen's CUDA graphs were asked for but do not run: %s", reason)
     return FastPathStatus(requested=True, fallback=True, reason=reason)
@@ -206,7 +211,7 @@ def select(model, plan, config: DecoderConfig, requested: bool, ref) -> Tuple[Op
     import torch
     if not requested:
         return None, FastPathStatus(reason="off (parameter s3gen_graphs)")
-    if torch.device(model.s3gen.device).type != "cuda":
+    if not on_cuda(model):
         return None, FastPathStatus(requested=True, reason="off: CUDA only (the CPU decodes eagerly)")
     if plan is None:
         return None, fell_back("no memory plan to size the buckets by (see memory_state); decoding eagerly")
@@ -231,8 +236,9 @@ def select(model, plan, config: DecoderConfig, requested: bool, ref) -> Tuple[Op
                    f"SNR {snr:.1f} dB, the same seed the same audio)")
     except Exception as exc:  # noqa: BLE001 - the eager decoder always works
         del graphs
-        try:
-            torch.cuda.synchronize(model.s3gen.device)
-        except Exception:  # noqa: BLE001
-            pass
+        if torch.cuda.is_available():
+            try:
+                torch.cuda.synchronize(model.s3gen.device)
+            except Exception:  # noqa: BLE001
+                pass
         return None, fell_back(f"capture failed ({type(exc).__name__}: {str(exc)[:300]}); decoding eagerly")
