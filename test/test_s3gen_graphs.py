@@ -83,6 +83,37 @@ def test_the_captured_parts_make_no_host_sync(model_and_voice):
     assert estimator_module.add_optional_chunk_mask is add_optional_chunk_mask and "_istft" not in vars(s3gen.mel2wav)
 
 
+def test_the_captured_parts_copy_nothing_from_the_host(tiny_ckpt):
+    """A CUDA graph cannot hold a copy from pageable host memory (upstream copies HiFT's STFT window to the device in
+    every call). With the model on the meta device, any host tensor an op meets shows up. The capture runs each part
+    once first (upstream moves its positional tables to the device on their first use), so does this test."""
+    require_chatterbox()
+    from pathlib import Path
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from ros2_chatterbox.engines.chatterbox import checkpoint, models
+    from ros2_chatterbox.engines.chatterbox.s3gen_graphs import S3GenGraphs
+    from ros2_chatterbox.engines.chatterbox.s3gen_static import sync_free
+    model, _ = checkpoint.load_model(Path(tiny_ckpt), "cpu", torch.float32, "test", models.MODELS["turbo"])
+    s3gen = model.s3gen.to("meta")
+    seen = []
+
+    class HostTensors(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if any(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in list(args) + list(kwargs.values())):
+                seen.append(str(func))
+            return func(*args, **kwargs)
+    with torch.inference_mode():
+        graphs = S3GenGraphs(s3gen, max_flow_tokens=128, max_window=64, steps=2)
+        for part in (graphs.flows[128], graphs.vocoders[64]):
+            with sync_free(s3gen):
+                part.run()
+                with HostTensors():
+                    part.run()
+    assert seen == []
+
+
 def _tokens(n):
     import torch
     return torch.randint(0, 6561, (n,), generator=torch.Generator().manual_seed(100 + n))

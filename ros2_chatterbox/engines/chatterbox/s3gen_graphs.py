@@ -30,7 +30,7 @@ import numpy as np
 from ...status import FastPathStatus
 from .s3gen_static import (StaticFlow, StaticVocoder, bucket_for, flow_buckets, sync_free, valid_frames,
                            vocoder_buckets)
-from .s3gen_stream import SAMPLES_PER_FRAME, DecoderConfig, StreamDecoder
+from .s3gen_stream import SAMPLES_PER_FRAME, DecoderConfig, StreamDecoder, place_stft_window
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class S3GenGraphs:
     def __init__(self, s3gen, max_flow_tokens: int, max_window: int, steps: int):
         import torch
         self.s3gen, self.device = s3gen, torch.device(s3gen.device)
+        place_stft_window(s3gen.mel2wav, self.device)
         self.flow_sizes = flow_buckets(max_flow_tokens)
         self.window_sizes = vocoder_buckets(max_window)
         with torch.inference_mode():

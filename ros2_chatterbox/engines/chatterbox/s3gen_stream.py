@@ -122,6 +122,14 @@ def meanflow(est, x, mel_mask, mu, spks, cond, steps: int):
     return x
 
 
+def place_stft_window(hift, device) -> None:
+    """Upstream keeps HiFT's STFT window as a plain CPU attribute and copies it to the device in every STFT and
+    iSTFT (a host-to-device copy per call, which a CUDA graph cannot hold): keep it on the device instead."""
+    window = getattr(hift, "stft_window", None)
+    if window is not None and window.device != device:
+        hift.stft_window = window.to(device)
+
+
 def sine_cycles(hift, mel):
     """HiFT's f0 for mel (1, 80, T), upsampled to samples (1, 1, T*480), and each harmonic's phase in cycles summed
     from the window's first sample (1, H, T*480): upstream's SineGen before its random start phase."""
@@ -160,6 +168,7 @@ class StreamDecoder:
         self.model = model
         self.s3gen = model.s3gen
         self.device = self.s3gen.device
+        place_stft_window(self.s3gen.mel2wav, self.device)
         self.ref = ref
         self.seed = seed
         flow = self.s3gen.flow
