@@ -33,14 +33,23 @@ COMMANDS = ("speak", "topic", "say", "stop", "voices", "speaking", "lifecycle", 
 
 
 def with_rclpy() -> None:
-    """Run again with the set-up's interpreter when this one has no rclpy (python3 on a pip-only machine)."""
+    """Run again with the set-up's interpreter when this one has no rclpy (python3 on a pip-only machine): the venv
+    whose ROS libraries the caller's environment already names (a test run on Jazzy), else .venv/, then .venv-jazzy/.
+    The ROS wheels set LD_LIBRARY_PATH once per process tree and mark it done (_ROS_WHEELS_BOOTSTRAP_COMPLETE): going
+    to the other venv, both are cleared so that its own libraries load."""
     if importlib.util.find_spec("rclpy") is not None:
         return
     root = Path(__file__).resolve().parent.parent
-    for venv in (".venv", ".venv-jazzy"):
+    libs = os.environ.get("LD_LIBRARY_PATH", "")
+    named = [v for v in (".venv", ".venv-jazzy") if f"{root / v}/lib" in libs]
+    for venv in named + [v for v in (".venv", ".venv-jazzy") if v not in named]:
         python = root / venv / "bin" / "python"
         if python.exists() and Path(sys.prefix).resolve() != (root / venv).resolve():
-            os.execv(str(python), [str(python), str(Path(__file__).resolve())] + sys.argv[1:])
+            env = dict(os.environ)
+            if venv not in named:
+                env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
+                env["LD_LIBRARY_PATH"] = ":".join(p for p in libs.split(":") if p and not p.startswith(f"{root}/.venv"))
+            os.execve(str(python), [str(python), str(Path(__file__).resolve())] + sys.argv[1:], env)
     sys.exit(f"[say] {sys.executable} has no rclpy: run `make setup` (pip-only, then this runs with .venv/) "
              "or source your ROS 2 installation")
 
