@@ -123,6 +123,8 @@ def make_plan(chunk_chars: Optional[int], *, n_layer: int, n_head: int, head_dim
 FLOW_WORKSPACE_MB_PER_TOKEN2 = 1560.0 / 1253 ** 2
 WORKSPACE_BASE_MB = 64.0          # the prefill's and the vocoder's part, small beside the flow's
 CUDA_CONTEXT_MB = 860.0           # device memory beyond PyTorch's reserved: context, cuBLAS, cuDNN (H200; less on Orin)
+S3GEN_GRAPHS_MB = 1000.0          # what S3Gen's CUDA graphs (s3gen_graphs) add, host + device: +965 MiB measured
+#                                   (H100, 2026-12-07, bench/results/gpu-2026-12-07-s3gen-graphs: pool 916, heap +546)
 # (text.chunk_chars, speech_tokens.max) from the defaults down: 4 speech tokens per character is 2-3x normal speech,
 # so a piece of that length is still spoken in full
 LADDER: Tuple[Tuple[int, int], ...] = ((250, 1000), (200, 800), (160, 640), (120, 480), (90, 360), (60, 240))

@@ -71,6 +71,8 @@ def fit_budget(model, settings: EngineSettings, max_piece_chars: Optional[int], 
     if device.startswith("cuda"):
         import torch
         fixed += torch.cuda.memory_allocated(torch.device(device)) / _MB + memory_plan.CUDA_CONTEXT_MB
+        if settings.s3gen_graphs:  # captured after the plan is fitted: their measured cost is set aside for them
+            fixed += memory_plan.S3GEN_GRAPHS_MB
 
     def plan(chars: int, speech: int) -> memory_plan.MemoryPlan:
         return plan_for(model, replace(settings, speech_tokens_max=speech), chars, bucket, decoder)
