@@ -37,10 +37,13 @@ NEEDS_GIB = {"float16": 2.4, "float32": 3.2}
 JETSON_NEEDS_GIB = 5.5
 
 # The whole node (host RSS + device memory, MiB) with the container's parameters after 20 mixed utterances, per
-# model. Turbo: bench/memory_breakdown.py on an H200 (bench/results/gpu-h200-2026-12-03-memory/README.md). Nano:
-# Turbo's figure less the 430 MiB Nano saved in the earlier run that measured both (an estimate until it is
-# measured again). A running node's own figure (--url) is used instead when given.
-NODE_MB = {"turbo": 7240, "nano": 6810}
+# model. Turbo: bench/memory_breakdown.py on an H200 (bench/results/gpu-h200-2026-12-03-memory/README.md), 7,240,
+# plus what S3Gen's CUDA graphs (s3gen_graphs, on by default) added on an H100 (+965,
+# bench/results/gpu-2026-12-07-s3gen-graphs/README.md). Nano: Turbo's figure less the 430 MiB Nano saved in the
+# earlier run that measured both (an estimate until it is measured again). A running node's own figure (--url) is
+# used instead when given.
+S3GEN_GRAPHS_MB = 965
+NODE_MB = {"turbo": 7240 + S3GEN_GRAPHS_MB, "nano": 6810 + S3GEN_GRAPHS_MB}
 # A board's memory (MiB) that the node may not count on: the OS and desktop-less JetPack services.
 BOARD_OS_MB = 1536
 BOARDS_MB = {"orin-nano-4gb": 4096, "orin-nano-8gb": 8192, "orin-nx-8gb": 8192, "orin-nx-16gb": 16384,
@@ -202,7 +205,8 @@ def collect(manifest_path: str = DEFAULT_MANIFEST, run_checks: bool = True, node
                 f"{fit['other_mb']:.0f} MiB of other work",
                 "cause": "the node does not fit beside the robot's other work on this board",
                 "fix": f"set memory.budget_mb: {fit['budget_hint_mb']} (configure then fits into it or refuses naming "
-                       "what would fit), model nano, a lower text.chunk_chars / speech_tokens.max, or less other work"})
+                       f"what would fit), s3gen_graphs: false (~{S3GEN_GRAPHS_MB} MiB less, first audio slower), "
+                       "model nano, a lower text.chunk_chars / speech_tokens.max, or less other work"})
     jetson = report["platform"]["jetson"]
     try:
         report["jetson_patches_auto"] = jetson_patches.should_apply("auto")
