@@ -226,3 +226,15 @@ def test_graphs_that_pass_their_self_check_serve_the_engine(tiny_ckpt, monkeypat
     finally:
         engine.unload()
     assert engine.graphs is None and not engine.info().s3gen_graphs.active
+
+
+def test_graphs_that_fail_their_self_check_are_dropped_loudly(tiny_ckpt, monkeypatch):
+    from ros2_chatterbox.engines.chatterbox import s3gen_graphs
+    monkeypatch.setattr(s3gen_graphs, "snr_db", lambda ref, got: 3.0)  # as graphs replaying garbage would measure
+    engine = _engine(tiny_ckpt, monkeypatch, lambda self: None)
+    try:
+        st = engine.info().s3gen_graphs
+        assert engine.graphs is None and st.fallback and "(SNR 3.0 dB < 30); decoding eagerly" in st.warning, st
+        assert joined(speak(engine, "Eagerly.", seed=3)).size > 0
+    finally:
+        engine.unload()

@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ...status import FastPathStatus
+from .device import trim_host_memory
 from .s3gen_static import (StaticFlow, StaticVocoder, bucket_for, flow_buckets, sync_free, valid_frames,
                            vocoder_buckets)
 from .s3gen_stream import SAMPLES_PER_FRAME, DecoderConfig, StreamDecoder, place_stft_window
@@ -227,19 +228,23 @@ def select(model, plan, config: DecoderConfig, requested: bool, ref) -> Tuple[Op
         first, second = decode(model, voice, tokens, config, graphs), decode(model, voice, tokens, config, graphs)
         snr = snr_db(eager, first)
         if first.shape != eager.shape or not np.isfinite(snr) or snr < CHECK_SNR_DB:
-            return None, fell_back(f"the captured decoder's audio differs from the eager decoder's (SNR {snr:.1f} dB "
-                                   f"< {CHECK_SNR_DB:.0f}); decoding eagerly")
-        if not np.array_equal(first, second):
-            return None, fell_back("the same seed twice gave different audio through the graphs; decoding eagerly")
-        return graphs, FastPathStatus(
-            requested=True, active=True, cuda_graphs=True,
-            reason=f"active ({graphs.describe()}, captured in {graphs.capture_s:.1f} s; against the eager decoder "
-                   f"SNR {snr:.1f} dB, the same seed the same audio)")
+            why = (f"the captured decoder's audio differs from the eager decoder's (SNR {snr:.1f} dB < "
+                   f"{CHECK_SNR_DB:.0f}); decoding eagerly")
+        elif not np.array_equal(first, second):
+            why = "the same seed twice gave different audio through the graphs; decoding eagerly"
+        else:
+            return graphs, FastPathStatus(
+                requested=True, active=True, cuda_graphs=True,
+                reason=f"active ({graphs.describe()}, captured in {graphs.capture_s:.1f} s; against the eager decoder "
+                       f"SNR {snr:.1f} dB, the same seed the same audio)")
     except Exception as exc:  # noqa: BLE001 - the eager decoder always works
-        del graphs
-        if torch.cuda.is_available():
-            try:
-                torch.cuda.synchronize(model.s3gen.device)
-            except Exception:  # noqa: BLE001
-                pass
-        return None, fell_back(f"capture failed ({type(exc).__name__}: {str(exc)[:300]}); decoding eagerly")
+        why = f"capture failed ({type(exc).__name__}: {str(exc)[:300]}); decoding eagerly"
+    del graphs  # what a partial capture holds (its pool, the graph executables on the host) goes back
+    if torch.cuda.is_available():
+        try:
+            torch.cuda.synchronize(model.s3gen.device)
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+    trim_host_memory()
+    return None, fell_back(why)
