@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
         def decode(tokens, use_graphs, seed=7, record=None):
             dec = StreamDecoder(model, ref, seed, False, threading.RLock(), config, graphs if use_graphs else None)
-            points = [p for p in memory_plan.decode_points(len(tokens), 25, 200)[:-1]]
+            points = memory_plan.decode_points(len(tokens), 25, 200)[:-1]
             parts = []
             for i, p in enumerate(points + [len(tokens)]):
                 final = i == len(points)
@@ -129,7 +129,6 @@ def main(argv=None) -> int:
             print(json.dumps(q), flush=True)
             for label, use in (("eager", False), ("graphs", True)):
                 rec: List[Dict[str, Any]] = []
-                t0 = time.perf_counter()
                 walls = []
                 for _ in range(args.reps):
                     w = time.perf_counter()
@@ -141,7 +140,6 @@ def main(argv=None) -> int:
                 timing.setdefault(str(n), {})[label] = {
                     "piece_s_median": round(statistics.median(walls), 4),
                     "step_ms_median": {k: round(1000 * statistics.median(v), 2) for k, v in per_step.items()}}
-                del t0
             print(json.dumps({str(n): timing[str(n)]}), flush=True)
             save()
         run["quality"], run["timing"] = quality, timing

@@ -34,3 +34,17 @@ def test_bench_tiny_smoke(tmp_path):
     assert eq and all(e["equal"] and e["sampling_reproducible"] for e in eq)
     md = (out / "bench.md").read_text()
     assert "| upstream | fp32 |" in md and "| fast | fp32 |" in md and doc["command"] in md
+
+
+def test_s3gen_graphs_bench_tiny_smoke(tmp_path):
+    """bench/s3gen_graphs.py on the CPU: the static decoder (no capture) against the eager one, per step."""
+    out = tmp_path / "s3g.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "s3gen_graphs.py"), "--tiny", "--out", str(out),
+                           "--pieces", "20,60", "--reps", "1", "--flows", "float32"], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = json.loads(out.read_text())["runs"]["float32"]
+    assert [q["tokens"] for q in run["quality"]] == [20, 60]
+    assert all(q["same_length"] and q["same_seed_same_audio"] and q["snr_db"] >= 40 for q in run["quality"])
+    assert set(run["timing"]["60"]) == {"eager", "graphs"} and run["counts"]["flow_static"] > 0
