@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from turbo_fixtures import (joined, long_generation, require_chatterbox, speak, tiny_ckpt, turbo_config,  # noqa: F401
-                            turbo_engine, write_voice)
+from turbo_fixtures import (joined, long_generation, require_chatterbox, speak, tiny_ckpt,  # noqa: F401
+                            tiny_model_and_voices, turbo_config, turbo_engine)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -34,12 +34,8 @@ def test_vocoder_windows_cover_the_streaming_schedule():
 @pytest.fixture(scope="module")
 def model_and_voice(tiny_ckpt, tmp_path_factory):
     require_chatterbox()
-    import torch
-    from ros2_chatterbox.engines.chatterbox import checkpoint, models
-    from ros2_chatterbox.engines.chatterbox.voice_cache import compute_conds
-    model, _ = checkpoint.load_model(tiny_ckpt, "cpu", torch.float32, "test", models.MODELS["turbo"])
-    wav = write_voice(tmp_path_factory.mktemp("graph_voice") / "v.wav", seconds=6.0, f0=150.0, seed=4)
-    return model, compute_conds(model, str(wav)).gen
+    model, refs = tiny_model_and_voices(tiny_ckpt, tmp_path_factory.mktemp("graph_voice"), ((150.0, 4, 6.0),))
+    return model, refs[0]
 
 
 @pytest.fixture(scope="module")

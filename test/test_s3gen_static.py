@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from turbo_fixtures import require_chatterbox, tiny_ckpt, write_voice  # noqa: F401
+from turbo_fixtures import require_chatterbox, tiny_ckpt, tiny_model_and_voices  # noqa: F401
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,14 +28,9 @@ def test_buckets_cover_the_plan_and_the_smallest_that_holds_is_chosen():
 @pytest.fixture(scope="module")
 def decoders(tiny_ckpt, tmp_path_factory):
     require_chatterbox()
-    import torch
-    from ros2_chatterbox.engines.chatterbox import checkpoint, models
     from ros2_chatterbox.engines.chatterbox.s3gen_stream import DecoderConfig, StreamDecoder
-    from ros2_chatterbox.engines.chatterbox.voice_cache import compute_conds
-    model, _ = checkpoint.load_model(tiny_ckpt, "cpu", torch.float32, "test", models.MODELS["turbo"])
-    folder = tmp_path_factory.mktemp("static_voices")
-    refs = [compute_conds(model, str(write_voice(folder / f"v{seed}.wav", f0=f0, seed=seed))).gen
-            for f0, seed in ((110.0, 1), (210.0, 2))]
+    model, refs = tiny_model_and_voices(tiny_ckpt, tmp_path_factory.mktemp("static_voices"),
+                                        ((110.0, 1, 5.6), (210.0, 2, 5.6)))
     return [StreamDecoder(model, ref, 7, False, threading.Lock(), DecoderConfig(speech_cap=300)) for ref in refs]
 
 

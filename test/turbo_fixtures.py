@@ -113,3 +113,15 @@ def long_generation(engine, max_tokens):
             bias[stop] += 40.0
         engine.max_tokens_for, engine.stream_first_tokens, engine.stream_max_tokens = saved
         engine.__dict__.pop("max_tokens_for", None)  # the method again
+
+
+def tiny_model_and_voices(ckpt: Path, folder: Path, voices) -> tuple:
+    """The tiny checkpoint through the engine's loader on the CPU in float32, and S3Gen's conditioning (`.gen`) of a
+    synthetic reference recording per (f0, seed, seconds) in `voices`."""
+    import torch
+    from ros2_chatterbox.engines.chatterbox import checkpoint, models
+    from ros2_chatterbox.engines.chatterbox.voice_cache import compute_conds
+    model, _ = checkpoint.load_model(ckpt, "cpu", torch.float32, "test", models.MODELS["turbo"])
+    refs = [compute_conds(model, str(write_voice(folder / f"v{seed}.wav", seconds=seconds, f0=f0, seed=seed))).gen
+            for f0, seed, seconds in voices]
+    return model, refs

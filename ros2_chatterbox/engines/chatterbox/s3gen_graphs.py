@@ -29,7 +29,7 @@ import numpy as np
 
 from ...status import FastPathStatus
 from .device import trim_host_memory
-from .s3gen_static import (StaticFlow, StaticVocoder, bucket_for, flow_buckets, sync_free, valid_frames,
+from .s3gen_static import (StaticFlow, StaticVocoder, bucket_for, flow_buckets, step_inputs, sync_free,
                            vocoder_buckets)
 from .s3gen_stream import SAMPLES_PER_FRAME, DecoderConfig, StreamDecoder, place_stft_window
 
@@ -142,15 +142,13 @@ class S3GenGraphs:
         """decoder.flow_mel(tokens, finalize) at the bucket's shapes; None when no bucket holds the tokens."""
         import torch
         with torch.inference_mode():
-            spks, prompt_token, prompt_feat = decoder.flow_inputs()
-            token = torch.cat([prompt_token, torch.atleast_2d(tokens).to(self.device).long()], dim=1)
+            spks, prompt_feat, token, n_valid = step_inputs(decoder, tokens, finalize)
             n = int(token.shape[1])
             if n > self.flow_sizes[-1]:
                 self.counts["flow_eager"] += 1
                 return None
             bucket = bucket_for(n, self.flow_sizes)
             part = self.flows[bucket]
-            n_valid = valid_frames(self.s3gen.flow, n, finalize)
             part.load(spks, prompt_feat, token, n_valid, decoder.z)
             self._run(("flow", bucket), part)
             return part.frames(prompt_feat.shape[1], n_valid)

@@ -154,16 +154,22 @@ class StaticFlow:
         return self.out.float()[:, :, n_prompt:n_valid]
 
 
+def step_inputs(decoder, tokens, finalize: bool):
+    """A decode step's flow inputs from `decoder` (a StreamDecoder): (projected speaker embedding, prompt mel,
+    prompt + speech tokens (1, n), the valid frames)."""
+    import torch
+    spks, prompt_token, prompt_feat = decoder.flow_inputs()
+    token = torch.cat([prompt_token, torch.atleast_2d(tokens).to(decoder.device).long()], dim=1)
+    return spks, prompt_feat, token, valid_frames(decoder.s3gen.flow, int(token.shape[1]), finalize)
+
+
 def padded_flow_mel(decoder, tokens, finalize: bool, pad_to: int):
     """`decoder.flow_mel(tokens, finalize)` computed by a StaticFlow of `pad_to` tokens (prompt + `tokens`, padded).
     Returns the same frames (1, 80, n) as flow_mel."""
     import torch
     with torch.inference_mode():
-        spks, prompt_token, prompt_feat = decoder.flow_inputs()
-        token = torch.cat([prompt_token, torch.atleast_2d(tokens).to(decoder.device).long()], dim=1)
-        flow = decoder.s3gen.flow
-        n_valid = valid_frames(flow, token.shape[1], finalize)
-        static = StaticFlow(flow, pad_to, decoder.config.cfm_steps, decoder.device)
+        spks, prompt_feat, token, n_valid = step_inputs(decoder, tokens, finalize)
+        static = StaticFlow(decoder.s3gen.flow, pad_to, decoder.config.cfm_steps, decoder.device)
         static.load(spks, prompt_feat, token, n_valid, decoder.z)
         with sync_free(decoder.s3gen):
             static.run()
