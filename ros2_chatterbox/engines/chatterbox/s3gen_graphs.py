@@ -82,10 +82,6 @@ class S3GenGraphs:
                     total += t.untyped_storage().nbytes()
         return total
 
-    @property
-    def captured(self) -> bool:
-        return bool(self.graphs)
-
     def describe(self) -> str:
         return (f"{len(self.flow_sizes)} flow buckets ({self.flow_sizes[0]}-{self.flow_sizes[-1]} tokens), "
                 f"{len(self.window_sizes)} vocoder windows ({self.window_sizes[0]}-{self.window_sizes[-1]} frames)")
