@@ -6,12 +6,12 @@ and the engine speaks eagerly.
 On the tiny random checkpoint, on the CPU, in float32: the static parts run eagerly here (no capture); on CUDA the
 same parts are what each graph records (bench/s3gen_graphs.py measures the captured ones).
 """
-import logging
 import threading
 
 import numpy as np
 import pytest
 
+from log_capture import captured_logs
 from turbo_fixtures import (joined, long_generation, require_chatterbox, speak, tiny_ckpt,  # noqa: F401
                             tiny_model_and_voices, turbo_config, turbo_engine)
 
@@ -185,13 +185,13 @@ def _engine(tiny_ckpt, monkeypatch, capture):
     return engine
 
 
-def test_a_failed_capture_is_loud_and_the_engine_speaks_eagerly(tiny_ckpt, monkeypatch, caplog):
+def test_a_failed_capture_is_loud_and_the_engine_speaks_eagerly(tiny_ckpt, monkeypatch):
     require_chatterbox()
     from ros2_chatterbox.status import CoreStatus
 
     def broken(self):
         raise RuntimeError("operation not permitted when stream is capturing")
-    with caplog.at_level(logging.WARNING, logger="ros2_chatterbox.engines.chatterbox.s3gen_graphs"):
+    with captured_logs("ros2_chatterbox.engines.chatterbox.s3gen_graphs") as logged:
         engine = _engine(tiny_ckpt, monkeypatch, broken)
     try:
         info = engine.info()
@@ -200,7 +200,7 @@ def test_a_failed_capture_is_loud_and_the_engine_speaks_eagerly(tiny_ckpt, monke
         assert info.fast_path_warning.startswith("S3Gen: capture failed")     # /health: degraded, with this
         flat = CoreStatus(engine=info).flat()                                 # /diagnostics
         assert flat["s3gen_graphs_fallback"] is True and "decoding eagerly" in flat["s3gen_graphs_warning"]
-        assert any("S3Gen's CUDA graphs were asked for" in r.getMessage() for r in caplog.records)
+        assert any(level == "warning" and "S3Gen's CUDA graphs were asked for" in msg for level, msg in logged)
         assert joined(speak(engine, "Still speaking.", seed=3)).size > 0
     finally:
         engine.unload()
