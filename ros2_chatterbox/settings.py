@@ -131,6 +131,8 @@ SETTINGS: List[Setting] = [
     _s("generation.temperature", "generation", 0.8, "Sampling temperature.", min=0.05, max=2.0),
     _s("generation.top_p", "generation", 0.95, "Nucleus sampling threshold.", min=0.0, max=1.0),
     _s("generation.top_k", "generation", 1000, "Top-k sampling (1 = greedy).", min=1, max=10000),
+    _s("generation.min_p", "generation", 0.0, "Min-p sampling: drop speech tokens less likely than min_p times the "
+       "most likely one (0 = off; 0.02-0.1 trims unlikely tokens).", min=0.0, max=1.0),
     _s("generation.repetition_penalty", "generation", 1.2, "Penalty for repeated speech tokens.", min=1.0,
        max=3.0),
     _s("generation.seed", "generation", 0, "Random seed; 0 = a new seed per request. Same seed and settings, "
@@ -290,6 +292,7 @@ class GenerationSettings(_Group):
     temperature: float = _default("generation.temperature")
     top_p: float = _default("generation.top_p")
     top_k: int = _default("generation.top_k")
+    min_p: float = _default("generation.min_p")
     repetition_penalty: float = _default("generation.repetition_penalty")
     seed: int = _default("generation.seed")  # 0 = a fresh random seed per request
     watermark: bool = _default("generation.watermark")

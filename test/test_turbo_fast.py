@@ -13,9 +13,10 @@ pytestmark = requires(*NEEDS, hint="make setup")
 torch = optional_import("torch")
 if all(optional_import(name) is not None for name in NEEDS):
     from ros2_chatterbox.engines.chatterbox import tiny_checkpoint as tiny_turbo
-    from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings
+    from ros2_chatterbox.engines.fast_t3 import FastT3, TestHooks, sampling
+    from ros2_chatterbox.settings import GenerationSettings
 
-    GREEDY = SamplingSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
+    GREEDY = GenerationSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
 else:
     GREEDY = None  # the tests skip (pytestmark)
 
@@ -97,13 +98,13 @@ def test_greedy_tokens_equal_upstream(shape, request):
             assert got[0].tolist() == ref
             seen.add(tuple(ref))
     assert len(seen) == len(voices) * len(texts), "texts/voices should lead to different tokens"
-    assert len(fast._voices) == 2  # each voice prefilled once, reused
+    assert len(fast.voices) == 2  # each voice prefilled once, reused
 
 
 def test_greedy_with_processors_and_without_prefix_cache(tiny):
     """top_k=1 with upstream's default temperature/top_p/penalty is greedy too; one-pass prefill agrees."""
     t3, voices, texts = tiny
-    s = SamplingSettings(temperature=0.8, top_k=1, top_p=0.95, repetition_penalty=1.2)
+    s = GenerationSettings(temperature=0.8, top_k=1, top_p=0.95, repetition_penalty=1.2)
     fast = FastT3(t3, prefix_cache=False)
     for text in texts[:2]:
         assert fast.generate(voices[1], text, s, max_new_tokens=40)[0].tolist() == upstream(t3, voices[1], text, s,
@@ -114,17 +115,16 @@ def test_greedy_with_processors_and_without_prefix_cache(tiny):
 def test_bucketed_masked_step_equals_upstream(shape, request):
     """The step the CUDA graphs replay (bucketed attention length + additive mask), run eagerly."""
     t3, voices, texts = request.getfixturevalue(shape)
-    fast = FastT3(t3, bucket=64, check_every=5)
-    fast._masked_eager = True
+    fast = FastT3(t3, bucket=64, check_every=5, hooks=TestHooks(masked_eager=True))
     text = texts[1]
     assert fast.generate(voices[0], text, GREEDY, max_new_tokens=150)[0].tolist() == upstream(t3, voices[0], text,
                                                                                               n=150)
-    # sampling in the graphs' step: the sort flavour and the top-k fallback flavour draw the same tokens
-    s = SamplingSettings()
+    # sampling in the graphs' step draws the eager step's tokens
+    s = GenerationSettings()
     a = fast.generate(voices[0], text, s, generator=torch.Generator().manual_seed(3), max_new_tokens=60)
-    fast._sampler = "topk"
-    b = fast.generate(voices[0], text, s, generator=torch.Generator().manual_seed(3), max_new_tokens=60)
-    assert fast.stats["mode"] == "topk1000"
+    b = FastT3(t3, bucket=64, check_every=5).generate(voices[0], text, s, generator=torch.Generator().manual_seed(3),
+                                                      max_new_tokens=60)
+    assert fast.stats["mode"] == "sampled"
     assert torch.equal(a, b)
 
 
@@ -141,11 +141,9 @@ def test_triton_kernels_step_equals_upstream(shape, request):
         pytest.skip("slow (~6 min): run with TRITON_INTERPRET=1 and triton installed to check the Triton kernels "
                     "on CPU")
     t3, voices, texts = request.getfixturevalue(shape)
-    fast = FastT3(t3, bucket=64, check_every=16)
+    fast = FastT3(t3, bucket=64, check_every=16, hooks=TestHooks(masked_eager=True, kernels="triton"))
     try:
-        fast._set_out_in_layout()
-        fast._masked_eager = True
-        fast._kernels = "triton"
+        fast.weights.set_out_in_layout()
         text = texts[0]
         assert fast.generate(voices[1], text, GREEDY, max_new_tokens=24)[0].tolist() == upstream(t3, voices[1], text,
                                                                                                  n=24)
@@ -155,17 +153,18 @@ def test_triton_kernels_step_equals_upstream(shape, request):
                 p.data = p.data.contiguous()
 
 
-def test_processors_match_upstream(tiny):
-    """FastT3._process == transformers' processors in upstream's order, for many settings."""
-    from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
-    t3, _, _ = tiny
-    fast = FastT3(t3)
+def test_processors_match_upstream():
+    """sampling.process == transformers' processors in upstream's order (min-p after top-p), for many settings."""
+    from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
+                                                        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
     g = torch.Generator().manual_seed(1)
-    V = fast.vocab
-    for temperature, top_k, top_p, pen in [(0.8, 1000, 0.95, 1.2), (1.0, 0, 1.0, 1.0), (0.5, 50, 0.5, 1.5),
-                                           (1.3, 10000, 0.99, 0.8), (0.0, 5, 0.0, 1.2), (2.0, 3000, 1.0, 2.0)]:
-        s = SamplingSettings(temperature, top_k, top_p, pen)
+    V = 6563
+    cases = [(0.8, 1000, 0.95, 0.0, 1.2), (1.0, 0, 1.0, 0.0, 1.0), (0.5, 50, 0.5, 0.0, 1.5), (1.3, 10000, 0.99, 0.0, 0.8),
+             (0.0, 5, 0.0, 0.0, 1.2), (2.0, 3000, 1.0, 0.0, 2.0), (0.8, 1000, 0.95, 0.05, 1.2), (1.0, 0, 1.0, 0.3, 1.0),
+             (1.5, 200, 0.9, 1.0, 1.3)]
+    for temperature, top_k, top_p, min_p, pen in cases * 3:
+        s = GenerationSettings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=pen)
         logits = torch.randn(1, V, generator=g) * 3
         ids = torch.randint(0, V, (1, 30), generator=g)
         procs = LogitsProcessorList()
@@ -175,29 +174,45 @@ def test_processors_match_upstream(tiny):
             procs.append(TopKLogitsWarper(top_k))
         if top_p < 1.0:
             procs.append(TopPLogitsWarper(top_p))
+        if min_p > 0:
+            procs.append(MinPLogitsWarper(min_p))
         if pen != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(pen))
         ref = procs(ids, logits.clone())
-        with torch.inference_mode():  # FastT3's buffers are inference tensors
-            fast._set_settings(s)
-            fast.seen.zero_()
-            fast.seen[0, ids[0]] = True
-            got = fast._process(logits.clone())
-        assert torch.equal(torch.isinf(ref), torch.isinf(got)), (temperature, top_k, top_p, pen)
+        seen = torch.zeros(1, V, dtype=torch.bool)
+        seen[0, ids[0]] = True
+        got = sampling.process(logits.clone(), seen, sampling.params_tensor(s, V))
+        assert torch.equal(torch.isinf(ref), torch.isinf(got)), s
         finite = torch.isfinite(ref)
-        assert torch.equal(ref[finite], got[finite]), (temperature, top_k, top_p, pen)
-        # the top-k flavour (used where sort cannot be captured in a CUDA graph) agrees when there are no ties
-        k = min(top_k, V) if top_k > 0 else V
-        with torch.inference_mode():
-            got_k = fast._process_topk(logits.clone(), k)
-        assert torch.equal(torch.isinf(ref), torch.isinf(got_k)), (temperature, top_k, top_p, pen)
-        assert torch.equal(ref[finite], got_k[finite]), (temperature, top_k, top_p, pen)
+        assert torch.equal(ref[finite], got[finite]), s
+
+
+def test_draw_follows_the_processed_distribution():
+    """The draw argmax(p / E), E ~ Exp(1), is a sample from p: 4,000 draws against torch.multinomial's, chi-square
+    over the tokens both can draw (fixed seeds: the verdict is the same every run)."""
+    from scipy.stats import chisquare
+    g = torch.Generator().manual_seed(5)
+    V, n = 6563, 4000
+    logits = torch.randn(1, V, generator=g) * 3
+    processed = sampling.process(logits, torch.zeros(1, V, dtype=torch.bool),
+                                 sampling.params_tensor(GenerationSettings(), V))
+    p = processed.softmax(-1)[0]
+    noise = torch.empty(n, V).exponential_(generator=g)
+    drawn = torch.stack([sampling.draw(processed, noise[i:i + 1]) for i in range(n)]).view(-1)
+    assert bool((p[drawn] > 0).all())          # never a token the processors dropped
+    kept = torch.nonzero(p > 0).view(-1)
+    counts = torch.bincount(drawn, minlength=V)[kept].double()
+    expected = p[kept].double() * n
+    big = expected >= 5                          # chi-square needs >= 5 expected per cell: pool the rest
+    obs = torch.cat([counts[big], counts[~big].sum().view(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
+    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 0.05
 
 
 def test_sampling_same_seed_same_tokens(tiny):
     t3, voices, texts = tiny
     fast = FastT3(t3, check_every=8)
-    s = SamplingSettings()  # upstream defaults: 0.8, 1000, 0.95, 1.2
+    s = GenerationSettings()  # upstream defaults: 0.8, 1000, 0.95, 1.2
 
     def run(seed, text=texts[0]):
         return fast.generate(voices[0], text, s, generator=torch.Generator().manual_seed(seed),
@@ -207,7 +222,7 @@ def test_sampling_same_seed_same_tokens(tiny):
     assert a == b
     assert a != c
     # another request in between (other voice, other settings) does not disturb the next one
-    fast.generate(voices[1], texts[2], SamplingSettings(1.2, 50, 0.8, 1.0), generator=torch.Generator().manual_seed(1),
+    fast.generate(voices[1], texts[2], GenerationSettings(temperature=1.2, top_k=50, top_p=0.8, repetition_penalty=1.0), generator=torch.Generator().manual_seed(1),
                   max_new_tokens=30)
     assert run(11) == a
     # a fresh instance gives the same tokens too
@@ -272,7 +287,7 @@ def test_voice_cache_is_bounded_and_tracks_changes(tiny):
     fast = FastT3(t3, max_voices=1)
     a = fast.generate(voices[0], texts[0], GREEDY, max_new_tokens=10)
     fast.generate(voices[1], texts[0], GREEDY, max_new_tokens=10)
-    assert len(fast._voices) == 1
+    assert len(fast.voices) == 1
     assert torch.equal(fast.generate(voices[0], texts[0], GREEDY, max_new_tokens=10), a)
     # a conditioning object whose tensors are replaced is prefilled again
     import copy
@@ -294,13 +309,13 @@ def test_self_check_compares_many_tokens_and_catches_a_wrong_fast_path(tiny):
         check = fast.self_check(voices[0], texts[1], n_tokens=40)
         assert check["ok"] and check["n"] == check["n_fast"] == check["match"] == 40, check
         assert float(t3.speech_head.bias[STOP]) == 50.0
-        good_head = fast.head_b
+        good_head = fast.weights.head_b
         bent = good_head.detach().clone()
         bent[123] += 3.0  # a fast path whose head is off for one token
-        fast.head_b = bent
+        fast.weights.head_b = bent
         check = fast.self_check(voices[0], texts[1], n_tokens=40)
         assert not check["ok"] and check["match"] < 40 and check["margin"] > 0, check
-        fast.head_b = good_head
+        fast.weights.head_b = good_head
     finally:
         set_stop_bias(t3, -1e4)
 
@@ -315,3 +330,48 @@ def test_unsupported_configuration(tiny):
     assert not ok and why
     with pytest.raises(ValueError):
         FastT3(fake)
+
+
+def test_decode_state_update_and_start():
+    """DecodeState: start puts the prefill's token at out[0] (seen, step 1 next); update writes out[step], marks the
+    token seen and advances pos and step; the noise row of step i is row i % noise_rows; settings become the row."""
+    from ros2_chatterbox.engines.fast_t3.state import DecodeState
+    st = DecodeState(n_layer=2, n_head=2, head_dim=4, vocab=50, positions=64, tokens=16, noise_rows=4,
+                     device="cpu", dtype=torch.float32)
+    with torch.inference_mode():
+        st.fill_noise(torch.Generator().manual_seed(0))
+        st.start(torch.tensor([7]), 30)
+        assert (st.out[0].item(), st.tok.item(), st.pos.item(), st.step.item()) == (7, 7, 30, 1)
+        assert st.seen[0].nonzero().view(-1).tolist() == [7]
+        for tok in (3, 9, 3, 11, 5):
+            assert torch.equal(st.noise_row(), st.noise[st.step.item() % 4].view(1, -1))
+            st.update(torch.tensor([tok]))
+        assert st.out[:6].tolist() == [7, 3, 9, 3, 11, 5] and (st.pos.item(), st.step.item()) == (35, 6)
+        assert st.seen[0].nonzero().view(-1).tolist() == [3, 5, 7, 9, 11]
+        st.set_sampling(GenerationSettings(temperature=0.5, top_k=100, top_p=0.9, min_p=0.1, repetition_penalty=1.3))
+        assert torch.allclose(st.params, sampling.params_tensor(
+            GenerationSettings(temperature=0.5, top_k=50, top_p=0.9, min_p=0.1, repetition_penalty=1.3), 50))
+        assert st.params[0, sampling.TOPK].item() == 50           # k = min(top_k, vocab)
+        st.reset()
+        assert (st.pos.item(), st.step.item(), st.tok.item()) == (0, 0, 0)
+    assert DecodeState.sized(300, 256, 8196) == 512 and DecodeState.sized(9000, 256, 8196) == 8196
+
+
+def test_capture_fallback_rule(tiny):
+    """The one fallback rule: a capture that fails with Triton parts is tried again with PyTorch ops; one that fails
+    with PyTorch ops leaves the graphs off (eager). Both failures are kept, and the tokens stay upstream's."""
+    t3, voices, texts = tiny
+    fast = FastT3(t3, bucket=64, hooks=TestHooks(kernels="triton", sampler="triton"))
+    tried = []
+
+    def capture(key, step, reset):
+        tried.append((key, fast.kernels, fast.sampler))
+        raise RuntimeError("operation not permitted when stream is capturing")
+    fast.graphs.enabled = True          # as on CUDA (the capture itself is what fails here)
+    fast.graphs.capture = capture
+    fast._ensure_graphs(1, 128, greedy=True)
+    assert [t[1:] for t in tried] == [("triton", "triton"), ("torch", "torch")]
+    assert not fast.use_graphs and len(fast.info()["graph_failures"]) == 2
+    assert "operation not permitted" in fast.info()["graph_failures"][0]
+    got = fast.generate(voices[0], texts[0], GREEDY, max_new_tokens=30)[0].tolist()
+    assert got == upstream(t3, voices[0], texts[0], n=30)

@@ -75,24 +75,15 @@ class TokenSampler:
     def __init__(self, lock: ContextManager, model, t3_cond, text_tokens, settings: GenerationSettings,
                  seed: int, cap: int):
         import torch
-        from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                                            TemperatureLogitsWarper, TopKLogitsWarper,
-                                                            TopPLogitsWarper)
+        from ..fast_t3 import sampling
         self.lock = lock
         self.t3 = model.t3
         self.cond = t3_cond
         self.text_tokens = text_tokens
         self.cap = max(1, int(cap))
-        procs = LogitsProcessorList()
-        if settings.temperature > 0 and settings.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(float(settings.temperature)))
-        if settings.top_k > 0:
-            procs.append(TopKLogitsWarper(int(settings.top_k)))
-        if settings.top_p < 1.0:
-            procs.append(TopPLogitsWarper(float(settings.top_p)))
-        if settings.repetition_penalty != 1.0:
-            procs.append(RepetitionPenaltyLogitsProcessor(float(settings.repetition_penalty)))
-        self.procs = procs
+        vocab = int(self.t3.speech_head.out_features)
+        self.params = sampling.params_tensor(settings, vocab, self.t3.device)   # the processors' settings
+        self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=self.t3.device)  # what the penalty applies to
         self.generator = torch.Generator(device=self.t3.device).manual_seed(mix_seed(seed, 1))
         self.stop = int(self.t3.hp.stop_speech_token)
         self.tokens: List[Any] = []     # (1, 1) tensors
@@ -105,8 +96,13 @@ class TokenSampler:
         return len(self.tokens)
 
     def _sample(self, input_ids, logits):
+        """A draw from the processors' distribution (fast_t3.sampling.process: upstream's processors, in its order)
+        with torch.multinomial, as upstream; the repetition penalty applies to `input_ids`."""
         import torch
-        processed = self.procs(input_ids, logits.float())
+        from ..fast_t3.sampling import process
+        self.seen.zero_()
+        self.seen[0, input_ids[0]] = True
+        processed = process(logits, self.seen, self.params)
         if bool(torch.all(processed == -float("inf"))):
             return None
         probs = torch.softmax(processed, dim=-1)

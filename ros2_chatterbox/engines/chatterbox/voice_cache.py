@@ -134,7 +134,7 @@ class VoiceCache:
 def prepare_t3_cond(model, conds):
     """Cast T3's conditioning to T3's dtype and device and embed the prompt tokens once (upstream does it lazily).
     `conds.t3` is replaced by the cast copy."""
-    from ..fast_t3.step import cast_cond
+    from ..fast_t3.weights import cast_cond
     t3 = model.t3
     cond = conds.t3 = cast_cond(conds.t3, t3.speech_head.weight.dtype, t3.device)
     if cond.cond_prompt_speech_tokens is not None and cond.cond_prompt_speech_emb is None:

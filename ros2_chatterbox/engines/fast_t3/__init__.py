@@ -1,16 +1,20 @@
-"""FastT3: a static-cache, CUDA-graph, device-sampling speech-token generator for Chatterbox Turbo's T3.
+"""FastT3: a static-cache, CUDA-graph, device-sampling speech-token generator for Chatterbox Turbo's T3, in
+gpt-fast's shape (weights, a decode state, a step function, a graph cache, a plain loop).
 
-    sampling.py      upstream's logits processors and the draw, as pure functions of device tensors
-    step.py          one GPT-2 block's math, prefill, the decode step, the static buffers (KV cache)
-    graphs.py        capture per attention-length bucket, fallbacks, layout and kernel choice
+    generator.py     FastT3: set-up, the graphs' preparation and their one fallback rule, stream_tokens/generate
+    loop.py          one request: prefill and first token, then the decode loop (plain functions)
+    step.py          one GPT-2 block's math, forward_logits, decode_step, prefill
+    state.py         DecodeState: KV cache, token/position/step, seen-token mask, noise, sampling parameters
+    weights.py       the parameters a step reads (no copy), their storage order, what FastT3 supports
+    sampling.py      the processors and the draw as pure functions (PyTorch; the reference)
+    sample_kernel.py the processors, the draw and the state update in one Triton kernel (CUDA)
+    kernels.py       fused Triton matrix-vector kernels (CUDA)
+    graphs.py        GraphCache: one way to capture a step, per attention-length bucket
+    tuning.py        once per instance on CUDA: storage orders, Triton or PyTorch (checked, timed)
     voice_prefix.py  the voice prefixes: prefilled once per voice, their keys/values LRU-cached
     self_check.py    the load-time self-check against upstream's greedy tokens (stop token held down)
-    generator.py     FastT3 (step, graphs, voice_prefix and self_check are its mixins): set-up, stream_tokens /
-                     generate, warm-up, info
-    kernels.py       fused Triton matrix-vector kernels (CUDA)
 """
-from .generator import FastT3
-from .sampling import SamplingSettings
-from .step import cast_cond, release_text_head
+from .generator import FastT3, TestHooks
+from .weights import cast_cond, release_text_head
 
-__all__ = ["FastT3", "SamplingSettings", "cast_cond", "release_text_head"]
+__all__ = ["FastT3", "TestHooks", "cast_cond", "release_text_head"]

@@ -1,24 +1,19 @@
-"""CUDA graphs for FastT3's decode step: capture per attention-length bucket and sampling flavour, the fallbacks
-when capture fails, and the once-per-instance choices made by timing captured graphs (weight storage order,
-Triton or PyTorch kernels).
-
-`GraphsMixin` is a part of `FastT3` (generator.py).
+"""`GraphCache`: FastT3's captured decode steps, one per (attention-length bucket, greedy), in one memory pool, and
+the one way they are captured (warm-up on a side stream, then record). What happens when a capture fails is one
+rule, in FastT3 (generator.py: `_capture_failed`): Triton parts -> PyTorch ops -> eager.
 """
 from __future__ import annotations
 
-import logging
-import math
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-from .sampling import SamplingSettings
-from .step import _glue, _sdpa_backends
-
-log = logging.getLogger(__name__)
+from .step import sdpa_backends
 
 _SIDE_STREAMS: Dict[Any, Any] = {}
+
+Key = Tuple[int, bool]  # (attention length, greedy)
 
 
 def side_stream(device):
@@ -30,224 +25,84 @@ def side_stream(device):
     return _SIDE_STREAMS[key]
 
 
+def record(fn: Callable[[], None], device, reset: Callable[[], None] = lambda: None, pool=None, reps: int = 1,
+           warmup: int = 2):
+    """A CUDA graph of `reps` calls of `fn`, after `warmup` eager calls on the side stream (`reset` before each
+    call and after the capture: the state fn mutates). Captured with cuDNN attention allowed."""
+    stream = side_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream), sdpa_backends(cudnn=True):
+        for _ in range(warmup):
+            reset()
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    reset()
+    graph = torch.cuda.CUDAGraph()
+    with sdpa_backends(cudnn=True), torch.cuda.graph(graph, pool=pool, stream=stream):
+        for _ in range(reps):
+            fn()
+    torch.cuda.synchronize(device)
+    reset()
+    return graph
 
 
-class GraphsMixin:
-    """Graph capture, buckets, layouts and kernel choice of FastT3."""
-
-    def _bucket_len(self, n: int) -> int:
-        return min(self.capacity, int(math.ceil(n / self.bucket) * self.bucket))
-
-    def _reset_state(self) -> None:
-        self.pos.zero_()
-        self.step.zero_()
-        self.tok.zero_()
-
-    # -- weight layout ----------------------------------------------------------------------------------------------
-    def _time_addmm(self, b, x, w, reps: int = 20) -> float:
-        """GPU time (ms) of one addmm(b, x, w), from a captured graph of `reps` calls (launch gaps excluded)."""
-        stream = side_stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                torch.addmm(b, x, w)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            for _ in range(reps):
-                torch.addmm(b, x, w)
-        graph.replay()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        best = float("inf")
-        for _ in range(3):
-            e0.record()
+def time_replay(graph, device, reps: int, before: Callable[[], None] = lambda: None, tries: int = 3) -> float:
+    """Best GPU ms of one replay of `graph`, over `tries` runs of `reps` replays (`before` each run)."""
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(tries):
+        before()
+        e0.record()
+        for _ in range(reps):
             graph.replay()
-            e1.record()
-            e1.synchronize()
-            best = min(best, e0.elapsed_time(e1) / reps)
-        del graph
-        return best
+        e1.record()
+        e1.synchronize()
+        best = min(best, e0.elapsed_time(e1) / reps)
+    return best
 
-    def _tune_layouts(self) -> None:
-        """CUDA: for each GPT-2 weight role, keep the storage order whose single-row addmm (the decode GEMV) runs
-        faster on this GPU: Conv1D's (in, out) row-major, or (out, in) row-major seen through a transposed view.
-        The parameters keep their shape and values (upstream's Conv1D works with either); done once per instance."""
-        if (self.device.type != "cuda" or self.stats.get("layouts") is not None or not self.tune_layouts
-                or self._kernels == "triton"):
-            return
-        roles = {"attn": ("attn_w", "attn_b"), "proj": ("proj_w", "proj_b"), "fc": ("fc_w", "fc_b"),
-                 "mproj": ("mproj_w", "mproj_b")}
-        chosen = {}
+
+class GraphCache:
+    """Captured decode steps keyed by (attention length, greedy). `enabled` False: everything runs eagerly."""
+
+    def __init__(self, device, enabled: bool):
+        self.device = torch.device(device)
+        self.enabled = bool(enabled) and self.device.type == "cuda"
+        self.graphs: Dict[Key, Any] = {}
+        self.failures: List[str] = []
+        self.pool = None
+        self.capture_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self.graphs
+
+    def get(self, key: Key):
+        return self.graphs.get(key) if self.enabled else None
+
+    def keys(self) -> List[Key]:
+        return sorted(self.graphs)
+
+    def clear(self) -> None:
+        self.graphs.clear()
+
+    def disable(self) -> None:
+        self.enabled = False
+        self.graphs.clear()
+
+    def capture(self, key: Key, step: Callable[[], None], reset: Callable[[], None]) -> None:
+        """Record `step` (one decode step) for `key` into this cache's pool; raises what the capture raised."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        t0 = time.perf_counter()
         try:
             with torch.inference_mode():
-                for role, (wn, bn) in roles.items():
-                    w, b = getattr(self.layers[0], wn), getattr(self.layers[0], bn)
-                    x = torch.randn(1, w.shape[0], device=self.device, dtype=self.dtype)
-                    alt = w.detach().t().contiguous().t() if w.is_contiguous() else w.detach().contiguous()
-                    t_cur, t_alt = self._time_addmm(b, x, w), self._time_addmm(b, x, alt)
-                    del alt
-                    flip = t_alt < 0.9 * t_cur
-                    chosen[role] = {"us_cur": round(1000 * t_cur, 2), "us_alt": round(1000 * t_alt, 2),
-                                    "flipped": flip, "row_major_in_out": w.is_contiguous() != flip}
-            # parameters must stay normal tensors (not inference tensors): later in-place loads must work
-            with torch.inference_mode(False), torch.no_grad():
-                for role, (wn, _) in roles.items():
-                    if not chosen[role]["flipped"]:
-                        continue
-                    for L in self.layers:
-                        p = getattr(L, wn)
-                        p.data = p.data.t().contiguous().t() if p.is_contiguous() else p.data.contiguous()
-            torch.cuda.synchronize(self.device)
-        except Exception as exc:  # timing is an optimisation only
-            chosen["error"] = f"{type(exc).__name__}: {exc}"
-        self.stats["layouts"] = chosen
-        self._graphs.clear()
-        self._weights_fp = self._weight_fingerprint()
-
-    def _set_out_in_layout(self) -> None:
-        """Store every block weight as (out, in) row-major, seen through a transposed view (shape and values
-        unchanged; upstream's Conv1D works either way). The Triton kernels read whole weight rows."""
-        with torch.inference_mode(False), torch.no_grad():
-            for L in self.layers:
-                for wn in ("attn_w", "proj_w", "fc_w", "mproj_w"):
-                    p = getattr(L, wn)
-                    if not p.t().is_contiguous():
-                        p.data = p.data.t().contiguous().t()
-        self._graphs.clear()
-        self._weights_fp = self._weight_fingerprint()
-
-    def _time_graph(self, n: int, kernels: str, reps: int = 20) -> float:
-        """GPU ms of one greedy decode step with these kernels (captured, replayed)."""
-        stream = side_stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), _sdpa_backends(cudnn=True):
-            for _ in range(2):
-                self._reset_state()
-                self._decode_step(n, "greedy", True, None, kernels)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with _sdpa_backends(cudnn=True), torch.cuda.graph(graph, stream=stream):
-            self._decode_step(n, "greedy", True, None, kernels)
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        best = float("inf")
-        for _ in range(3):
-            self.pos.fill_(n // 2)
-            self.step.fill_(1)
-            e0.record()
-            for _ in range(reps):
-                graph.replay()
-            e1.record()
-            e1.synchronize()
-            best = min(best, e0.elapsed_time(e1) / reps)
-        del graph
-        self._reset_state()
-        return best
-
-    def _pick_kernels(self) -> None:
-        """Choose the decode step's kernels once (CUDA graphs only): the Triton kernels if they are available,
-        agree with the PyTorch ops on the real weights (same state, one step) and, for 'auto', run faster."""
-        if self._kernels is not None:
-            return
-        choice, info = "torch", {}
-        try:
-            from . import kernels as tk
-            if self.kernels_pref != "torch" and self.device.type == "cuda" and tk.available():
-                self._set_out_in_layout()
-                n = self._bucket_len(min(self.capacity, 2 * self.bucket))
-                with torch.inference_mode():
-                    self._reset_state()
-                    self.tok.fill_(self.start_token)
-                    self.pos.fill_(n // 2)
-                    ref = self._forward_logits(n, True, None, "torch").float()
-                    self.pos.fill_(n // 2)
-                    got = self._forward_logits(n, True, None, "triton").float()
-                    err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
-                    same_top = bool(torch.equal(got.argmax(-1), ref.argmax(-1)))
-                    info.update(rel_err=err, same_argmax=same_top)
-                    tol = 1e-4 if self.dtype == torch.float32 else 3e-2
-                    if err <= tol and math.isfinite(err):
-                        if self.kernels_pref == "triton":
-                            choice = "triton"
-                        else:
-                            t_torch, t_triton = self._time_graph(n, "torch"), self._time_graph(n, "triton")
-                            info.update(step_ms_torch=round(t_torch, 4), step_ms_triton=round(t_triton, 4))
-                            choice = "triton" if t_triton < 0.97 * t_torch else "torch"
-                    else:
-                        info["rejected"] = f"relative error {err:.2e} > {tol:.0e}"
-                    self._reset_state()
+                self.graphs[key] = record(step, self.device, reset, pool=self.pool)
+        except Exception:
+            try:
                 torch.cuda.synchronize(self.device)
-        except Exception as exc:  # an optimisation only: PyTorch ops always work
-            info["error"] = f"{type(exc).__name__}: {exc}"[:400]
-            choice = "torch"
-        info["chosen"] = choice
-        self._kernels = choice
-        self.stats["kernels"] = info
-        self._graphs.clear()
-
-    def _capture(self, n: int, mode: str):
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        kernels = self._kernels or "torch"
-        glue = self._glue_fn
-        if self.use_compile and glue is _glue and kernels == "torch":
-            glue = torch.compile(_glue, dynamic=False, fullgraph=True)
-            self._glue_fn = glue
-        stream = side_stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), _sdpa_backends(cudnn=True):
-            for _ in range(2):
-                self._reset_state()
-                self._decode_step(n, mode, True, glue, kernels)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self._reset_state()
-        graph = torch.cuda.CUDAGraph()
-        with _sdpa_backends(cudnn=True), torch.cuda.graph(graph, pool=self._pool, stream=stream):
-            self._decode_step(n, mode, True, glue, kernels)
-        torch.cuda.synchronize(self.device)
-        self._reset_state()
-        return graph
-
-    def _ensure_graphs(self, n_min: int, n_max: int, s: SamplingSettings) -> None:
-        """Capture the graphs for attention lengths n_min..n_max (their buckets) and these settings' flavour.
-        On failure: without compile; for sampling, with top-k instead of sort; then eager. Each failure is logged
-        and kept in `info()['graph_failures']`."""
-        if not self.use_graphs:
-            return
-        lengths = sorted({self._bucket_len(b) for b in range(self._bucket_len(max(1, n_min)),
-                                                             n_max + self.bucket, self.bucket)})
-        for n in lengths:
-            while self.use_graphs and (n, self._mode(s)) not in self._graphs:
-                mode = self._mode(s)
-                t0 = time.perf_counter()
-                try:
-                    with torch.inference_mode():
-                        self._graphs[(n, mode)] = self._capture(n, mode)
-                    self.stats["capture_s"] = self.stats.get("capture_s", 0.0) + time.perf_counter() - t0
-                except Exception as exc:
-                    msg = f"{mode}{' compiled' if self.use_compile else ''}: {type(exc).__name__}: {exc}"
-                    self._graph_failures.append(msg[:600])
-                    self._graphs = {k: g for k, g in self._graphs.items() if k[1] != mode}
-                    try:
-                        torch.cuda.synchronize(self.device)
-                    except Exception:
-                        pass
-                    if self._kernels == "triton":
-                        log.warning("FastT3: CUDA graph capture with Triton kernels failed (%s); PyTorch ops", msg)
-                        self._kernels = "torch"
-                        self.stats.setdefault("kernels", {})["capture_error"] = msg[:300]
-                        self._graphs.clear()
-                    elif self.use_compile:
-                        log.warning("FastT3: compiled CUDA graph capture failed (%s); without compile", msg)
-                        self.use_compile = False
-                        self._glue_fn = _glue
-                        self._graphs.clear()
-                    elif mode == "sort":
-                        log.warning("FastT3: CUDA graph capture failed (%s); sampling with top-k", msg)
-                        self._sampler = "topk"
-                    else:
-                        log.warning("FastT3: CUDA graph capture failed (%s); running eager", msg)
-                        self.use_graphs = False
-                        self._graphs.clear()
-                        return
-                    return self._ensure_graphs(n_min, n_max, s)  # again, from the first length
-
+            except Exception:  # noqa: BLE001 - the capture's own error is the one to report
+                pass
+            raise
+        self.capture_s += time.perf_counter() - t0
