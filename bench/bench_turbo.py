@@ -8,12 +8,15 @@ the same voice conditioning (upstream `prepare_conditionals` on a synthetic 16 s
 50 = 2 s and 250 = 10 s of audio at 25 tokens/s). Sampling uses upstream's defaults (temperature 0.8, top-k 1000,
 top-p 0.95, repetition penalty 1.2). The watermark is off for both (resemble-perth is not needed to measure).
 
-Per configuration (implementation, T3 dtype, CUDA graphs on/off) and length it reports: T3 ms per speech token,
-time to the first audio chunk (upstream: the whole utterance; fast path: 25 tokens streamed, then S3Gen on them),
-end-to-end time (text -> 24 kHz waveform on the host), real-time factor, peak GPU memory; plus load time,
-conditioning time, the fast path's set-up time (voice prefix + graph capture), greedy-token equality with upstream
-at full size, seed reproducibility, the captured decode step's replay time per attention length and a kernel
-profile of one step.
+Per configuration (implementation, T3 dtype, CUDA graphs on/off, FastT3's kernels and sampler) and length it
+reports: T3 ms per speech token, time to the first audio chunk (upstream: the whole utterance; fast path: 25 tokens
+streamed, then S3Gen on them), end-to-end time (text -> 24 kHz waveform on the host), real-time factor, peak GPU
+memory; plus load time, conditioning time, the fast path's set-up time (voice prefix + graph capture), greedy-token
+equality with upstream at full size, seed reproducibility, the captured decode step's replay time per attention
+length (greedy and sampled: the sampler's cost inside the step; the bytes the step reads and the bandwidth that
+achieves), the sampler alone (PyTorch ops and the Triton kernel, captured), a kernel profile of one step, and a
+projection onto Jetson Orin (the memory-bandwidth floor of T3 per token and per second of audio from the bytes a
+step reads).
 
     python bench/bench_turbo.py --out DIR                       # GPU, full size (see bench/README.md)
     python bench/bench_turbo.py --tiny --out DIR                # CPU smoke run with the tiny checkpoint (<60 s)
@@ -38,7 +41,7 @@ import time
 import traceback
 import types
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from common import (CONFIG_ENV, REPO, S3_CODES, SILENCE, SR, STOP, build_full_checkpoint, install_stubs,
                     versions)
@@ -86,7 +89,8 @@ class Bench:
                                         timespec="seconds"),
                                     "mode": "tiny" if args.tiny else "full", "model": args.model,
                                     "device": self.device, "rows": [],
-                                    "equality": [], "micro": [], "profile": [], "errors": [], "notes": []}
+                                    "equality": [], "micro": [], "sampler_alone": [], "profile": [], "errors": [],
+                                    "notes": []}
 
     def save(self) -> None:
         path = self.out / "bench.json"
@@ -234,7 +238,7 @@ def run_upstream(b: Bench, model, dtype_name: str, lengths: List[int]) -> None:
                     raise RuntimeError(f"upstream made {timer.last_n} tokens, wanted {n}")
                 if r > 0:  # the first run warms up
                     runs.append({"e2e_s": e2e, "t3_s": timer.last_s, "audio_s": wav.shape[-1] / SR})
-            row = summarise(runs, impl="upstream", dtype=dtype_name, graphs=None, compile=False, tokens=n)
+            row = summarise(runs, impl="upstream", dtype=dtype_name, graphs=None, tokens=n)
             row["first_audio_s"] = row["e2e_s"]  # no streaming upstream
             row["peak_gib"] = b.peak_gib()
             row["garbage_gib"] = round(b.garbage / 2**30, 3)
@@ -252,41 +256,49 @@ def summarise(runs: List[Dict[str, float]], **fields) -> Dict[str, Any]:
     return row
 
 
+def variant(r: Dict[str, Any]) -> str:
+    """CUDA graphs on/off (- for upstream), + which FastT3 parts run as Triton kernels (GEMVs, sampler)."""
+    g = {None: "-", True: "on", False: "off"}[r.get("graphs")]
+    if r.get("kernels") == "triton":
+        g += " + triton kernels"
+    if r.get("sampler") == "triton":
+        g += " + triton sampler"
+    return g
+
+
 def add_row(b: Bench, row: Dict[str, Any]) -> None:
     b.doc["rows"].append(row)
     b.save()
-    g = {None: "-", True: "on", False: "off"}[row.get("graphs")]
-    if row.get("compile"):
-        g += "+compile"
-    if row.get("kernels") == "triton":
-        g += "+triton"
+    g = variant(row)
     fa = row.get("first_audio_s")
-    print(f"  {row['impl']:8s} {row['dtype']:4s} graphs {g:11s} {row['tokens']:4d} tok: T3 {row['ms_per_token']:8.3f} "
+    print(f"  {row['impl']:8s} {row['dtype']:4s} graphs {g:36s} {row['tokens']:4d} tok: T3 {row['ms_per_token']:8.3f} "
           f"ms/tok  decode {row.get('decode_ms_per_token')}  first audio {fa if fa is None else round(fa, 3)} s  "
           f"e2e {row['e2e_s']:.3f} s  RTF {row['rtf']:.3f}  peak {row.get('peak_gib')} GiB", flush=True)
 
 
-def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs: bool, compile_: bool,
+def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs: bool, sampler: str,
              greedy_ref: Dict[int, List[int]], kernels: str = "torch") -> None:
     torch = b.torch
-    from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings, release_text_head
+    from ros2_chatterbox.engines.fast_t3 import FastT3, release_text_head
+    from ros2_chatterbox.settings import GenerationSettings
     cond = model.conds.t3
     released = release_text_head(model.t3) if b.args.release_text_head else 0
     b.reset_peak(model)
     t0 = time.perf_counter()
-    fast = FastT3(model.t3, dtype=dtype, cuda_graphs=graphs, compile=compile_, check_every=b.args.check_every,
-                  kernels=kernels)
+    fast = FastT3(model.t3, dtype=dtype, cuda_graphs=graphs, check_every=b.args.check_every, kernels=kernels,
+                  sampler=sampler)
     max_text = max(int(tokenize(model, t).shape[1]) for t in TEXTS.values())
     fast.warmup(cond, text_len=max_text, max_new_tokens=max(lengths) - 1,
                 settings=(SAMPLING, "greedy") if graphs else ())
     b.sync()
     setup_s = time.perf_counter() - t0
     info = fast.info()
-    label = dict(impl="fast", dtype=dtype_name, graphs=fast.use_graphs, compile=fast.use_compile,
-                 sampler=info["sampler"], kernels=info["kernels"], kernel_check=info["kernel_check"])
+    label = dict(impl="fast", dtype=dtype_name, graphs=fast.use_graphs, sampler=info["sampler"],
+                 kernels=info["kernels"], sampler_asked=sampler, kernels_asked=kernels,
+                 kernel_check=info["kernel_check"])
     if graphs and not fast.use_graphs:
         b.doc["errors"].append({"config": f"fast {dtype_name} graphs", "error": info["graph_failures"]})
-    settings = SamplingSettings(**SAMPLING)
+    settings = GenerationSettings(**SAMPLING)
     try:
         for n in lengths:
             text = TEXTS["short"] if n <= 100 else TEXTS["long"]
@@ -342,20 +354,25 @@ def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs
                     ft.append(t_tok - t0)
             row.update(first_audio_s=round(median(fa), 4), first_chunk_tokens=first,
                        first_chunk_t3_s=round(median(ft), 4), setup_s=round(setup_s, 3),
-                       capture_s=round(fast.stats.get("capture_s", 0.0), 3), graphs_captured=info["graphs"],
+                       capture_s=round(fast.graphs.capture_s, 3), graphs_captured=info["graphs"],
                        kv_mb=info["kv_mb"], voice_mb=info["voice_mb"], check_every=fast.check_every,
                        text_head_released_mb=round(released / 2**20, 1), layouts=fast.stats.get("layouts"))
             row["peak_gib"] = b.peak_gib()
             row["garbage_gib"] = round(b.garbage / 2**30, 3)
+            try:  # what one decode step must read, for the Orin projection (write_markdown)
+                row.update(weight_bytes_per_step=fast.weights.step_bytes(),
+                           kv_bytes_per_position=fast.weights.kv_bytes_per_position(),
+                           prefill_len=fast.stats.get("prefill_len"))
+            except Exception as exc:  # noqa: BLE001 - a bench row is worth more than this figure
+                row["step_bytes_error"] = f"{type(exc).__name__}: {exc}"[:300]
             add_row(b, row)
         # greedy equality with upstream (same dtype, same weights) and seed reproducibility
-        greedy = SamplingSettings(1.0, 1, 1.0, 1.0)
+        greedy = GenerationSettings(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
         for n, ref in greedy_ref.items():
             got = fast.generate(cond, tokenize(model, TEXTS["long"]), greedy, max_new_tokens=n - 1)[0].tolist()
             match = next((i for i, (x, y) in enumerate(zip(ref, got)) if x != y), min(len(ref), len(got)))
-            eq = {"dtype": dtype_name, "graphs": fast.use_graphs, "compile": fast.use_compile, "tokens": n,
-                  "kernels": fast._kernels,
-                  "equal": ref == got, "first_mismatch": None if ref == got else match}
+            eq = {"dtype": dtype_name, "graphs": fast.use_graphs, "kernels": fast.kernels, "sampler": fast.sampler,
+                  "tokens": n, "equal": ref == got, "first_mismatch": None if ref == got else match}
             n_rep = max(lengths)
             runs = [fast.generate(cond, tokenize(model, TEXTS["long"]), settings,
                                   generator=torch.Generator(device=fast.device).manual_seed(7),
@@ -363,7 +380,7 @@ def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs
             eq["sampling_reproducible"] = runs[0] == runs[1]
             eq["sampling_distinct_tokens"] = len(set(runs[0]))
             b.doc["equality"].append(eq)
-            print(f"  greedy equality {dtype_name} graphs={fast.use_graphs}: {eq}", flush=True)
+            print(f"  greedy equality {dtype_name} graphs {variant(eq)}: {eq}", flush=True)
             b.save()
         if fast.use_graphs and b.cuda:
             micro(b, fast, dtype_name)
@@ -372,55 +389,170 @@ def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs
         b.free()
 
 
+MICRO_STEPS = 50      # replays timed per captured graph
+SAMPLER_CALLS = 20    # sampler calls captured in one graph (the sampler alone)
+ORIN = (("orin_nano", "Orin Nano", 68e9), ("orin_nano_super", "Orin Nano Super", 102e9))  # memory bandwidth, B/s
+TOKENS_PER_AUDIO_S = 25
+
+
 def micro(b: Bench, fast, dtype_name: str) -> None:
-    """Replay time of the captured decode step per attention length (greedy vs sampling), and a kernel profile."""
+    """Replay time of the captured decode step per attention length (greedy vs sampling), with the bytes the step
+    reads and the bandwidth that makes; the sampler alone; and a kernel profile."""
     torch = b.torch
-    for (n, mode), graph in sorted(fast._graphs.items()):
-        greedy = mode == "greedy"
+    tag = dict(model=b.args.model, dtype=dtype_name, kernels=fast.kernels, sampler=fast.sampler)
+    st, rows = fast.state, []
+    for (n, greedy), graph in sorted(fast.graphs.graphs.items()):
+        pos = max(0, n - 64)
         with torch.inference_mode():
-            fast.pos.fill_(max(0, n - 64))
-            fast.step.fill_(1)
+            st.pos.fill_(pos)
+            st.step.fill_(1)
             for _ in range(5):
                 graph.replay()
-            fast.pos.fill_(max(0, n - 64))
-            fast.step.fill_(1)
+            st.pos.fill_(pos)
+            st.step.fill_(1)
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             e0.record()
-            for _ in range(50):
+            for _ in range(MICRO_STEPS):
                 graph.replay()
             e1.record()
             torch.cuda.synchronize()
-        b.doc["micro"].append({"dtype": dtype_name, "compile": fast.use_compile, "kernels": fast._kernels,
-                               "attn_len": n, "greedy": greedy,
-                               "ms_per_step": round(e0.elapsed_time(e1) / 50, 4)})
+        ms = e0.elapsed_time(e1) / MICRO_STEPS
+        row = {**tag, "attn_len": n, "greedy": bool(greedy), "pos": pos, "ms_per_step": round(ms, 4)}
+        try:  # what the bucketed step reads (parameters + KV of n positions), what position pos + 1 needs
+            row["bytes_per_step"] = int(fast.step_bytes(n))
+            row["needed_bytes"] = int(fast.step_bytes(pos + 1))
+            row["gb_per_s"] = round(row["bytes_per_step"] / (ms * 1e-3) / 1e9, 1)
+        except Exception as exc:  # noqa: BLE001 - a measurement that fails is recorded, never fatal
+            row["bytes_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            b.doc["errors"].append({"config": f"micro {dtype_name} {n} bytes", "error": row["bytes_error"]})
+        rows.append(row)
+        b.doc["micro"].append(row)
+    try:  # the sampler's cost inside the captured step: sampled minus greedy, same attention length
+        pairs: Dict[int, Dict[bool, Dict[str, Any]]] = {}
+        for r in rows:
+            pairs.setdefault(r["attn_len"], {})[r["greedy"]] = r
+        for pair in pairs.values():
+            if True in pair and False in pair:
+                us = round(1000 * (pair[False]["ms_per_step"] - pair[True]["ms_per_step"]), 2)
+                pair[False]["sampling_us"] = pair[True]["sampling_us"] = us
+    except Exception as exc:  # noqa: BLE001
+        b.doc["errors"].append({"config": f"micro {dtype_name} sampling_us", "error": f"{type(exc).__name__}: {exc}"})
     b.save()
+    sampler_alone(b, fast, dtype_name)
     try:
         from torch.profiler import ProfilerActivity, profile
-        key = max(k for k in fast._graphs if k[1] != "greedy")
-        graph = fast._graphs[key]
+        key = max(k for k in fast.graphs.graphs if not k[1])
+        graph = fast.graphs.graphs[key]
         with torch.inference_mode():
-            fast.pos.fill_(max(0, key[0] - 64))
-            fast.step.fill_(1)
+            st.pos.fill_(max(0, key[0] - 64))
+            st.step.fill_(1)
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):
                     graph.replay()
                 torch.cuda.synchronize()
-        rows = []
+        prows = []
         for e in prof.key_averages():
             t = getattr(e, "self_device_time_total", None)
             if t is None:
                 t = getattr(e, "self_cuda_time_total", 0)
             if t and e.count:
-                rows.append({"kernel": e.key[:90], "per_step": e.count / 5, "us_per_step": round(t / 5, 2)})
-        rows.sort(key=lambda r: -r["us_per_step"])
-        b.doc["profile"].append({"dtype": dtype_name, "compile": fast.use_compile, "kernels": fast._kernels,
-                                 "attn_len": key[0],
-                                 "kernels_per_step": sum(r["per_step"] for r in rows),
-                                 "gpu_us_per_step": round(sum(r["us_per_step"] for r in rows), 1),
-                                 "top": rows[:14]})
+                prows.append({"kernel": e.key[:90], "per_step": e.count / 5, "us_per_step": round(t / 5, 2)})
+        prows.sort(key=lambda r: -r["us_per_step"])
+        b.doc["profile"].append({**tag, "attn_len": key[0],
+                                 "kernels_per_step": sum(r["per_step"] for r in prows),
+                                 "gpu_us_per_step": round(sum(r["us_per_step"] for r in prows), 1),
+                                 "top": prows[:14]})
     except Exception as exc:
         b.doc["profile"].append({"dtype": dtype_name, "error": f"{type(exc).__name__}: {exc}"})
     b.save()
+
+
+def sampler_alone(b: Bench, fast, dtype_name: str) -> None:
+    """The sampler on its own, SAMPLER_CALLS calls captured in one CUDA graph (graphs.record) on fixed logits (1,
+    vocab) in the model dtype, upstream's sampling defaults: the PyTorch ops as decode_step runs them
+    (sampling.process + sampling.draw + DecodeState.update) and, where Triton is available, the fused kernel
+    (sample_kernel.sample_step). Its own DecodeState (16 positions: the sampler reads no keys/values), so the
+    engine's buffers are not touched. One entry per implementation in doc["sampler_alone"]: sampler_us per call."""
+    torch = b.torch
+    tag = dict(model=b.args.model, dtype=dtype_name, kernels=fast.kernels, config_sampler=fast.sampler,
+               calls=SAMPLER_CALLS)
+
+    def failed(names: Tuple[str, ...], exc: BaseException) -> None:
+        msg = f"{type(exc).__name__}: {exc}"[:400]
+        b.doc["sampler_alone"] += [{**tag, "sampler": name, "error": msg} for name in names]
+        b.doc["errors"].append({"config": f"sampler alone {dtype_name} {'/'.join(names)}", "error": msg})
+        b.save()
+
+    try:
+        from ros2_chatterbox.engines.fast_t3 import graphs as fgraphs, sampling
+        from ros2_chatterbox.engines.fast_t3.state import DecodeState
+        from ros2_chatterbox.settings import GenerationSettings
+        w = fast.weights
+        st = DecodeState(w.n_layer, w.n_head, w.head_dim, w.vocab, 16, 4096, fast.check_every, fast.device, w.dtype)
+        g = torch.Generator(device=fast.device).manual_seed(0)
+        with torch.inference_mode():
+            logits = (3 * torch.randn(1, w.vocab, generator=g, device=fast.device)).to(w.dtype)
+            st.set_sampling(GenerationSettings(**SAMPLING))
+            st.fill_noise(g)
+    except Exception as exc:  # noqa: BLE001 - recorded, never fatal
+        failed(("torch", "triton"), exc)
+        return
+    impls = {"torch": lambda: st.update(sampling.draw(sampling.process(logits, st.seen, st.params),
+                                                      st.noise_row()))}
+    try:
+        from ros2_chatterbox.engines.fast_t3 import sample_kernel
+        if sample_kernel.available() and fast.device.type == "cuda":
+            impls["triton"] = lambda: sample_kernel.sample_step(logits, st.params, st.seen, st.noise, st.out, st.tok,
+                                                                st.pos, st.step, False)
+        else:
+            b.doc["sampler_alone"].append({**tag, "sampler": "triton", "skipped": "Triton not available"})
+    except Exception as exc:  # noqa: BLE001
+        failed(("triton",), exc)
+    for name, fn in impls.items():
+        graph = None
+        try:
+            with torch.inference_mode():
+                graph = fgraphs.record(fn, fast.device, st.reset, reps=SAMPLER_CALLS)
+                # 10 replays per run: at most 10 x SAMPLER_CALLS steps, within the 4096 tokens of `out`
+                ms = fgraphs.time_replay(graph, fast.device, 10, st.reset)
+            b.doc["sampler_alone"].append({**tag, "sampler": name,
+                                           "sampler_us": round(1000 * ms / SAMPLER_CALLS, 2)})
+            b.save()
+        except Exception as exc:  # noqa: BLE001
+            try:  # let a failed capture finish before the next measurement (as GraphCache.capture does)
+                torch.cuda.synchronize(fast.device)
+            except Exception:  # noqa: BLE001 - the measurement's own error is the one to record
+                pass
+            failed((name,), exc)
+        finally:
+            del graph
+
+
+def orin_projection(d: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The memory-bandwidth floor of T3 on Jetson Orin, per fast-path row (model, dtype, tokens): a decode step reads
+    every parameter once plus the keys/values of the positions it attends to; over an utterance of `tokens` after
+    a prefill of P positions the steps attend to P + tokens / 2 positions on average. bytes per token / bandwidth =
+    ms per token at best; x 25 tokens per second of audio = seconds of T3 per second of audio."""
+    out, seen = [], set()
+    for r in d.get("rows", []):
+        if r.get("impl") != "fast" or r.get("weight_bytes_per_step") is None or r.get("prefill_len") is None:
+            continue
+        key = (d.get("model"), r["dtype"], r["tokens"])
+        if key in seen:
+            continue
+        seen.add(key)
+        attn = r["prefill_len"] + r["tokens"] / 2
+        kv = r["kv_bytes_per_position"] * attn
+        total = r["weight_bytes_per_step"] + kv
+        e = {"model": d.get("model"), "dtype": r["dtype"], "tokens": r["tokens"], "prefill_len": r["prefill_len"],
+             "attn_len_mean": round(attn, 1), "weight_mb": round(r["weight_bytes_per_step"] / 1e6, 1),
+             "kv_mb": round(kv / 1e6, 1), "mb_per_token": round(total / 1e6, 1)}
+        for k, _, bw in ORIN:
+            ms = 1000 * total / bw
+            e[f"{k}_ms_per_token"] = round(ms, 3)
+            e[f"{k}_t3_s_per_audio_s"] = round(ms * TOKENS_PER_AUDIO_S / 1000, 4)
+        out.append(e)
+    return out
 
 
 def upstream_greedy(b: Bench, model, n: int) -> List[int]:
@@ -458,8 +590,7 @@ def write_markdown(b: Bench) -> None:
     base = {(r["dtype"], r["tokens"]): r for r in d["rows"] if r["impl"] == "upstream"}
     base32 = {r["tokens"]: r for r in d["rows"] if r["impl"] == "upstream" and r["dtype"] == "fp32"}
     for r in d["rows"]:
-        g = {None: "-", True: "on", False: "off"}[r.get("graphs")] + (" + compile" if r.get("compile") else "") + (
-            " + triton" if r.get("kernels") == "triton" else "")
+        g = variant(r)
         ref = base.get((r["dtype"], r["tokens"])) or base32.get(r["tokens"])
         sp = f"{ref['e2e_s'] / r['e2e_s']:.1f}x" if ref and r["impl"] != "upstream" else ""
         mem = f"{r['peak_gib']:.2f} GiB" if r.get("peak_gib") is not None else "-"
@@ -480,36 +611,95 @@ def write_markdown(b: Bench) -> None:
                   "| T3 dtype | graphs | tokens | equal | first mismatch | same seed -> same tokens |",
                   "|---|---|---|---|---|---|"]
         for e in d["equality"]:
-            g = ("on" if e["graphs"] else "off") + (" + compile" if e.get("compile") else "") + (
-                " + triton" if e.get("kernels") == "triton" else "")
-            lines.append(f"| {e['dtype']} | {g} | {e['tokens']} | {e['equal']} | {e['first_mismatch']} | "
+            lines.append(f"| {e['dtype']} | {variant(e)} | {e['tokens']} | {e['equal']} | {e['first_mismatch']} | "
                          f"{e.get('sampling_reproducible')} |")
-    if d["micro"]:
-        lines += ["", "## Captured decode step (one token), replay time by attention length", "",
-                  "| T3 dtype | kernels | attention length | greedy ms/step | sampling ms/step |",
-                  "|---|---|---|---|---|"]
-        cells: Dict[Any, Dict[bool, float]] = {}
-        for m in d["micro"]:
-            k = m.get("kernels") or "torch"
-            k = k + (" + compile" if m.get("compile") else "")
-            cells.setdefault((m["dtype"], k, m["attn_len"]), {})[m["greedy"]] = m["ms_per_step"]
-        for (dt, k, n), c in cells.items():
-            lines.append(f"| {dt} | {k} | {n} | {c.get(True, '-')} | {c.get(False, '-')} |")
+    lines += micro_markdown(d)
     for p in d["profile"]:
         if "top" not in p:
             continue
-        lines += ["", f"Kernel profile, {p['dtype']}{' compiled' if p.get('compile') else ''}"
-                      f"{' triton' if p.get('kernels') == 'triton' else ''}, attention length "
-                      f"{p['attn_len']}: {p['kernels_per_step']:.0f} kernels and {p['gpu_us_per_step']} us of GPU "
-                      "time per step. Top kernels (us per step, launches per step):", ""]
+        lines += ["", f"Kernel profile, {p['dtype']}, kernels {p.get('kernels')}, sampler {p.get('sampler')}, "
+                      f"attention length {p['attn_len']}: {p['kernels_per_step']:.0f} kernels and "
+                      f"{p['gpu_us_per_step']} us of GPU time per step. Top kernels (us per step, launches per step):",
+                  ""]
         for t in p["top"][:8]:
             lines.append(f"- {t['us_per_step']} us, {t['per_step']:.0f}x: `{t['kernel']}`")
+    lines += orin_markdown(d)
     lines += node_markdown(d)
     if d["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in d["errors"]]
     if d["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in d["notes"]]
     (b.out / "bench.md").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(x, spec: str = "") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def micro_markdown(d: Dict[str, Any]) -> List[str]:
+    """The captured step per attention length: greedy and sampled replay time, the sampler's share, the sampler
+    alone, the bytes read and the bandwidth achieved."""
+    if not d.get("micro"):
+        return []
+    alone: Dict[Any, Dict[str, str]] = {}
+    for a in d.get("sampler_alone", []):
+        cell = _fmt(a.get("sampler_us")) if "sampler_us" in a else ("n/a" if "skipped" in a else "error")
+        alone.setdefault((a["dtype"], a.get("kernels"), a.get("config_sampler")), {})[a["sampler"]] = cell
+    cells: Dict[Any, Dict[bool, Dict[str, Any]]] = {}
+    for m in d["micro"]:
+        key = (m.get("model", d.get("model")), m["dtype"], m.get("kernels") or "torch", m.get("sampler") or "torch",
+               m["attn_len"])
+        cells.setdefault(key, {})[m["greedy"]] = m
+    lines = ["", "## Captured decode step (one token), replay time by attention length", "",
+             f"Mean of {MICRO_STEPS} replays from position attention length - 64. sampling us/step: sampled minus "
+             f"greedy (the sampler inside the step). Sampler alone: {SAMPLER_CALLS} calls in one CUDA graph on fixed "
+             "logits, upstream's defaults (PyTorch ops / Triton kernel). MB read: parameters + keys/values of the "
+             "whole bucket (what the step reads); needed: of the positions up to the one decoded; GB/s: MB read / "
+             "step time (greedy / sampled). MB = 10^6 bytes, GB = 10^9.", "",
+             "| model | T3 dtype | kernels | sampler | attention length | greedy ms/step | sampled ms/step | "
+             "sampling us/step | sampler alone us (torch / triton) | MB read per step | needed MB | achieved GB/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, dt, k, smp, n), c in cells.items():
+        g, sm = c.get(True, {}), c.get(False, {})
+        any_ = g or sm
+        a = alone.get((dt, k, smp), {})
+        mb = any_.get("bytes_per_step")
+        need = any_.get("needed_bytes")
+        su = sm.get("sampling_us", g.get("sampling_us"))
+        lines.append(f"| {model} | {dt} | {k} | {smp} | {n} | {_fmt(g.get('ms_per_step'))} | "
+                     f"{_fmt(sm.get('ms_per_step'))} | {_fmt(su)} | {a.get('torch', '-')} / {a.get('triton', '-')} | "
+                     f"{_fmt(mb and mb / 1e6, '.1f')} | {_fmt(need and need / 1e6, '.1f')} | "
+                     f"{_fmt(g.get('gb_per_s'))} / {_fmt(sm.get('gb_per_s'))} |")
+    return lines
+
+
+def orin_markdown(d: Dict[str, Any]) -> List[str]:
+    """The Orin projection (orin_projection) as a table."""
+    proj = d.get("orin_projection")
+    if proj is None:
+        try:
+            proj = orin_projection(d)
+        except Exception as exc:  # noqa: BLE001 - the document must still be written
+            return ["", "## Orin projection", "", f"not computed: {type(exc).__name__}: {exc}"]
+    if not proj:
+        return []
+    names = " / ".join(f"{label} ({bw / 1e9:.0f} GB/s)" for _, label, bw in ORIN)
+    lines = ["", "## Orin projection (memory-bandwidth floor of T3)", "",
+             "A decode step reads every T3 parameter once plus the keys/values of the positions it attends to; at "
+             "best it takes bytes / bandwidth. Attention length: the prefill (voice prompt + text + start token) + "
+             f"tokens / 2, the mean over the utterance. Floor ms per token and seconds of T3 per second of audio "
+             f"({TOKENS_PER_AUDIO_S} tokens per second of audio), {names}. A floor: real kernels reach a fraction of "
+             f"the nominal bandwidth{' (the achieved GB/s above)' if d.get('micro') else ''}, and the rest of the "
+             "pipeline (S3Gen) comes on top. MB = 10^6 bytes.", "",
+             "| model | T3 dtype | tokens | attention length (mean) | weights MB | KV MB | MB per token | "
+             + " | ".join(f"{label} ms/token | {label} T3 s per audio s" for _, label, _ in ORIN) + " |",
+             "|---|---|---|---|---|---|---|" + "---|---|" * len(ORIN)]
+    for e in proj:
+        lines.append(f"| {e['model']} | {e['dtype']} | {e['tokens']} | {e['attn_len_mean']} | {e['weight_mb']} | "
+                     f"{e['kv_mb']} | {e['mb_per_token']} | "
+                     + " | ".join(f"{e[k + '_ms_per_token']} | {e[k + '_t3_s_per_audio_s']}" for k, _, _ in ORIN)
+                     + " |")
+    return lines
 
 
 def run_node_rows(b: "Bench", ckpt: Path, args) -> None:
@@ -598,9 +788,10 @@ def parse(argv=None):
     ap.add_argument("--lengths", default=None, help="speech tokens per utterance (default 50,250; tiny 20,60)")
     ap.add_argument("--dtypes", default=None, help="T3 dtypes (default fp32,fp16,bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--graphs", default=None, help="off,on (default both on CUDA, off on CPU)")
-    ap.add_argument("--compile", action="store_true", help="also run graphs + torch.compile (--compile-dtypes)")
-    ap.add_argument("--compile-dtypes", default="fp16")
-    ap.add_argument("--kernels", default="auto", help="with CUDA graphs: torch,triton,auto (FastT3 kernels=)")
+    ap.add_argument("--kernels", default="auto", help="with CUDA graphs: torch,triton,auto (FastT3 kernels=; a list "
+                    "runs each)")
+    ap.add_argument("--sampler", default="auto", help="with CUDA graphs: torch,triton,auto (FastT3 sampler=; a list "
+                    "runs each)")
     ap.add_argument("--kernels-fp32", default=None, help="--kernels for fp32 only")
     ap.add_argument("--no-upstream", action="store_true")
     ap.add_argument("--upstream-dtypes", default=None, help="time upstream only for these (greedy references: all)")
@@ -645,7 +836,8 @@ def main(argv=None) -> int:
     b = Bench(args, out)
     b.doc["versions"] = versions()
     b.doc["stubs"] = stubs
-    b.doc["config"] = {"lengths": lengths, "dtypes": dtypes, "graphs": graph_modes, "compile": args.compile,
+    b.doc["config"] = {"lengths": lengths, "dtypes": dtypes, "graphs": graph_modes, "kernels": args.kernels,
+                       "kernels_fp32": args.kernels_fp32, "sampler": args.sampler,
                        "reps": args.reps, "reps_long": args.reps_long, "first_chunk": args.first_chunk,
                        "check_every": args.check_every, "sampling": SAMPLING}
     print(f"versions: {json.dumps(b.doc['versions'])}\nstubs: {stubs}", flush=True)
@@ -726,20 +918,24 @@ def main(argv=None) -> int:
             kerns = args.kernels.split(",")
             if g and args.kernels_fp32 and name == "fp32":
                 kerns = args.kernels_fp32.split(",")
-            for k in (kerns if g else ["torch"]):
-                variants.append((g, False, k))
-        if args.compile and cuda and name in args.compile_dtypes.split(",") and True in graph_modes:
-            variants.append((True, True, "torch"))
-        for graphs, comp, kern in variants:
+            for k in (kerns if g else ["torch"]):  # without graphs FastT3 runs PyTorch ops only
+                for smp in (args.sampler.split(",") if g else ["torch"]):
+                    variants.append((g, smp, k))
+        for graphs, smp, kern in variants:
             try:
                 set_t3_dtype(model, dtype, t3_state, cond0)
-                run_fast(b, model, name, dtype, lengths, graphs, comp, greedy_ref, kern)
+                run_fast(b, model, name, dtype, lengths, graphs, smp, greedy_ref, kern)
             except Exception as exc:
                 traceback.print_exc()
-                b.doc["errors"].append({"config": f"fast {name} graphs={graphs} compile={comp} kernels={kern}",
+                b.doc["errors"].append({"config": f"fast {name} graphs={graphs} kernels={kern} sampler={smp}",
                                         "error": f"{type(exc).__name__}: {exc}"})
                 b.save()
                 b.free()
+    try:
+        b.doc["orin_projection"] = orin_projection(b.doc)
+    except Exception as exc:  # noqa: BLE001 - recorded, never fatal
+        b.doc["orin_projection"] = []
+        b.doc["notes"].append(f"Orin projection not computed: {type(exc).__name__}: {exc}")
     b.doc["total_s"] = round(time.perf_counter() - t_main, 1)
     b.save()
     write_markdown(b)

@@ -55,9 +55,9 @@ def main(argv=None) -> int:
     ap.add_argument("--env", action="append", default=[], metavar="K=V")
     ap.add_argument("--tracemalloc", action="store_true")
     ap.add_argument("--try", dest="tries", action="append", default=[],
-                    choices=["no-cudnn-sdpa", "torch-kernels", "no-cudnn", "no-graphs"],
+                    choices=["no-cudnn-sdpa", "torch-kernels", "torch-sampler", "no-cudnn", "no-graphs"],
                     help="experiments (bench only): captured decode without cuDNN attention; PyTorch kernels instead "
-                         "of Triton; cuDNN off; no CUDA graphs")
+                         "of Triton; the PyTorch sampler instead of the Triton one; cuDNN off; no CUDA graphs")
     args = ap.parse_args(argv)
     for k, v in CONFIG_ENV[args.config].items():
         os.environ.setdefault(k, v)
@@ -115,15 +115,17 @@ def main(argv=None) -> int:
         torch.backends.cudnn.enabled = False
     if "no-cudnn-sdpa" in args.tries:
         from ros2_chatterbox.engines.fast_t3 import graphs, step
-        real_backends = step._sdpa_backends
-        graphs._sdpa_backends = lambda cudnn: real_backends(False)
-    if "torch-kernels" in args.tries or "no-graphs" in args.tries:
+        real_backends = step.sdpa_backends
+        graphs.sdpa_backends = lambda cudnn: real_backends(False)  # graphs.record looks it up in its own module
+    if {"torch-kernels", "torch-sampler", "no-graphs"} & set(args.tries):
         from ros2_chatterbox.engines.fast_t3 import generator
         real_init = generator.FastT3.__init__
 
         def init(self, *a, **kw):
             if "torch-kernels" in args.tries:
                 kw["kernels"] = "torch"
+            if "torch-sampler" in args.tries:
+                kw["sampler"] = "torch"
             if "no-graphs" in args.tries:
                 kw["cuda_graphs"] = False
             real_init(self, *a, **kw)

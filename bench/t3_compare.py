@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     from chatterbox.models.t3.modules.cond_enc import T3Cond
     from ros2_chatterbox.engines.chatterbox import models
     from ros2_chatterbox.engines.chatterbox.tiny_checkpoint import write_tokenizer
-    from ros2_chatterbox.engines.fast_t3 import FastT3, SamplingSettings, release_text_head
+    from ros2_chatterbox.engines.fast_t3 import FastT3, release_text_head
+    from ros2_chatterbox.settings import GenerationSettings
     from transformers import AutoTokenizer
 
     if args.threads:
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
         in_use = sum(p.numel() for p in t3.parameters())
         info[name] = {"t3_params_in_use": in_use, "t3_mb_in_use": round(in_use * 4 / 2**20, 1),
                       "text_head_released_mb": round(released / 2**20, 1), "runs_ms_per_token": []}
-    settings = SamplingSettings()
+    settings = GenerationSettings()  # upstream's sampling defaults (0.8 / 1000 / 0.95 / 1.2, min_p off)
     for name in ("turbo", "nano"):  # warm-up (voice prefix)
         fast[name].generate(cond, text, settings, generator=torch.Generator(device=args.device).manual_seed(1),
                             max_new_tokens=4)

@@ -72,6 +72,16 @@ if [ "$WITH_TEST" = 1 ] && ! stage_ok test "$ROOT/requirements/test.txt"; then
   stage_done test "$ROOT/requirements/test.txt"
 fi
 
+# Triton, for its CPU interpreter only: the tests run FastT3's Triton kernels (engines/fast_t3/) on the CPU, in a
+# subprocess with TRITON_INTERPRET=1 and this folder on its path; never on the path of the node or the venv. Kilted's
+# set-up only (CI sets up Jazzy at the same time). Where it cannot be had, those tests skip and say so.
+TRITON_DIR="$ROOT/build/triton-interp"
+if [ "$WITH_TEST" = 1 ] && [ "$DISTRO" = kilted ] && [ ! -d "$TRITON_DIR/triton" ]; then
+  log "triton 3.9.0 for the kernel tests' CPU interpreter (~200 MB to download) into build/triton-interp/"
+  "$VENV/bin/python" -m pip install -q --no-deps --no-compile --target "$TRITON_DIR" triton==3.9.0 \
+    || log "triton could not be installed: the Triton kernel tests will skip"
+fi
+
 # Interfaces: audio_common_msgs (released ros-drivers definitions) and this package, installed into the venv
 # prefix so that nothing needs sourcing. tools/pip_only/ carries COLCON_IGNORE: a ROS workspace never sees it.
 mkdir -p "$VENV/build"

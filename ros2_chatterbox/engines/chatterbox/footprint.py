@@ -115,7 +115,7 @@ def device(device_name: str, fast=None, graphs=None) -> Dict[str, Any]:
         dev = torch.device(device_name)
         out: Dict[str, Any] = {"reserved_mb": round(torch.cuda.memory_reserved(dev) / _MB, 1),
                                "allocated_mb": round(torch.cuda.memory_allocated(dev) / _MB, 1)}
-        pools = {"t3": getattr(fast, "_pool", None), "s3gen": getattr(graphs, "pool", None)}
+        pools = {"t3": getattr(getattr(fast, "graphs", None), "pool", None), "s3gen": getattr(graphs, "pool", None)}
         pool_bytes = {name: 0 for name in pools}
         if any(p is not None for p in pools.values()):
             for seg in torch.cuda.memory_snapshot():
@@ -126,8 +126,8 @@ def device(device_name: str, fast=None, graphs=None) -> Dict[str, Any]:
         if graphs is not None:
             out["s3gen_graph_pool_mb"] = round(pool_bytes["s3gen"] / _MB, 1)
             out["s3gen_graph_buffers_mb"] = round(graphs.buffer_bytes() / _MB, 1)
-        if fast is not None and getattr(fast, "kv", None) is not None:
-            buffers = sum(t.untyped_storage().nbytes() for t in vars(fast).values()
+        if fast is not None and getattr(fast, "state", None) is not None:
+            buffers = sum(t.untyped_storage().nbytes() for t in vars(fast.state).values()
                           if torch.is_tensor(t) and t.device.type == "cuda")
             out["kv_cache_mb"] = round(fast.kv.untyped_storage().nbytes() / _MB, 1)
             out["fast_path_buffers_mb"] = round(buffers / _MB, 1)
