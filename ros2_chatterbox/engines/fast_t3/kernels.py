@@ -30,9 +30,10 @@ def available() -> bool:
 
 if triton is not None:
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, lnw_ptr, lnb_ptr, N, eps,
+    def _gemv_kernel(x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, lnw_ptr, lnb_ptr, kv_ptr, pos_ptr, N, eps, kv_stride,
                      K: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     EVEN_K: tl.constexpr, LN: tl.constexpr, ACT: tl.constexpr, RES: tl.constexpr):
+                     EVEN_K: tl.constexpr, LN: tl.constexpr, ACT: tl.constexpr, RES: tl.constexpr,
+                     KV: tl.constexpr, HEAD_DIM: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
@@ -73,6 +74,14 @@ if triton is not None:
         if RES:
             y = y.to(out_ty).to(tl.float32) + tl.load(r_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, y.to(out_ty), mask=rmask)
+        if KV:  # rows [K, 3K) are this position's keys then values: also into the cache (2, H, positions, HEAD_DIM)
+            pos = tl.load(pos_ptr)
+            r = rows - K                          # 0 .. 2K-1: (key or value, head, dim)
+            part = r // K
+            head = (r % K) // HEAD_DIM
+            dim = r % HEAD_DIM
+            dst = kv_ptr + part * (K // HEAD_DIM) * kv_stride + head * kv_stride + pos * HEAD_DIM + dim
+            tl.store(dst, y.to(out_ty), mask=rmask & (rows >= K))
 
 
 def next_pow2(n: int) -> int:
@@ -110,9 +119,13 @@ def tiling(N: int, K: int) -> Tiling:
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln: Optional[Tuple] = None, act: bool = False,
-         res: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4) -> torch.Tensor:
+         res: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4,
+         kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """x (1, K), w (N, K) contiguous, b (N,), ln = (weight, bias, eps) over K, res (1, N) -> (1, N) in x's dtype.
-    Any N and K (GPT-2 small 768/3072, medium 1024/4096, ...). block_n / num_warps override the tiling's (tuning)."""
+    Any N and K (GPT-2 small 768/3072, medium 1024/4096, ...). block_n / num_warps override the tiling's (tuning).
+    kv = (cache, pos): the attention's fused QKV product (N = 3K): rows K..3K-1 (keys, values) are also written into
+    `cache` (2, heads, positions, head_dim), contiguous, at the position in the device tensor `pos` (1,): the
+    decode step's KV write without a kernel of its own."""
     N, K = w.shape
     if not w.is_contiguous() or x.numel() != K:
         raise ValueError(f"gemv: w must be contiguous (N, K) and x of K elements; got "
@@ -122,10 +135,19 @@ def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln: Optional[Tuple] 
         t = Tiling(block_n, t.block_k, t.even_k, t.kp, -(-N // block_n))
     y = torch.empty(1, N, dtype=x.dtype, device=x.device)
     lnw, lnb, eps = ln if ln is not None else (b, b, 0.0)
+    cache, pos = kv if kv is not None else (y, y)
+    head_dim, stride = 1, 0
+    if kv is not None:
+        if N != 3 * K or not cache.is_contiguous() or cache.dim() != 4 or cache.shape[0] != 2 \
+                or cache.shape[1] * cache.shape[3] != K:
+            raise ValueError(f"gemv kv: needs N = 3K and a contiguous (2, heads, positions, head_dim) cache of "
+                             f"heads * head_dim = K; got N={N}, K={K}, cache {tuple(cache.shape)}")
+        head_dim, stride = int(cache.shape[3]), int(cache.shape[2] * cache.shape[3])
     _gemv_kernel[(t.programs,)](
-        x, w, b, res if res is not None else b, y, lnw, lnb, N, float(eps),
+        x, w, b, res if res is not None else b, y, lnw, lnb, cache, pos, N, float(eps), stride,
         K=K, KP=t.kp, BLOCK_N=t.block_n, BLOCK_K=t.block_k, EVEN_K=t.even_k,
-        LN=ln is not None, ACT=bool(act), RES=res is not None, num_warps=num_warps)
+        LN=ln is not None, ACT=bool(act), RES=res is not None, KV=kv is not None, HEAD_DIM=head_dim,
+        num_warps=num_warps)
     return y
 
 

@@ -69,15 +69,15 @@ def forward_logits(w: Weights, st: DecodeState, n: int, masked: bool, kernels: s
         mask = torch.zeros(1, 1, 1, n, dtype=w.dtype, device=x.device).masked_fill_(
             (st.arange[:n] > st.pos).view(1, 1, 1, n), NEG_INF)
 
-    def attend(i, qkv):
-        kv_l = st.write_kv(i, qkv[:, D:].view(2, H, 1, Dh))
+    def attend(i, qkv, written: bool = False):
+        kv_l = st.kv[i] if written else st.write_kv(i, qkv[:, D:].view(2, H, 1, Dh))
         q = qkv[:, :D].view(1, H, 1, Dh)
         return F.scaled_dot_product_attention(q, kv_l[0:1, :, :n], kv_l[1:2, :, :n], attn_mask=mask).reshape(1, D)
 
     if kernels == "triton":
         from .kernels import gemv
-        for i, L in enumerate(w.layers):
-            a = attend(i, gemv(x, L.attn_w.t(), L.attn_b, ln=(L.ln1_w, L.ln1_b, eps)))
+        for i, L in enumerate(w.layers):  # the QKV kernel also writes the keys/values into the cache
+            a = attend(i, gemv(x, L.attn_w.t(), L.attn_b, ln=(L.ln1_w, L.ln1_b, eps), kv=(st.kv[i], st.pos)), True)
             x = gemv(a, L.proj_w.t(), L.proj_b, res=x)
             m = gemv(x, L.fc_w.t(), L.fc_b, ln=(L.ln2_w, L.ln2_b, eps), act=True)
             x = gemv(m, L.mproj_w.t(), L.mproj_b, res=x)
