@@ -1,7 +1,8 @@
 """The fused sampling kernel (engines/fast_t3/sample_kernel.py) against sampling.py's PyTorch reference, on the CPU
 through Triton's interpreter: one decode step's token for many inputs and settings (with the same noise row, the same
 token), ties at the top-k and top-p boundaries, the state update (out, tok, seen, pos, step), and 2,000 draws at
-upstream's defaults against torch.multinomial.
+upstream's defaults against torch.multinomial. Also the QKV matrix-vector kernel's write into the KV cache
+(kernels.gemv(kv=...)), which the same interpreter runs.
 
 The interpreter has to be switched on before Triton is imported, so the checks run in fresh interpreters of this
 file (two at once: ~2 minutes on 2 idle cores) with TRITON_INTERPRET=1 and Triton from $CBX_TRITON_INTERP, else from
@@ -39,17 +40,9 @@ PENALTIES = (1.0, 1.2, 2.0)
 # ---- the worker: runs in a fresh interpreter (python this_file.py JOB), prints one JSON line ----
 
 def _modules():
-    """sampling.py and sample_kernel.py, without fast_t3/__init__.py (which loads the generator and its imports)."""
-    import importlib
-    import types
-
-    import ros2_chatterbox.engines  # noqa: F401 - the parent packages
-    name = "ros2_chatterbox.engines.fast_t3"
-    if name not in sys.modules:
-        package = types.ModuleType(name)
-        package.__path__ = [str(ROOT / "ros2_chatterbox" / "engines" / "fast_t3")]
-        sys.modules[name] = package
-    return importlib.import_module(f"{name}.sampling"), importlib.import_module(f"{name}.sample_kernel")
+    """sampling.py and sample_kernel.py."""
+    from ros2_chatterbox.engines.fast_t3 import sample_kernel, sampling
+    return sampling, sample_kernel
 
 
 def _whole_groups(S, logits, seen, params):
@@ -195,6 +188,24 @@ def _refusals(S, K):
     return refused
 
 
+def _kv_write():
+    """kernels.gemv(kv=(cache, pos)), the decode step's QKV product: rows K..3K-1 land in the cache at pos, as the
+    PyTorch path's index_copy_ puts them; the product itself is unchanged. Turbo's and Nano's head layouts, tiny."""
+    from ros2_chatterbox.engines.fast_t3 import kernels
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for D, H, positions in ((64, 4, 40), (96, 3, 33)):
+        x, w = torch.randn(1, D, generator=g), torch.randn(3 * D, D, generator=g) / D ** 0.5
+        b = 0.1 * torch.randn(3 * D, generator=g)
+        cache, pos = torch.zeros(2, H, positions, D // H), torch.tensor([positions - 7])
+        y = kernels.gemv(x, w, b, kv=(cache, pos))
+        want = torch.zeros_like(cache)
+        want.index_copy_(2, pos, y[:, D:].view(2, H, 1, D // H))
+        plain = kernels.gemv(x, w, b)
+        out.append({"D": D, "cache_equal": bool(torch.equal(cache, want)), "y_equal": bool(torch.equal(y, plain))})
+    return out
+
+
 def _worker(job):
     torch.set_num_threads(1)  # two workers on two cores
     S, K = _modules()
@@ -204,6 +215,7 @@ def _worker(job):
         result["cases"] = _cases(S, K)
         result["ties"], result["straddle"] = _ties(S, K)
         result["refused"] = _refusals(S, K)
+        result["kv_write"] = _kv_write()
         logits, seen, params = _defaults(S)
         p = S.process(logits, seen, params).softmax(-1)[0]
         result["p"] = p.tolist()
@@ -283,6 +295,11 @@ def test_top_p_ties_at_the_boundary_stay_whole(results):
     assert [r["got"] for r in straddle] == list(range(10, 20))  # every member of the group stays
     assert sum(r["ref"] == r["got"] for r in straddle) == 7  # the reference keeps 7 of the 10
     assert all(r["ref"] in range(10, 20) or r["ref"] == 0 for r in straddle)
+
+
+def test_qkv_kernel_writes_the_kv_cache(results):
+    assert results["kv_write"] and all(r["cache_equal"] and r["y_equal"] for r in results["kv_write"]), \
+        results["kv_write"]
 
 
 def test_malformed_calls_are_refused(results):

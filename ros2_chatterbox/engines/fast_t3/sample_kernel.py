@@ -36,18 +36,8 @@ from __future__ import annotations
 
 import torch
 
-try:  # Triton ships with CUDA builds of PyTorch; absent on CPU-only installs
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
-
+from .kernels import available, tl, triton  # noqa: F401 - triton and tl are None without Triton
 from .sampling import MINP, N_PARAMS, PENALTY, TEMP, TOPK, TOPP_CUT, TOPP_ON
-
-
-def available() -> bool:
-    return triton is not None
 
 
 if triton is not None:
