@@ -120,9 +120,10 @@ def tiling(N: int, K: int) -> Tiling:
 
 def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln: Optional[Tuple] = None, act: bool = False,
          res: Optional[torch.Tensor] = None, block_n: Optional[int] = None, num_warps: int = 4,
-         kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+         kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, block_k: Optional[int] = None) -> torch.Tensor:
     """x (1, K), w (N, K) contiguous, b (N,), ln = (weight, bias, eps) over K, res (1, N) -> (1, N) in x's dtype.
-    Any N and K (GPT-2 small 768/3072, medium 1024/4096, ...). block_n / num_warps override the tiling's (tuning).
+    Any N and K (GPT-2 small 768/3072, medium 1024/4096, ...). block_n / block_k / num_warps override the tiling's
+    (tuning).
     kv = (cache, pos): the attention's fused QKV product (N = 3K): rows K..3K-1 (keys, values) are also written into
     `cache` (2, heads, positions, head_dim), contiguous, at the position in the device tensor `pos` (1,): the
     decode step's KV write without a kernel of its own."""
@@ -131,8 +132,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln: Optional[Tuple] 
         raise ValueError(f"gemv: w must be contiguous (N, K) and x of K elements; got "
                          f"w {tuple(w.shape)} contiguous={w.is_contiguous()}, x {tuple(x.shape)}")
     t = tiling(N, K)
-    if block_n is not None:
-        t = Tiling(block_n, t.block_k, t.even_k, t.kp, -(-N // block_n))
+    if block_n is not None or block_k is not None:  # tuning (bench/kernel_check.py --cold); powers of two
+        bn, bk = block_n or t.block_n, block_k or t.block_k
+        t = Tiling(bn, bk, K % bk == 0, t.kp, -(-N // bn))
     y = torch.empty(1, N, dtype=x.dtype, device=x.device)
     lnw, lnb, eps = ln if ln is not None else (b, b, 0.0)
     cache, pos = kv if kv is not None else (y, y)
