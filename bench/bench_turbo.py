@@ -263,6 +263,8 @@ def variant(r: Dict[str, Any]) -> str:
         g += " + triton kernels"
     if r.get("sampler") == "triton":
         g += " + triton sampler"
+    if r.get("attention") == "triton":
+        g += " + triton attention"
     return g
 
 
@@ -277,7 +279,7 @@ def add_row(b: Bench, row: Dict[str, Any]) -> None:
 
 
 def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs: bool, sampler: str,
-             greedy_ref: Dict[int, List[int]], kernels: str = "torch") -> None:
+             greedy_ref: Dict[int, List[int]], kernels: str = "torch", attention: str = "auto") -> None:
     torch = b.torch
     from ros2_chatterbox.engines.fast_t3 import FastT3, release_text_head
     from ros2_chatterbox.settings import GenerationSettings
@@ -286,7 +288,7 @@ def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs
     b.reset_peak(model)
     t0 = time.perf_counter()
     fast = FastT3(model.t3, dtype=dtype, cuda_graphs=graphs, check_every=b.args.check_every, kernels=kernels,
-                  sampler=sampler)
+                  sampler=sampler, attention=attention)
     max_text = max(int(tokenize(model, t).shape[1]) for t in TEXTS.values())
     fast.warmup(cond, text_len=max_text, max_new_tokens=max(lengths) - 1,
                 settings=(SAMPLING, "greedy") if graphs else ())
@@ -294,7 +296,8 @@ def run_fast(b: Bench, model, dtype_name: str, dtype, lengths: List[int], graphs
     setup_s = time.perf_counter() - t0
     info = fast.info()
     label = dict(impl="fast", dtype=dtype_name, graphs=fast.use_graphs, sampler=info["sampler"],
-                 kernels=info["kernels"], sampler_asked=sampler, kernels_asked=kernels,
+                 kernels=info["kernels"], attention=info.get("attention"), sampler_asked=sampler,
+                 kernels_asked=kernels, attention_asked=attention,
                  kernel_check=info["kernel_check"])
     if graphs and not fast.use_graphs:
         b.doc["errors"].append({"config": f"fast {dtype_name} graphs", "error": info["graph_failures"]})
@@ -399,7 +402,8 @@ def micro(b: Bench, fast, dtype_name: str) -> None:
     """Replay time of the captured decode step per attention length (greedy vs sampling), with the bytes the step
     reads and the bandwidth that makes; the sampler alone; and a kernel profile."""
     torch = b.torch
-    tag = dict(model=b.args.model, dtype=dtype_name, kernels=fast.kernels, sampler=fast.sampler)
+    tag = dict(model=b.args.model, dtype=dtype_name, kernels=fast.kernels, sampler=fast.sampler,
+               attention=fast.attention)
     st, rows = fast.state, []
     for (n, greedy), graph in sorted(fast.graphs.graphs.items()):
         pos = max(0, n - 64)
@@ -792,6 +796,8 @@ def parse(argv=None):
                     "runs each)")
     ap.add_argument("--sampler", default="auto", help="with CUDA graphs: torch,triton,auto (FastT3 sampler=; a list "
                     "runs each)")
+    ap.add_argument("--attention", default="auto", help="with CUDA graphs: sdpa,triton,auto (FastT3 attention=; a "
+                    "list runs each)")
     ap.add_argument("--kernels-fp32", default=None, help="--kernels for fp32 only")
     ap.add_argument("--no-upstream", action="store_true")
     ap.add_argument("--upstream-dtypes", default=None, help="time upstream only for these (greedy references: all)")
@@ -920,14 +926,16 @@ def main(argv=None) -> int:
                 kerns = args.kernels_fp32.split(",")
             for k in (kerns if g else ["torch"]):  # without graphs FastT3 runs PyTorch ops only
                 for smp in (args.sampler.split(",") if g else ["torch"]):
-                    variants.append((g, smp, k))
-        for graphs, smp, kern in variants:
+                    for att in (args.attention.split(",") if g else ["sdpa"]):
+                        variants.append((g, smp, k, att))
+        for graphs, smp, kern, att in variants:
             try:
                 set_t3_dtype(model, dtype, t3_state, cond0)
-                run_fast(b, model, name, dtype, lengths, graphs, smp, greedy_ref, kern)
+                run_fast(b, model, name, dtype, lengths, graphs, smp, greedy_ref, kern, att)
             except Exception as exc:
                 traceback.print_exc()
-                b.doc["errors"].append({"config": f"fast {name} graphs={graphs} kernels={kern} sampler={smp}",
+                b.doc["errors"].append({"config": f"fast {name} graphs={graphs} kernels={kern} sampler={smp} "
+                                                  f"attention={att}",
                                         "error": f"{type(exc).__name__}: {exc}"})
                 b.save()
                 b.free()

@@ -2,7 +2,7 @@
 through Triton's interpreter: one decode step's token for many inputs and settings (with the same noise row, the same
 token), ties at the top-k and top-p boundaries, the state update (out, tok, seen, pos, step), and 2,000 draws at
 upstream's defaults against torch.multinomial. Also the QKV matrix-vector kernel's write into the KV cache
-(kernels.gemv(kv=...)), which the same interpreter runs.
+(kernels.gemv(kv=...)) and the decode attention (attention.py), which the same interpreter runs.
 
 The interpreter has to be switched on before Triton is imported, so the checks run in fresh interpreters of this
 file (two at once: ~2 minutes on 2 idle cores) with TRITON_INTERPRET=1 and Triton from $CBX_TRITON_INTERP, else from
@@ -206,6 +206,25 @@ def _kv_write():
     return out
 
 
+def _attention():
+    """attention.decode_attention against scaled_dot_product_attention with the step's mask (positions after pos
+    out), for positions at the start, inside and at the end of a bucket, and a bucket of several splits."""
+    import math
+    import torch.nn.functional as F
+    from ros2_chatterbox.engines.fast_t3 import attention
+    g = torch.Generator().manual_seed(4)
+    out = []
+    for H, Dh, P, n, pos in ((4, 16, 200, 64, 0), (4, 16, 200, 64, 37), (4, 16, 200, 64, 63), (3, 32, 300, 192, 150)):
+        cache = torch.randn(2, H, P, Dh, generator=g)
+        q = torch.randn(1, H * Dh, generator=g)
+        got = attention.decode_attention(q, cache, torch.tensor([pos]), n)
+        mask = torch.zeros(1, 1, 1, n).masked_fill_((torch.arange(n) > pos).view(1, 1, 1, n), float("-inf"))
+        ref = F.scaled_dot_product_attention(q.view(1, H, 1, Dh), cache[0:1, :, :n], cache[1:2, :, :n],
+                                             attn_mask=mask).reshape(1, H * Dh)
+        out.append({"pos": pos, "n": n, "err": float((got - ref).abs().max()), "splits": math.ceil(n / 64)})
+    return out
+
+
 def _worker(job):
     torch.set_num_threads(1)  # two workers on two cores
     S, K = _modules()
@@ -216,6 +235,7 @@ def _worker(job):
         result["ties"], result["straddle"] = _ties(S, K)
         result["refused"] = _refusals(S, K)
         result["kv_write"] = _kv_write()
+        result["attention"] = _attention()
         logits, seen, params = _defaults(S)
         p = S.process(logits, seen, params).softmax(-1)[0]
         result["p"] = p.tolist()
@@ -300,6 +320,11 @@ def test_top_p_ties_at_the_boundary_stay_whole(results):
 def test_qkv_kernel_writes_the_kv_cache(results):
     assert results["kv_write"] and all(r["cache_equal"] and r["y_equal"] for r in results["kv_write"]), \
         results["kv_write"]
+
+
+def test_decode_attention_equals_sdpa(results):
+    assert len(results["attention"]) == 4 and all(r["err"] < 1e-5 for r in results["attention"]), \
+        results["attention"]
 
 
 def test_malformed_calls_are_refused(results):

@@ -130,8 +130,8 @@ def test_bucketed_masked_step_equals_upstream(shape, request):
 
 @both_shapes
 def test_triton_kernels_step_equals_upstream(shape, request):
-    """The Triton decode kernels (CUDA graphs use them where they win), run by Triton's CPU interpreter; the Nano
-    shape's width (96) takes the kernel's masked column tiles."""
+    """The Triton decode kernels (CUDA graphs use them where they win: GEMVs with the KV write, decode attention),
+    run by Triton's CPU interpreter; the Nano shape's width (96) takes the kernel's masked column tiles."""
     import importlib.util
     import os
     import sys
@@ -141,7 +141,8 @@ def test_triton_kernels_step_equals_upstream(shape, request):
         pytest.skip("slow (~6 min): run with TRITON_INTERPRET=1 and triton installed to check the Triton kernels "
                     "on CPU")
     t3, voices, texts = request.getfixturevalue(shape)
-    fast = FastT3(t3, bucket=64, check_every=16, hooks=TestHooks(masked_eager=True, kernels="triton"))
+    fast = FastT3(t3, bucket=64, check_every=16, hooks=TestHooks(masked_eager=True, kernels="triton",
+                                                                  attention="triton"))
     try:
         fast.weights.set_out_in_layout()
         text = texts[0]

@@ -8,9 +8,11 @@ gpt-fast's shape (weights, a decode state, a step function, a graph cache, a pla
     weights.py       the parameters a step reads (no copy), their storage order, what FastT3 supports
     sampling.py      the processors and the draw as pure functions (PyTorch; the reference)
     sample_kernel.py the processors, the draw and the state update in one Triton kernel (CUDA)
-    kernels.py       fused Triton matrix-vector kernels (CUDA)
+    kernels.py       fused Triton matrix-vector kernels (CUDA; the QKV one also writes the KV cache)
+    attention.py     the decode step's attention as a split-K Triton kernel (CUDA)
     graphs.py        GraphCache: one way to capture a step, per attention-length bucket
-    tuning.py        once per instance on CUDA: storage orders, Triton or PyTorch (checked, timed)
+    tuning.py        once per instance on CUDA: storage orders; Triton or PyTorch GEMVs, sampler and attention
+                     (each checked against PyTorch, the GEMVs and attention also timed)
     voice_prefix.py  the voice prefixes: prefilled once per voice, their keys/values LRU-cached
     self_check.py    the load-time self-check against upstream's greedy tokens (stop token held down)
 """

@@ -41,11 +41,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class TestHooks:
     """Test-only switches; the engine never sets them. masked_eager: without graphs, run the graphs' step (bucketed
-    attention length, masked) eagerly. kernels / sampler: use these ("torch" / "triton") without checking them."""
+    attention length, masked) eagerly. kernels / sampler / attention: use these without checking them."""
     __test__ = False  # not a pytest test class
     masked_eager: bool = False
     kernels: Optional[str] = None
     sampler: Optional[str] = None
+    attention: Optional[str] = None
 
 
 class FastT3:
@@ -53,21 +54,23 @@ class FastT3:
     casts t3 in place. cuda_graphs: capture the step (CUDA). check_every: tokens between looks at the stop token, also
     the noise block (part of what a seed reproduces). bucket: attention-length granularity of the graphs.
     lookahead_tokens: tokens queued ahead of the host's check (CUDA). max_voices: voice prefixes kept (LRU).
-    prefix_cache: reuse voice prefixes. kernels / sampler: "auto" (Triton where it agrees and wins), "torch", "triton".
+    prefix_cache: reuse voice prefixes. kernels / sampler: "auto" (Triton where it agrees and wins), "torch", "triton";
+    attention: "auto", "sdpa", "triton" (attention.py).
     One generation at a time (a lock); after moving or casting t3 create a new FastT3 (a cast is noticed)."""
 
     supported = staticmethod(supported)
 
     def __init__(self, t3, device=None, dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True,
                  check_every: int = 8, bucket: int = 256, max_voices: int = 8, prefix_cache: bool = True,
-                 tune_layouts: bool = True, kernels: str = "auto", sampler: str = "auto",
+                 tune_layouts: bool = True, kernels: str = "auto", sampler: str = "auto", attention: str = "auto",
                  lookahead_tokens: int = 8, hooks: Optional[TestHooks] = None):
         ok, why = supported(t3)
         if not ok:
             raise ValueError(f"FastT3 cannot run this T3: {why}")
-        for name, value in (("kernels", kernels), ("sampler", sampler)):
-            if value not in ("auto", "torch", "triton"):
-                raise ValueError(f"{name} must be 'auto', 'torch' or 'triton', not {value!r}")
+        for name, value, plain in (("kernels", kernels, "torch"), ("sampler", sampler, "torch"),
+                                   ("attention", attention, "sdpa")):
+            if value not in ("auto", plain, "triton"):
+                raise ValueError(f"{name} must be 'auto', '{plain}' or 'triton', not {value!r}")
         p = t3.speech_head.weight
         self.device = torch.device(device) if device is not None else p.device
         if self.device.type == "cuda" and self.device.index is None:
@@ -79,12 +82,13 @@ class FastT3:
         self.t3, self.weights = t3, Weights(t3)
         self.check_every, self.lookahead_tokens = max(1, int(check_every)), max(1, int(lookahead_tokens))
         self.bucket, self.prefix_cache, self.tune_layouts = max(16, int(bucket)), bool(prefix_cache), bool(tune_layouts)
-        self.kernels_pref, self.sampler_pref = kernels, sampler
+        self.kernels_pref, self.sampler_pref, self.attention_pref = kernels, sampler, attention
         self.hooks = hooks or TestHooks()
         self.graphs = GraphCache(self.device, cuda_graphs)
         on_cpu = "torch" if not self.graphs.enabled else None  # None: chosen at the first request (tuning.py)
         self.kernels = self.hooks.kernels or on_cpu
         self.sampler = self.hooks.sampler or on_cpu
+        self.attention = self.hooks.attention or (on_cpu and "sdpa")
         self.voices = VoicePrefixCache(max_voices)
         self.start_token, self.stop_token = int(t3.hp.start_speech_token), int(t3.hp.stop_speech_token)
         self.stats: Dict[str, Any] = {}
@@ -161,7 +165,7 @@ class FastT3:
     def prepare(self, n_min: int, n_max: int, tokens: int, greedy: bool) -> None:
         """Buffers for attention lengths up to n_max and `tokens` tokens, the kernel choice and the graphs."""
         self._ensure_state(n_max, tokens)
-        if self.kernels is None or self.sampler is None:
+        if None in (self.kernels, self.sampler, self.attention):
             self.stats["kernels"] = tuning.pick_kernels(self)
             self.graphs.clear()
         if (self.device.type == "cuda" and self.tune_layouts and self.kernels != "triton"
@@ -187,9 +191,9 @@ class FastT3:
         """The one fallback rule: a failed capture with Triton parts captures again with PyTorch ops; a failed
         capture with PyTorch ops runs eagerly. Each failure is logged and kept in info()['graph_failures']."""
         self.graphs.failures.append(msg)
-        if "triton" in (self.kernels, self.sampler):
+        if "triton" in (self.kernels, self.sampler, self.attention):
             log.warning("FastT3: CUDA graph capture with Triton kernels failed (%s); PyTorch ops", msg)
-            self.kernels = self.sampler = "torch"
+            self.kernels, self.sampler, self.attention = "torch", "torch", "sdpa"
             self.stats.setdefault("kernels", {})["capture_error"] = msg[:300]
             self.graphs.clear()
         else:
@@ -197,8 +201,12 @@ class FastT3:
             self.graphs.disable()
 
     def _step_fn(self, n: int, greedy: bool):
-        w, st, kernels, sampler = self.weights, self.state, self.kernels or "torch", self.sampler or "torch"
-        return lambda: decode_step(w, st, n, greedy, True, kernels, sampler)
+        w, st, choice = self.weights, self.state, self.choice()
+        return lambda: decode_step(w, st, n, greedy, True, *choice)
+
+    def choice(self) -> Tuple[str, str, str]:
+        """(kernels, sampler, attention) a step runs with now (PyTorch's until chosen)."""
+        return self.kernels or "torch", self.sampler or "torch", self.attention or "sdpa"
 
     def warmup(self, t3_cond=None, text_len: int = 64, max_new_tokens: int = 1000,
                settings: Tuple[Any, ...] = (None, "greedy"), all_buckets: bool = False) -> Dict[str, Any]:
@@ -242,6 +250,7 @@ class FastT3:
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "cuda_graphs": self.use_graphs, "graphs": len(self.graphs),
                 "graph_failures": list(self.graphs.failures), "capacity": self.capacity, "sampler": self.sampler,
+                "attention": self.attention,
                 "kernels": self.kernels, "kernel_check": self.stats.get("kernels"), "voices": len(self.voices),
                 "check_every": self.check_every, "kv_mb": round(self.state.kv_bytes / 2**20, 1),
                 "voice_mb": round(self.voices.nbytes / 2**20, 1),

@@ -71,7 +71,7 @@ def _enqueue(fast, i: int, end: int, P: int, greedy: bool, generator) -> Tuple[i
         if graph is not None:
             graph.replay()
         elif fast.hooks.masked_eager:
-            decode_step(w, st, n, greedy, True, fast.kernels or "torch", fast.sampler or "torch")
+            decode_step(w, st, n, greedy, True, *fast.choice())
         else:
             decode_step(w, st, P + j, greedy, False)   # exact length, as upstream
     ev = None

@@ -56,21 +56,26 @@ def sdpa_backends(cudnn: bool):
         return contextlib.nullcontext()
 
 
-def forward_logits(w: Weights, st: DecodeState, n: int, masked: bool, kernels: str = "torch"):
+def forward_logits(w: Weights, st: DecodeState, n: int, masked: bool, kernels: str = "torch",
+                   attention: str = "sdpa"):
     """Logits (1, V) for token `st.tok` at position `st.pos`; writes its keys/values at `pos`.
 
     n: attention length (positions [0, n)); with `masked` the positions > pos are masked (graph buckets), else n
     must be pos + 1 (eager, exact length as upstream). kernels: "torch" (PyTorch ops, a block's tail fused with the
-    next block's head by `_glue`) or "triton" (kernels.gemv; weights stored (out, in))."""
+    next block's head by `_glue`) or "triton" (kernels.gemv; weights stored (out, in)). attention: "sdpa"
+    (scaled_dot_product_attention) or "triton" (attention.decode_attention: positions after pos left out)."""
     D, H, Dh, eps = w.n_embd, w.n_head, w.head_dim, w.eps
     x = F.embedding(st.tok, w.speech_emb_w) + F.embedding(st.pos, w.wpe_w)
     mask = None
-    if masked:  # additive, built once per step in the model dtype (a bool mask is converted in every call)
-        mask = torch.zeros(1, 1, 1, n, dtype=w.dtype, device=x.device).masked_fill_(
+    if masked and attention == "sdpa":  # additive, built once per step in the model dtype (a bool mask is
+        mask = torch.zeros(1, 1, 1, n, dtype=w.dtype, device=x.device).masked_fill_(  # converted in every call)
             (st.arange[:n] > st.pos).view(1, 1, 1, n), NEG_INF)
 
     def attend(i, qkv, written: bool = False):
         kv_l = st.kv[i] if written else st.write_kv(i, qkv[:, D:].view(2, H, 1, Dh))
+        if attention == "triton":
+            from .attention import decode_attention
+            return decode_attention(qkv[:, :D], kv_l, st.pos, n)
         q = qkv[:, :D].view(1, H, 1, Dh)
         return F.scaled_dot_product_attention(q, kv_l[0:1, :, :n], kv_l[1:2, :, :n], attn_mask=mask).reshape(1, D)
 
@@ -96,11 +101,11 @@ def forward_logits(w: Weights, st: DecodeState, n: int, masked: bool, kernels: s
 
 
 def decode_step(w: Weights, st: DecodeState, n: int, greedy: bool, masked: bool, kernels: str = "torch",
-                sampler: str = "torch") -> None:
+                sampler: str = "torch", attention: str = "sdpa") -> None:
     """One token: forward at `pos` (attention length n), then the draw (argmax when greedy, else the sampling
     processors and the noise row of this step) and the state update (out[step], tok, seen, pos + 1, step + 1).
     sampler: "torch" (sampling.py) or "triton" (sample_kernel.py: processors, draw and update in one kernel)."""
-    logits = forward_logits(w, st, n, masked, kernels)
+    logits = forward_logits(w, st, n, masked, kernels, attention)
     if sampler == "triton":
         from .sample_kernel import sample_step
         sample_step(logits, st.params, st.seen, st.noise, st.out, st.tok, st.pos, st.step, greedy)

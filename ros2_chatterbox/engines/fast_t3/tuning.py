@@ -47,18 +47,54 @@ def tune_layouts(fast) -> Dict[str, Any]:
     return chosen
 
 
-def _step_ms(fast, n: int, kernels: str, sampler: str) -> float:
+def _step_ms(fast, n: int, kernels: str, sampler: str, attention: str = "sdpa") -> float:
     """GPU ms of one sampled decode step with these kernels (captured, replayed)."""
     st, w = fast.state, fast.weights
 
     def at_middle():
         st.pos.fill_(n // 2)
         st.step.fill_(1)
-    graph = record(lambda: decode_step(w, st, n, False, True, kernels, sampler), fast.device, st.reset)
+    graph = record(lambda: decode_step(w, st, n, False, True, kernels, sampler, attention), fast.device, st.reset)
     ms = time_replay(graph, fast.device, 20, at_middle)
     del graph
     st.reset()
     return ms
+
+
+def _rel_err(got, ref) -> float:
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+
+
+def _tolerance(fast) -> float:
+    return 1e-4 if fast.weights.dtype == torch.float32 else 3e-2
+
+
+def _pick_attention(fast, n: int, kernels: str, sampler: str, info: Dict[str, Any]) -> str:
+    """Triton's decode attention where the step's logits agree with SDPA's and, for "auto", the step runs faster."""
+    st, w = fast.state, fast.weights
+    try:
+        st.reset()
+        st.tok.fill_(fast.start_token)
+        st.pos.fill_(n // 2)
+        ref = forward_logits(w, st, n, True, kernels, "sdpa").float()
+        st.pos.fill_(n // 2)
+        got = forward_logits(w, st, n, True, kernels, "triton").float()
+        err = _rel_err(got, ref)
+        info["attention_rel_err"] = err
+        if not (err <= _tolerance(fast) and math.isfinite(err)):
+            info["attention_rejected"] = f"relative error {err:.2e}"
+            return "sdpa"
+        if fast.attention_pref == "triton":
+            return "triton"
+        t_sdpa = _step_ms(fast, n, kernels, sampler, "sdpa")
+        t_triton = _step_ms(fast, n, kernels, sampler, "triton")
+        info.update(step_ms_sdpa=round(t_sdpa, 4), step_ms_triton_attention=round(t_triton, 4))
+        return "triton" if t_triton < 0.97 * t_sdpa else "sdpa"
+    except Exception as exc:  # noqa: BLE001 - an optimisation only: SDPA always works
+        info["attention_error"] = f"{type(exc).__name__}: {exc}"[:400]
+        return "sdpa"
+    finally:
+        st.reset()
 
 
 def _sampler_agrees(fast) -> bool:
@@ -82,10 +118,10 @@ def _sampler_agrees(fast) -> bool:
 
 def pick_kernels(fast) -> Dict[str, Any]:
     """The Triton GEMV kernels if they agree with the PyTorch ops on the real weights (same state, one step) and, for
-    "auto", run faster; the Triton sampler where it draws the PyTorch sampler's tokens. Sets fast.kernels and
-    fast.sampler; returns what was measured."""
+    "auto", run faster; the Triton sampler where it draws the PyTorch sampler's tokens; then Triton's attention
+    likewise (_pick_attention). Sets fast.kernels, fast.sampler and fast.attention; returns what was measured."""
     info: Dict[str, Any] = {}
-    kernels, sampler = "torch", "torch"
+    kernels, sampler, attention = "torch", "torch", "sdpa"
     st, w = fast.state, fast.weights
     try:
         from . import kernels as tk
@@ -104,9 +140,9 @@ def pick_kernels(fast) -> Dict[str, Any]:
                 ref = forward_logits(w, st, n, True, "torch").float()
                 st.pos.fill_(n // 2)
                 got = forward_logits(w, st, n, True, "triton").float()
-                err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+                err = _rel_err(got, ref)
                 info.update(rel_err=err, same_argmax=bool(torch.equal(got.argmax(-1), ref.argmax(-1))))
-                tol = 1e-4 if w.dtype == torch.float32 else 3e-2
+                tol = _tolerance(fast)
                 if not (err <= tol and math.isfinite(err)):
                     info["rejected"] = f"relative error {err:.2e} > {tol:.0e}"
                 elif fast.kernels_pref == "triton":
@@ -120,6 +156,12 @@ def pick_kernels(fast) -> Dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - an optimisation only: PyTorch ops always work
         info["error"] = f"{type(exc).__name__}: {exc}"[:400]
         kernels, sampler = "torch", "torch"
-    info.update(chosen=kernels, sampler=sampler)
-    fast.kernels, fast.sampler = kernels, sampler
+    if fast.attention_pref != "sdpa" and fast.device.type == "cuda":
+        from . import attention as ta
+        if ta.available():
+            with torch.inference_mode():
+                attention = _pick_attention(fast, fast.bucket_len(min(st.capacity, 2 * fast.bucket)), kernels,
+                                            sampler, info)
+    info.update(chosen=kernels, sampler=sampler, attention=attention)
+    fast.kernels, fast.sampler, fast.attention = kernels, sampler, attention
     return info
