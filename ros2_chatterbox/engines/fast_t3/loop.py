@@ -60,6 +60,7 @@ def run(fast, t3_cond, text_tokens, s, generator, max_new: int, first_chunk: Opt
         # GPU time from the first token to the last checked one, per decoded token (prefill excluded)
         fast.stats["decode_ms_per_token"] = ev0.elapsed_time(last_ev) / (end - 1)
 
+
 def _enqueue(fast, i: int, end: int, P: int, greedy: bool, generator) -> Tuple[int, Any]:
     """Queue steps i..end-1 (graph replays, or eager steps) and the copy of their tokens to the host."""
     st, w = fast.state, fast.weights
@@ -81,6 +82,7 @@ def _enqueue(fast, i: int, end: int, P: int, greedy: bool, generator) -> Tuple[i
         ev = _event(True)
     return end, ev
 
+
 def _cut(fast, emitted: int, end: int, total: int) -> Tuple[int, bool]:
     """Where this chunk ends: before the first stop token after the first token (a stop token as the very first
     token does not stop, as upstream), else at `end` (and a final stop token is dropped, as upstream)."""
@@ -93,6 +95,7 @@ def _cut(fast, emitted: int, end: int, total: int) -> Tuple[int, bool]:
     if end == total and int(host[-1]) == fast.stop_token:
         return end - 1, False
     return end, False
+
 
 def _start(fast, t3_cond, text_tokens, s, generator, total: int) -> int:
     """Prefill and the first token; leaves the state ready for step 1. Returns the prefill length."""
