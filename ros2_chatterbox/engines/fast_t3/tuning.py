@@ -18,9 +18,10 @@ BIAS = {"attn_w": "attn_b", "proj_w": "proj_b", "fc_w": "fc_b", "mproj_w": "mpro
 
 
 def _addmm_ms(b, x, w, device, reps: int = 20) -> float:
+    """GPU ms of one addmm(b, x, w): a graph of `reps` calls, its replay time divided by them."""
     graph = record(lambda: torch.addmm(b, x, w), device, reps=reps, warmup=3)
     graph.replay()
-    return time_replay(graph, device, 1)
+    return time_replay(graph, device, 1) / reps
 
 
 def tune_layouts(fast) -> Dict[str, Any]:
