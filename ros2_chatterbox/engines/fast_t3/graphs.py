@@ -81,9 +81,6 @@ class GraphCache:
     def get(self, key: Key):
         return self.graphs.get(key) if self.enabled else None
 
-    def keys(self) -> List[Key]:
-        return sorted(self.graphs)
-
     def clear(self) -> None:
         self.graphs.clear()
 
