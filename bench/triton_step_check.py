@@ -40,7 +40,8 @@ def main(argv=None) -> int:
         doc["triton"] = f"missing: {exc}"
     args.out.mkdir(parents=True, exist_ok=True)
     save = lambda: (args.out / "triton_step_check.json").write_text(json.dumps(doc, indent=1))  # noqa: E731
-    st = DecodeState(1, 1, 64, V, 256, 64, 8, dev, torch.float16)
+    # 4096 tokens: the timings below run 100+ steps on one state (the PyTorch update indexes `out` unchecked)
+    st = DecodeState(1, 1, 64, V, 256, 4096, 8, dev, torch.float16)
     g = torch.Generator(device=dev).manual_seed(0)
     settings = [GenerationSettings(), GenerationSettings(min_p=0.05), GenerationSettings(temperature=1.3, top_k=50),
                 GenerationSettings(top_k=10000, top_p=1.0), GenerationSettings(temperature=0.5, top_p=0.5)]
@@ -78,8 +79,14 @@ def main(argv=None) -> int:
         def greedy_triton():
             sample_kernel.sample_step(logits, st.params, st.seen, st.noise, st.out, st.tok, st.pos, st.step, True)
 
+        def warps(n):
+            return lambda: sample_kernel.sample_step(logits, st.params, st.seen, st.noise, st.out, st.tok, st.pos,
+                                                     st.step, False, num_warps=n)
+
         timings = {}
-        for name, fn in [] if dev.type != "cuda" else (("torch", torch_sampler), ("triton", triton_sampler), ("triton_greedy", greedy_triton)):
+        impls = [("torch", torch_sampler), ("triton", triton_sampler), ("triton_greedy", greedy_triton)]
+        impls += [(f"triton_{n}_warps", warps(n)) for n in (4, 8, 16, 32)]
+        for name, fn in [] if dev.type != "cuda" else impls:
             try:
                 graph = record(fn, dev, st.reset, reps=20, warmup=2)
                 timings[name] = round(1000 * time_replay(graph, dev, 5, st.reset) / 20, 2)

@@ -225,6 +225,18 @@ def _attention():
     return out
 
 
+def _tuning_agrees():
+    """tuning._sampler_agrees as pick_kernels calls it at configure: the defaults' parameter row (set_sampling()),
+    then four draws of the kernel against the reference on a Turbo-sized vocabulary."""
+    from types import SimpleNamespace
+    from ros2_chatterbox.engines.fast_t3 import tuning
+    from ros2_chatterbox.engines.fast_t3.state import DecodeState
+    with torch.inference_mode():  # as at configure
+        st = DecodeState(1, 1, 4, V_BIG, 8, 16, 4, "cpu", torch.float32)
+        st.set_sampling()
+        return tuning._sampler_agrees(SimpleNamespace(state=st, device=torch.device("cpu")))
+
+
 def _worker(job):
     torch.set_num_threads(1)  # two workers on two cores
     S, K = _modules()
@@ -236,6 +248,8 @@ def _worker(job):
         result["refused"] = _refusals(S, K)
         result["kv_write"] = _kv_write()
         result["attention"] = _attention()
+    else:
+        result["tuning_agrees"] = _tuning_agrees()
         logits, seen, params = _defaults(S)
         p = S.process(logits, seen, params).softmax(-1)[0]
         result["p"] = p.tolist()
@@ -325,6 +339,12 @@ def test_qkv_kernel_writes_the_kv_cache(results):
 def test_decode_attention_equals_sdpa(results):
     assert len(results["attention"]) == 4 and all(r["err"] < 1e-5 for r in results["attention"]), \
         results["attention"]
+
+
+def test_configure_check_picks_the_kernel(results):
+    """The check pick_kernels runs at configure before it lets the kernel sample: it must pass on a good kernel
+    (an error there silently kept the PyTorch sampler on the GPU: bench/results/gpu-2026-12-08-decode-floor)."""
+    assert results["tuning_agrees"] is True
 
 
 def test_malformed_calls_are_refused(results):

@@ -61,8 +61,9 @@ class DecodeState:
         self.step.zero_()
         self.tok.zero_()
 
-    def set_sampling(self, settings) -> None:
-        self.params.copy_(sampling.params_tensor(settings, self.vocab, self.device))
+    def set_sampling(self, settings=None) -> None:
+        """The parameter row of `settings` (None: the defaults; a dict of GenerationSettings fields)."""
+        self.params.copy_(sampling.params_tensor(sampling.coerce(settings), self.vocab, self.device))
 
     def fill_noise(self, generator: Optional[torch.Generator]) -> None:
         """Fresh Exp(1) noise for the next noise_rows steps, from `generator` (on any device)."""

@@ -129,7 +129,7 @@ def pick_kernels(fast) -> Dict[str, Any]:
         from . import sample_kernel as sk
         with torch.inference_mode():
             if fast.sampler_pref != "torch" and sk.available():
-                st.set_sampling(None)
+                st.set_sampling()  # upstream's defaults
                 sampler = "triton" if _sampler_agrees(fast) else "torch"
                 info["sampler_agrees"] = sampler == "triton"
             if fast.kernels_pref != "torch" and tk.available():
