@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """FastT3's fused Triton pieces on a real GPU, without a model (seconds): the sampler (engines/fast_t3/
 sample_kernel.py) against the PyTorch reference (sampling.py) token for token, and both timed in CUDA graphs; the
-QKV matrix-vector kernel's key/value write into the cache (kernels.gemv(kv=...)) against index_copy_.
+QKV matrix-vector kernel's key/value write into the cache (kernels.gemv(kv=...)) against index_copy_; the per-step
+distribution of the kernel's draws against upstream's way of drawing (torch.multinomial), two-sample KS over --seeds.
 
-    python bench/triton_step_check.py --out DIR [--vocab 6563] [--cases 300]
+    python bench/triton_step_check.py --out DIR [--vocab 6563] [--cases 300] [--seeds 4000]
 
 Writes DIR/triton_step_check.json.
 """
@@ -23,6 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--vocab", type=int, default=6563)
     ap.add_argument("--cases", type=int, default=300)
+    ap.add_argument("--seeds", type=int, default=4000, help="draws per setting for the distribution check")
     ap.add_argument("--device", default="cuda", help="cpu: with TRITON_INTERPRET=1, checks only (no timings)")
     args = ap.parse_args(argv)
     import torch
@@ -111,8 +113,49 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001
         doc["kv_write_error"] = f"{type(exc).__name__}: {exc}"[:300]
     save()
+    # 4. the per-step distribution: --seeds kernel draws (each with its own Exp(1) noise) against as many draws of
+    # upstream's way (the processors, then torch.multinomial of the softmax) from the same logits; two-sample KS
+    # over the tokens ranked by probability
+    with torch.inference_mode():
+        for name, s in (("defaults", GenerationSettings()), ("min_p 0.05", GenerationSettings(min_p=0.05))):
+            logits = (3 * torch.randn(1, V, generator=g, device=dev)).half()
+            st.set_sampling(s)
+            seen = torch.zeros(1, V, dtype=torch.bool, device=dev)
+            seen[:, torch.randint(0, V, (40,), generator=g, device=dev)] = True
+            probs = sampling.process(logits, seen, st.params).softmax(-1)[0]
+            rank = torch.empty(V, dtype=torch.long, device=dev)
+            rank[probs.argsort(descending=True)] = torch.arange(V, device=dev)
+            ours = []
+            for _ in range(args.seeds):
+                st.reset()
+                st.seen.copy_(seen)
+                st.noise[0].exponential_(generator=g)
+                sample_step(logits, st, sample_kernel)
+                ours.append(st.tok.clone())
+            ours = rank[torch.cat(ours)].cpu()
+            theirs = rank[torch.multinomial(probs, args.seeds, replacement=True, generator=g)].cpu()
+            d, p = ks_2samp(ours, theirs)
+            doc.setdefault("distribution", []).append({"setting": name, "seeds": args.seeds, "ks_d": round(d, 4),
+                                                       "ks_p": round(p, 4), "support": int((probs > 0).sum())})
+    save()
     print(json.dumps(doc, indent=1))
     return 0
+
+
+def ks_2samp(a, b):
+    """Two-sample Kolmogorov-Smirnov statistic D and its asymptotic p-value (Stephens' correction; conservative for
+    discrete data), for 1-D tensors of equal length n."""
+    import math
+    import torch
+    n = a.numel()
+    values = torch.cat([a, b]).unique()
+    cdf_a = torch.searchsorted(a.sort().values, values, right=True).double() / n
+    cdf_b = torch.searchsorted(b.sort().values, values, right=True).double() / n
+    d = float((cdf_a - cdf_b).abs().max())
+    en = math.sqrt(n / 2)
+    lam = (en + 0.12 + 0.11 / en) * d
+    p = 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101)) if lam > 0 else 1.0
+    return d, min(1.0, max(0.0, p))
 
 
 def sample_step(logits, st, sample_kernel) -> None:
