@@ -7,23 +7,22 @@ decode state's update, in one program with no sort and no host sync (capturable 
 sampling.py is the reference (the CPU path runs it; the tests hold the two equal): the same processors in the same
 order on float32 scores, the same parameter row (sampling.param_row), the same draw. The whole vocabulary sits in
 registers (BLOCK = next power of two >= V lanes, the tail at -inf); each processor runs only when its parameter
-turns it on (runtime `if` on the loaded scalars). Where transformers sorts, this searches over an order-preserving
-int32 key of the float32 bits (a float's bits, the lower 31 flipped when negative: key order is float order),
-for top-k splitting the bracket [lo, hi) in five a step: four thresholds counted in one block reduction (the four
-counts, each < 2^16, packed in one int64 sum), as the block's barriers, not the arithmetic, are what a step costs:
+turns it on (runtime `if` on the loaded scalars). Where transformers sorts, this bisects over an order-preserving
+int32 key of the float32 bits (a float's bits, the lower 31 flipped when negative: key order is float order):
 
-    top-k    the k-th largest key: a search on [key(-inf), max key + 1) keeping count(key >= lo) >= k, done early
+    top-k    the k-th largest key: bisection on [key(-inf), max key + 1) keeping count(key >= lo) >= k, done early
              once count == k; keys < lo drop. Ties with the k-th value stay, as TopKLogitsWarper keeps them.
     top-p    T = the largest key <= max key with mass(key < T) <= 1 - top_p, the mass being the softmax of the top-k
-             scores; keys < T drop, so the largest always stays. One int64 sum a threshold: the mass in units of
+             scores; keys < T drop, so the largest always stays. One int64 sum a bisection step: the mass in units of
              2^-40 (an exact integer sum, the same in any order) above a count; done once [lo, hi) holds <= 1 key.
     min-p    probabilities below min_p x the largest drop.
     penalty  seen scores: x * pen when x < 0, else x / pen.
 
 Softmaxes as torch's: m = max, e = exp(x - m), p = e / sum(e) in float32 (divisions rounded to nearest). The cost is
-the chain of block reductions: ~25 at the defaults (top-k 1000, top-p 0.95, penalty 1.2 on V = 6563: ~8 top-k and
-~10 top-p search steps; with a binary top-k search ~35 and 43.8 us on an H100: bench/results/gpu-2026-12-08-decode-floor),
-1 when greedy.
+the chain of block reductions: ~35 at the defaults (top-k 1000, top-p 0.95, penalty 1.2 on V = 6563: ~20 top-k and
+~10 top-p bisection steps), 1 when greedy: 44 us on an H100 (bench/results/gpu-2026-12-08-decode-floor). Counting
+four thresholds a step in one packed int64 sum (~8 top-k steps instead of ~20) measured slower there (49 us): a 64-bit
+block sum costs about two 32-bit ones, so fewer steps did not pay.
 
 Where it can differ from sampling.py (top-p only). Ties: transformers sorts, and drops those of the ascending order
 whose cumulative sum is <= 1 - top_p, so within a group of exactly equal values at the boundary it drops the members
@@ -73,24 +72,12 @@ if triton is not None:
             if k < V:  # top-k: lo = the k-th largest key (count(key >= lo) >= k > count(key >= hi))
                 lo = kmin
                 hi = kmax.to(tl.int64) + 1
-                while lo + 1 < hi:  # four thresholds a step, counted in one sum: the bracket shrinks 5x
-                    d = hi - lo
-                    m1, m2 = lo + tl.maximum(d // 5, 1), lo + tl.maximum((2 * d) // 5, 1)
-                    m3, m4 = lo + tl.maximum((3 * d) // 5, 1), lo + tl.maximum((4 * d) // 5, 1)
-                    packed = tl.sum((key >= m1.to(tl.int32)).to(tl.int64)
-                                    + ((key >= m2.to(tl.int32)).to(tl.int64) << 16)
-                                    + ((key >= m3.to(tl.int32)).to(tl.int64) << 32)
-                                    + ((key >= m4.to(tl.int32)).to(tl.int64) << 48), axis=0)
-                    c1, c2, c3, c4 = (packed & 0xFFFF, (packed >> 16) & 0xFFFF, (packed >> 32) & 0xFFFF,
-                                      (packed >> 48) & 0xFFFF)
-                    new_lo = tl.where(c4 >= k, m4, tl.where(c3 >= k, m3, tl.where(c2 >= k, m2,
-                                                                                  tl.where(c1 >= k, m1, lo))))
-                    new_hi = tl.where(c1 < k, m1, tl.where(c2 < k, m2, tl.where(c3 < k, m3,
-                                                                                tl.where(c4 < k, m4, hi))))
-                    done = (c1 == k) | (c2 == k) | (c3 == k) | (c4 == k)  # exactly k at or above a threshold
-                    exact = tl.where(c1 == k, m1, tl.where(c2 == k, m2, tl.where(c3 == k, m3, m4)))
-                    lo = tl.where(done, exact, new_lo)
-                    hi = tl.where(done, exact + 1, new_hi)
+                while lo + 1 < hi:
+                    mid = (lo + hi) >> 1  # int64: no overflow
+                    c = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), axis=0)
+                    ge = c >= k
+                    lo = tl.where(ge, mid, lo)
+                    hi = tl.where(c == k, mid + 1, tl.where(ge, hi, mid))  # exactly k at or above mid: done
                 x = tl.where(key >= lo.to(tl.int32), x, neg_inf)
                 kmin = lo
             if tl.load(params_ptr + _TOPP_ON) != 0.0:  # top-p: keys < lo drop
