@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -22,6 +22,7 @@ import numpy as np
 from . import audio, text as text_mod
 from .engine import Cancelled, Engine, EngineError, EngineLoadError, VoiceError
 from .engines import create_engine
+from .engines.chatterbox.languages import LANGUAGES, normalize_language, unsupported_message
 from .settings import ConfigError, Settings
 from .speech_queue import CANCELLED, ENGINE_ERROR, INVALID, OK, QUEUE_FULL, UNAVAILABLE, Job, JobListener, \
     JobResult, QueueFull, SpeechQueue
@@ -31,8 +32,9 @@ from .voices import AUDIO_SUFFIXES, OPENAI_VOICES, ReadOnlyVoice, VoiceLibrary, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceAdded", "CoreStatus", "OPENAI_VOICES",
-           "VOICE_EXISTS", "VOICE_IN_USE", "VOICE_NOT_FOUND"]  # what the doors use: nothing below the core
+# what the doors use: nothing below the core
+__all__ = ["SpeechCore", "RequestError", "EngineLoadError", "VoiceInfo", "VoiceAdded", "LanguageInfo", "CoreStatus",
+           "OPENAI_VOICES", "VOICE_EXISTS", "VOICE_IN_USE", "VOICE_NOT_FOUND"]
 
 # RequestError kinds of voice management, beside the queue's (INVALID, QUEUE_FULL, UNAVAILABLE)
 VOICE_EXISTS = "voice_exists"
@@ -57,6 +59,12 @@ class VoiceInfo:
     name: str
     file: str
     bytes: int
+
+
+@dataclass(frozen=True)
+class LanguageInfo:
+    code: str   # ISO 639-1, as requests name it
+    name: str   # in English: "French"
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,10 @@ class SpeechCore:
         self.engine_name = self.engine.name
         self.load_seconds = time.monotonic() - t0
         self._check_voices()
+        try:
+            self.resolve_language("")
+        except RequestError as exc:  # the `language` parameter names a language this model does not speak
+            log.warning(f"parameter language: {exc.message}: requests that name no language will be refused")
         self.queue = SpeechQueue(self._run_job, max_size=cfg.queue_max_size, on_idle=self._on_idle)
         self.queue.start()
 
@@ -195,10 +207,13 @@ class SpeechCore:
     def submit(self, text: Any, voice: Any = "", overrides: Optional[Dict[str, Any]] = None, source: str = "api",
                listener: Optional[JobListener] = None, interrupt: bool = False,
                chunk_ms: Optional[float] = None) -> Job:
-        """Validate and enqueue. `chunk_ms`: the duration of each chunk handed to the listener (None: as the
-        engine yields). Raises RequestError (invalid, queue_full, unavailable)."""
+        """Validate and enqueue. `overrides`: generation settings of this request, `language` among them ('' or
+        None: the parameter's, else the model's default). `chunk_ms`: the duration of each chunk handed to the
+        listener (None: as the engine yields). Raises RequestError (invalid, queue_full, unavailable); a language the
+        loaded model does not speak is invalid (param "language"), and nothing is queued."""
         queue = self.queue
-        if queue is None or not self.loaded:
+        engine = self.engine
+        if queue is None or engine is None or not self.loaded:
             raise RequestError(UNAVAILABLE, "the speech engine is not loaded (node not configured/active)")
         settings = self._settings
         cfg = settings.core
@@ -210,8 +225,10 @@ class SpeechCore:
             voice_name = resolve_request_voice(self._library, voice, cfg.default_voice)
         except VoiceError as exc:
             raise RequestError(INVALID, str(exc), "voice") from None
+        overrides = dict(overrides or {})
+        language = self.resolve_language(overrides.pop("language", None), engine)
         try:
-            generation = settings.generation.with_overrides(overrides)
+            generation = replace(settings.generation.with_overrides(overrides), language=language)
         except ConfigError as exc:
             raise RequestError(INVALID, str(exc), "settings") from None
         interrupt = bool(interrupt) or cfg.queue_policy == "interrupt"
@@ -223,6 +240,44 @@ class SpeechCore:
         except QueueFull as exc:
             raise RequestError(QUEUE_FULL, str(exc)) from None
         return job
+
+    def resolve_language(self, requested: Any = "", engine: Optional[Engine] = None) -> str:
+        """The code a request speaks in: `requested` ("FR", "fr-FR" -> "fr"), or when it is ''/None the `language`
+        parameter's, or when that is '' the model's default. RequestError (invalid, param "language") naming the
+        supported codes when the loaded model does not speak it; unavailable when no model is loaded."""
+        engine = engine if engine is not None else self.engine
+        if engine is None:
+            raise RequestError(UNAVAILABLE, "the speech engine is not loaded (node not configured/active)")
+        supported = tuple(engine.languages)
+        if requested is not None and not isinstance(requested, str):
+            raise RequestError(INVALID, f"language must be a string (an ISO 639-1 code), not {requested!r}",
+                               "language")
+        try:
+            code = normalize_language(requested) or self._settings.generation.language or engine.default_language
+        except ValueError:  # not one of the codes any model here speaks: the refusal names what this one speaks
+            code = (requested or "").strip()
+        if code not in supported:
+            raise RequestError(INVALID, unsupported_message(code, supported, engine.model_id), "language")
+        return code
+
+    def list_languages(self) -> List[LanguageInfo]:
+        """What the loaded model speaks, its default first. RequestError (unavailable) when no model is loaded."""
+        engine = self.engine
+        if engine is None:
+            raise RequestError(UNAVAILABLE, "the speech engine is not loaded (node not configured/active)")
+        return [LanguageInfo(code, LANGUAGES.get(code, code)) for code in engine.languages]
+
+    @property
+    def default_language(self) -> str:
+        """The code spoken when a request names none ('' when no model is loaded)."""
+        engine = self.engine
+        return (self._settings.generation.language or engine.default_language) if engine is not None else ""
+
+    @property
+    def model_id(self) -> str:
+        """The loaded model as refusals name it (chatterbox-turbo, piper; '' when none)."""
+        engine = self.engine
+        return engine.model_id if engine is not None else ""
 
     def _piece_chars(self, chunk_chars: int) -> int:
         """The longest piece: text.chunk_chars, or less when the engine's memory budget chose shorter pieces."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -37,6 +37,11 @@ class Engine(abc.ABC):
 
     name = "engine"
     can_clone = False
+    # what it speaks: ISO 639-1 codes (ros2_chatterbox/engines/chatterbox/languages.py names them) and the one spoken
+    # when neither the request nor the `language` parameter names one. SpeechCore refuses other codes before
+    # queueing, so synthesize() only ever gets one of these in `settings.language`.
+    languages: Tuple[str, ...] = ("en",)
+    default_language = "en"
 
     def __init__(self, settings: EngineSettings, max_piece_chars: Optional[int] = None):
         """`settings`: the engine's typed settings. `max_piece_chars`: the longest piece of text `synthesize` will
@@ -69,10 +74,16 @@ class Engine(abc.ABC):
     def prepare_voice(self, voice_path: str) -> None:
         """Validate (and cache) a reference recording; raise VoiceError when it is unusable."""
 
+    @property
+    def model_id(self) -> str:
+        """The model refusals and the languages list name (chatterbox-turbo); the engine's name by default."""
+        return self.name
+
     def info(self) -> EngineStatus:
         """The engine's status (engines fill in what they have: dataclasses.replace on this)."""
         return EngineStatus(engine=self.name, sample_rate=self.sample_rate, loaded=self.loaded,
-                            can_clone=self.can_clone)
+                            can_clone=self.can_clone, languages=tuple(self.languages),
+                            default_language=self.default_language)
 
     def free_memory(self) -> None:
         """Drop caches after an out-of-memory error (the model stays loaded)."""

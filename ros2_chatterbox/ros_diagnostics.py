@@ -19,6 +19,7 @@ def speech_diagnostics(st: CoreStatus, node_name: str, lifecycle_state: str) -> 
         level, message = DiagnosticStatus.WARN, f"slow: {st.engine.fast_path_warning}"
     elif st.last_error:
         level, message = DiagnosticStatus.WARN, f"last error: {st.last_error}"
-    values = {"lifecycle_state": lifecycle_state, **st.flat(), "voices": ", ".join(st.voices)}
+    values = {"lifecycle_state": lifecycle_state, **st.flat(), "voices": ", ".join(st.voices),
+              "languages": ", ".join(st.engine.languages)}
     return DiagnosticStatus(level=level, name=f"{node_name}: speech", message=message, hardware_id=st.engine.device,
                             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])

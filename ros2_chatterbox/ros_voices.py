@@ -1,4 +1,5 @@
-"""Voice management over ROS: `voices/list`, `voices/add` (a recording on the node's machine), `voices/delete`.
+"""Voice management over ROS: `voices/list`, `voices/add` (a recording on the node's machine), `voices/delete`; and
+`languages/list`, what the loaded model speaks (the other half of "who speaks, in what").
 
 The core validates (the same checks as an HTTP upload); these services only translate. They live as long as the
 node and answer "not configured" while no voice library is loaded. The node hands in how to reach its core.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, ContextManager, Optional
 
-from ros2_chatterbox.srv import AddVoice, DeleteVoice, ListVoices
+from ros2_chatterbox.srv import AddVoice, DeleteVoice, ListLanguages, ListVoices
 
 from .core import RequestError, SpeechCore
 
@@ -25,6 +26,7 @@ class VoiceServices:
         node.create_service(ListVoices, "voices/list", self._on_list, callback_group=fast_group)
         node.create_service(AddVoice, "voices/add", self._on_add, callback_group=blocking_group)  # reads a file
         node.create_service(DeleteVoice, "voices/delete", self._on_delete, callback_group=fast_group)
+        node.create_service(ListLanguages, "languages/list", self._on_languages, callback_group=fast_group)
 
     def _answer(self, response, action: Callable[[SpeechCore], None]):
         """Run `action` on the core; a refusal or failure becomes success=false with the reason (never a raise
@@ -62,4 +64,15 @@ class VoiceServices:
     def _on_delete(self, request: DeleteVoice.Request, response: DeleteVoice.Response) -> DeleteVoice.Response:
         def run(core: SpeechCore) -> None:
             response.message = f"voice '{core.delete_voice(request.name)}' deleted"
+        return self._answer(response, run)
+
+    def _on_languages(self, request: ListLanguages.Request,
+                      response: ListLanguages.Response) -> ListLanguages.Response:
+        def run(core: SpeechCore) -> None:
+            found = core.list_languages()
+            response.codes = [lang.code for lang in found]
+            response.names = [lang.name for lang in found]
+            response.default_language = core.default_language
+            response.model = core.model_id
+            response.message = f"{len(found)} language(s)"
         return self._answer(response, run)

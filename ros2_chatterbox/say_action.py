@@ -20,8 +20,8 @@ from ros2_chatterbox.action import Say
 from .core import RequestError
 from .speech_queue import CANCELLED, Job
 
-# submit(text, voice, interrupt, source, feedback) -> Job (raises RequestError); cancel(job, reason)
-SubmitFn = Callable[[str, str, bool, str, Optional[Callable[[Job], None]]], Job]
+# submit(text, voice, interrupt, source, feedback, language) -> Job (raises RequestError); cancel(job, reason)
+SubmitFn = Callable[[str, str, bool, str, Optional[Callable[[Job], None]], str], Job]
 CancelFn = Callable[[Job, str], None]
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class SayActionServer:
             self._publish_feedback(goal_handle, fb)
 
         try:
-            job = self._submit(goal.text, goal.voice, goal.interrupt, "ros-action", feedback)
+            job = self._submit(goal.text, goal.voice, goal.interrupt, "ros-action", feedback, goal.language)
         except RequestError as exc:
             result.success, result.message = False, exc.message
             goal_handle.abort()

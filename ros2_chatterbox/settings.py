@@ -20,7 +20,7 @@ active); `runtime` settings apply at once. Nothing here imports rclpy.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .engines.registry import ENGINES
 
@@ -37,6 +37,8 @@ class Setting:
     min: Optional[float] = None
     max: Optional[float] = None
     choices: Tuple[str, ...] = ()
+    # turns a valid value into its one spelling ("FR" -> "fr"); raises ValueError with the reason for an invalid one
+    normalize: Optional[Callable[[Any], Any]] = None
 
     @property
     def attr(self) -> str:
@@ -53,6 +55,14 @@ class Setting:
 
 def _s(name: str, group: str, default: Any, description: str, stage: str = RUNTIME, **kw: Any) -> Setting:
     return Setting(name, group, default, description, stage, **kw)
+
+
+def _language(value: Any) -> str:
+    """A language code as the settings keep it ("FR", "fr-FR" -> "fr"; "" = the model's default language)."""
+    # imported here: languages.py needs only the standard library, but importing it at the top would import the
+    # engines' chatterbox package whenever the settings are read (test_settings_import_no_engine)
+    from .engines.chatterbox.languages import normalize_language
+    return normalize_language(value)
 
 
 SETTINGS: List[Setting] = [
@@ -138,6 +148,10 @@ SETTINGS: List[Setting] = [
     _s("generation.seed", "generation", 0, "Random seed; 0 = a new seed per request. Same seed and settings, "
        "same audio.", min=0, max=2**31 - 1),
     _s("generation.watermark", "generation", True, "Apply Resemble's Perth watermark to Chatterbox output."),
+    _s("language", "generation", "", "Language spoken when a request names none: an ISO 639-1 code (en, fr, de, ...; "
+       "'FR' and 'fr-FR' mean fr). '' = the model's default language (en). Chatterbox Turbo, Nano and Piper speak "
+       "English only: a request in another language is refused, naming the languages the model speaks.",
+       normalize=_language),
     # -- the ROS door
     _s("frame_id", "ros", "", "frame_id in the header of tts/audio messages."),
     _s("audio.chunk_ms", "ros", 100, "Duration of each AudioDataStamped chunk on tts/audio (ms).", min=10,
@@ -228,7 +242,20 @@ def check(name: str, value: Any) -> Any:
         raise ConfigError(f"{name}={value} is above its maximum {s.max:g}")
     if s.choices and value not in s.choices:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in s.choices)}")
+    if s.normalize is not None:
+        try:
+            value = s.normalize(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     return value
+
+
+def setting_for(group: str, attr: str) -> Setting:
+    """The table row behind a component's field (`setting_for("generation", "top_p")` is `generation.top_p`)."""
+    for s in SETTINGS:
+        if s.group == group and s.attr == attr:
+            return s
+    raise ConfigError(f"unknown {group} setting '{attr}'")
 
 
 class _Group:
@@ -296,6 +323,7 @@ class GenerationSettings(_Group):
     repetition_penalty: float = _default("generation.repetition_penalty")
     seed: int = _default("generation.seed")  # 0 = a fresh random seed per request
     watermark: bool = _default("generation.watermark")
+    language: str = _default("language")  # '' = the model's default; SpeechCore.submit puts the code spoken here
 
     def with_overrides(self, overrides: Optional[Mapping[str, Any]]) -> "GenerationSettings":
         """A copy with per-request overrides, each validated against the parameter's range."""
@@ -310,7 +338,7 @@ class GenerationSettings(_Group):
                 raise ConfigError(f"unknown generation setting '{key}'")
             if isinstance(getattr(self, key), float) and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            clean[key] = check(f"generation.{key}", value)
+            clean[key] = check(setting_for(self.GROUP, key).name, value)
         return replace(self, **clean)
 
 

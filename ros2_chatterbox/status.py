@@ -113,6 +113,8 @@ class EngineStatus(_Record):
     model_source: str = ""
     hub_repo: str = ""
     voice: str = ""             # the one voice of an engine that cannot clone
+    languages: Tuple[str, ...] = ()  # ISO 639-1 codes the engine speaks
+    default_language: str = ""  # spoken when neither the request nor the `language` parameter names one
     tiny_checkpoint: bool = False
     builtin_voice: bool = False
     load_seconds: float = 0.0

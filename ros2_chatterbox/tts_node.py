@@ -1,7 +1,7 @@
 """The ROS 2 door: a lifecycle node over the speech core.
 
 configure = read the parameters, load the engine and voices; activate = serve (`speak`, `tts/text`, `tts/stop`,
-`say`, HTTP; the `voices/*` services of ros_voices.py answer once configured); deactivate = stop serving (pending
+`say`, HTTP; the `voices/*` and `languages/list` services of ros_voices.py answer once configured); deactivate = stop serving (pending
 requests answered as cancelled); cleanup/shutdown/error = release the model and GPU memory. Callbacks only
 validate and enqueue; the core's worker thread synthesizes.
 
@@ -158,8 +158,13 @@ class TtsNode(LifecycleNode):
             new = changed_settings(params, self._settings, self._state_label)
         except ConfigError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        self._settings = new
         with self._use(active_only=False) as res:
+            if res is not None and new.generation.language != self._settings.generation.language:
+                try:  # a default language the loaded model does not speak would refuse every request
+                    res.core.resolve_language(new.generation.language)
+                except RequestError as exc:
+                    return SetParametersResult(successful=False, reason=f"language: {exc.message}")
+            self._settings = new
             if res is not None:
                 res.core.apply(new)
                 res.out.settings = new.ros
@@ -315,15 +320,17 @@ class TtsNode(LifecycleNode):
 
     # -- serving ---------------------------------------------------------------------------------------------
     def _submit(self, res: Optional[_Resources], text: Any, voice: Any, interrupt: bool, source: str,
-                feedback=None) -> Job:
+                feedback=None, language: str = "") -> Job:
+        """`language` '' = the parameter's (else the model's default); the core refuses one the model lacks."""
         if res is None:
             raise self._not_serving()
         sink = res.out.sink(res.core.sample_rate, feedback)
-        return res.core.submit(text, voice, None, source, sink, interrupt, self._settings.ros.audio_chunk_ms)
+        overrides = {"language": language} if language else None
+        return res.core.submit(text, voice, overrides, source, sink, interrupt, self._settings.ros.audio_chunk_ms)
 
-    def _submit_goal(self, text: str, voice: str, interrupt: bool, source: str, feedback) -> Job:
+    def _submit_goal(self, text: str, voice: str, interrupt: bool, source: str, feedback, language: str = "") -> Job:
         with self._use() as res:
-            return self._submit(res, text, voice, interrupt, source, feedback)
+            return self._submit(res, text, voice, interrupt, source, feedback, language)
 
     def _cancel_job(self, job: Job, reason: str) -> None:
         with self._use(active_only=False) as res:
@@ -336,7 +343,8 @@ class TtsNode(LifecycleNode):
     def _on_speak(self, request: Speak.Request, response: Speak.Response) -> Speak.Response:
         with self._use() as res:
             try:
-                job = self._submit(res, request.text, request.voice, request.interrupt, "ros-service")
+                job = self._submit(res, request.text, request.voice, request.interrupt, "ros-service",
+                                   language=request.language)
             except RequestError as exc:
                 response.success, response.message = False, exc.message
                 return response

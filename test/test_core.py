@@ -342,3 +342,27 @@ def test_run_time_settings_apply_to_the_next_request(core):
     core.apply(core.settings.with_values({"text.max_chars": 10}))
     with pytest.raises(RequestError, match="limit is 10"):
         core.submit("this is longer than ten characters")
+
+
+def test_a_language_the_model_does_not_speak_is_refused_before_queueing(core):
+    """The engine speaks en (the interface's default): fr is refused naming what it speaks, and nothing is queued;
+    en, a region tag of it, or none (the parameter's, else the model's default) reach the engine as "en"."""
+    seen = []
+    synthesize = core.fake.synthesize
+    core.fake.synthesize = lambda text, voice, settings, cancel: (seen.append(settings.language),
+                                                                  synthesize(text, voice, settings, cancel))[1]
+    for language in ("fr", "fr-FR", "xx"):
+        with pytest.raises(RequestError) as info:
+            core.submit("bonjour tout le monde", overrides={"language": language})
+        assert info.value.kind == INVALID and info.value.param == "language"
+        assert "supported: en" in info.value.message and "'fake'" in info.value.message, info.value.message
+    assert core.queue.depth == 0 and not core.queue.counters.get("submitted", 0), core.queue.counters
+    for language in ("en", "EN-us", "", None):
+        assert core.submit("hello there", overrides={"language": language}).wait(10).success
+    assert core.submit("hello there").wait(10).success
+    assert seen == ["en"] * 5
+    assert [(lang.code, lang.name) for lang in core.list_languages()] == [("en", "English")]
+    assert core.default_language == "en" and core.status().engine.languages == ("en",)
+    core.apply(core.settings.with_values({"language": "de"}))  # a default the model lacks refuses too
+    with pytest.raises(RequestError, match="language 'de' is not supported"):
+        core.submit("hello there")

@@ -63,6 +63,17 @@ def test_models_and_voices(client):
                                                             "filename": f"{REFERENCE_VOICE}.wav"}]
 
 
+def test_languages(client):
+    """GET /v1/audio/languages: what the loaded model speaks; /tts takes `language` as a generation setting."""
+    body = client.get("/v1/audio/languages").json()
+    assert body == {"object": "list", "data": [{"id": "en", "name": "English", "object": "language"}],
+                    "default_language": "en", "model": "piper"}
+    assert client.post("/tts", json={"text": "Hi.", "language": "en-US"}).status_code == 200
+    err = assert_error(client.post("/tts", json={"text": "Hallo.", "language": "de"}), 400, "language")
+    assert err["message"] == "language 'de' is not supported by model 'piper'; supported: en"
+    assert client.get("/api/model-info").json()["languages"] == ["en"]
+
+
 def test_model_info(client):
     info = client.get("/api/model-info").json()
     assert info["engine"] == "piper" and info["device"] == "cpu" and info["sample_rate"] == 22050

@@ -187,3 +187,17 @@ def test_sse_with_an_encoded_format(client):
     mp3 = b"".join(base64.b64decode(e["audio"]) for e in deltas if e["type"] == "speech.audio.delta")
     samples, rate = encoding.decode(mp3)
     assert rate == 22050 and samples.size > 0
+
+
+def test_language_through_extra_body(client, http_core):
+    """`language` is no OpenAI field: the SDK sends it with extra_body. The embedded Piper voice speaks en; fr is
+    refused (400, param language) with the list, and nothing is queued."""
+    data = client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.", response_format="wav",
+                                      extra_body={"language": "en"}).read()
+    assert encoding.decode(data)[0].size > 0
+    submitted = http_core.status().counters.get("submitted", 0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.speech.create(model="tts-1", voice="alloy", input="Bonjour.", extra_body={"language": "fr"})
+    assert info.value.status_code == 400 and info.value.body["param"] == "language"
+    assert "'fr' is not supported" in info.value.body["message"] and "supported: en" in info.value.body["message"]
+    assert http_core.status().counters.get("submitted", 0) == submitted

@@ -104,6 +104,20 @@ def test_unknown_voice_and_path_tricks_fail_clearly(node, client):
     assert client.speak("Still serving.").success
 
 
+def test_language_on_speak_and_the_languages_list(node, client):
+    """The embedded Piper voice speaks en: speak with language fr is refused naming en; en and '' (the default,
+    what existing callers send) speak; languages/list says so."""
+    from ros2_chatterbox.srv import ListLanguages, Speak
+    res = client.call(Speak, "/speak", Speak.Request(text="Bonjour.", language="fr"))
+    assert not res.success and "'fr' is not supported" in res.message and "supported: en" in res.message, res.message
+    assert client.call(Speak, "/speak", Speak.Request(text="Hello.", language="en-GB")).success
+    assert client.speak("Hello.").success
+    langs = client.call(ListLanguages, "/languages/list", ListLanguages.Request())
+    assert langs.success, langs.message
+    assert (list(langs.codes), list(langs.names), langs.default_language, langs.model) == \
+        (["en"], ["English"], "en", "piper")
+
+
 def test_lifecycle_walk_and_inactive_requests(client):
     """configure, activate, deactivate, cleanup, configure, activate, shutdown, with /speak checked at each."""
     ns, lc = "/lifecycle", "/lifecycle/tts_node"  # a namespace of its own: the shared node also runs

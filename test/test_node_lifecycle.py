@@ -72,6 +72,10 @@ def test_parameters_follow_the_lifecycle(client):
         # run-time: applies at once
         client.subscribe_outputs(ns)
         assert set_param(client, lc, "audio.chunk_ms", 40).successful
+        # language: a run-time setting checked against what the loaded model speaks
+        refused = set_param(client, lc, "language", "fr")
+        assert not refused.successful and "supported: en" in refused.reason, refused.reason
+        assert set_param(client, lc, "language", "EN").successful
         n0 = len(client.audio)
         res = client.speak("Forty millisecond chunks.", ns=ns)
         assert res.success

@@ -124,3 +124,6 @@ def test_interrupt_goal_replaces_current_speech(action, client):
 def test_invalid_goal_is_aborted_with_a_reason(action):
     r = wait(send(action, "   ").get_result_async(), 10)
     assert r.status == GoalStatus.STATUS_ABORTED and "empty" in r.result.message
+    handle = wait(action.send_goal_async(Say.Goal(text="Bonjour.", language="fr")))
+    r = wait(handle.get_result_async(), 10)
+    assert r.status == GoalStatus.STATUS_ABORTED and "supported: en" in r.result.message, r.result.message

@@ -101,6 +101,14 @@ def test_quick_start_form_and_interrupt(node):
     assert r.returncode == 0 and r.stdout.startswith("spoke "), r.stdout + r.stderr
 
 
+def test_languages_and_a_language_the_model_lacks(node):
+    r = say(say_line("tools/say.py languages"))
+    assert (r.returncode, r.stdout) == (0, "en  English  (default)\nmodel: piper\n"), r.stdout + r.stderr
+    r = say(f"{SAY} speak --language fr Bonjour.")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert error(r) == "[say] not spoken: language 'fr' is not supported by model 'piper'; supported: en", r.stderr
+
+
 @pytest.mark.parametrize("text", ["", "   "])
 def test_empty_and_blank_text_fail_with_one_message(node, text):
     r = say(f"{SAY} speak {shlex.quote(text)}")

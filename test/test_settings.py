@@ -160,3 +160,19 @@ def test_settings_import_no_engine(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['ros2_chatterbox.engines', 'ros2_chatterbox.engines.registry']"
+
+
+def test_language_is_a_generation_setting_spelled_one_way():
+    """`language` (CONTRACT.md's parameter name) belongs to the generation settings: 'FR' and 'fr-FR' are fr, ''
+    is the model's default, an unknown code is refused naming the codes; a request may override it."""
+    assert st.SETTINGS_BY_NAME["language"].group == "generation" and st.GenerationSettings().language == ""
+    assert st.check("language", "FR") == "fr" and st.check("language", " fr-FR ") == "fr"
+    assert st.check("language", "") == ""
+    assert st.Settings().with_values({"language": "pt_BR"}).generation.language == "pt"
+    with pytest.raises(st.ConfigError, match="supported: ar, da, de"):
+        st.check("language", "klingon")
+    with pytest.raises(st.ConfigError):
+        st.check("language", 3)
+    assert st.GenerationSettings().with_overrides({"language": "DE"}).language == "de"
+    assert st.setting_for("generation", "language").name == "language"
+    assert st.setting_for("generation", "top_p").name == "generation.top_p"

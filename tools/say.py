@@ -29,7 +29,7 @@ from pathlib import Path
 DEFAULT_DOMAIN = "42"          # `make run` uses ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-42}
 DEFAULT_RANGE = "LOCALHOST"    # and the Makefile's ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 TRANSITIONS = ("configure", "activate", "deactivate", "cleanup", "shutdown")
-COMMANDS = ("speak", "topic", "say", "stop", "voices", "speaking", "lifecycle", "param")
+COMMANDS = ("speak", "topic", "say", "stop", "voices", "languages", "speaking", "lifecycle", "param")
 
 
 def with_rclpy() -> None:
@@ -95,6 +95,7 @@ def parse_args(argv):
         p.add_argument("text")
         p.add_argument("--voice", default="", help="a voice name (voices list); default: the node's default")
         p.add_argument("--interrupt", action="store_true", help="stop what is speaking now and clear the queue")
+        p.add_argument("--language", default="", help="ISO 639-1 code (en, fr, ...); default: the node's")
     command("topic", "publish the text on tts/text (spoken in order, no answer)").add_argument("text")
     command("stop", "call tts/stop: stop the current utterance and clear the queue")
     p = command("speaking", "print tts/speaking (true while an utterance is published) as it changes")
@@ -107,6 +108,7 @@ def parse_args(argv):
     v.add_argument("--name", default="", help="voice name (default: from the file name)")
     v.add_argument("--overwrite", action="store_true", help="replace a voice of the same name")
     verbs.add_parser("delete", parents=[common], help="delete a voice").add_argument("name")
+    command("languages", "the languages the loaded model speaks (the --language of speak and say)")
     p = command("lifecycle", "the node's lifecycle state: get, or set a transition")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     verbs.add_parser("get", parents=[common], help="the current state")
@@ -175,7 +177,8 @@ class Cli:
         from ros2_chatterbox.srv import Speak
         t0 = time.monotonic()
         res = self.call(Speak, f"{self.ns}/speak", Speak.Request(text=self.args.text, voice=self.args.voice,
-                                                                  interrupt=self.args.interrupt))
+                                                                  interrupt=self.args.interrupt,
+                                                                  language=self.args.language))
         if not res.success:
             raise CliError(f"not spoken: {res.message}")
         return f"{res.message}; {res.sample_rate} Hz, answered after {time.monotonic() - t0:.2f} s"
@@ -218,7 +221,8 @@ class Cli:
                 print(f"feedback: {100 * f.progress:3.0f}% {f.audio_seconds:6.2f} s  {f.current_sentence}".rstrip(),
                       flush=True)
 
-        goal = Say.Goal(text=self.args.text, voice=self.args.voice, interrupt=self.args.interrupt)
+        goal = Say.Goal(text=self.args.text, voice=self.args.voice, interrupt=self.args.interrupt,
+                        language=self.args.language)
         handle = self.wait_for(client.send_goal_async(goal, feedback_callback=feedback), name)
         if not handle.accepted:
             raise CliError(f"goal rejected by {name}")
@@ -297,6 +301,15 @@ class Cli:
         if not res.success:
             raise CliError(f"voice not deleted: {res.message}")
         return res.message
+
+    def languages(self) -> str:
+        from ros2_chatterbox.srv import ListLanguages
+        res = self.call(ListLanguages, f"{self.ns}/languages/list", ListLanguages.Request())
+        if not res.success:
+            raise CliError(res.message)
+        lines = [f"{code}  {name}" + ("  (default)" if code == res.default_language else "")
+                 for code, name in zip(res.codes, res.names)]
+        return "\n".join(lines + [f"model: {res.model}"])
 
     def lifecycle(self) -> str:
         from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState

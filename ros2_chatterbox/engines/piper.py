@@ -18,7 +18,7 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -97,6 +97,7 @@ class PiperEngine(Engine):
         super().__init__(settings, max_piece_chars)
         self._voice = None
         self.model_path = ""
+        self._language = "en"  # the loaded voice's, from its espeak voice ("en-us" -> "en")
 
     def load(self) -> None:
         try:
@@ -116,6 +117,17 @@ class PiperEngine(Engine):
             raise EngineLoadError(f"piper could not load {path}: {type(exc).__name__}: {exc}") from exc
         self.model_path = str(path)
         self.sample_rate = int(self._voice.config.sample_rate)
+        espeak = str(getattr(self._voice.config, "espeak_voice", "") or "en")
+        self._language = espeak.replace("_", "-").split("-")[0].lower() or "en"
+
+    @property
+    def languages(self) -> Tuple[str, ...]:  # type: ignore[override]
+        """A Piper voice speaks one language: its espeak voice's (the embedded joe-us voice: en)."""
+        return (self._language,)
+
+    @property
+    def default_language(self) -> str:  # type: ignore[override]
+        return self._language
 
     def unload(self) -> None:
         self._voice = None

@@ -4,16 +4,20 @@ the truth."""
 from dataclasses import fields as dataclass_fields
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
 
 from .. import encoding
-from ..settings import SETTINGS_BY_NAME, GenerationSettings
+from ..settings import GenerationSettings, setting_for
 
 OPENAI_MAX_INSTRUCTIONS = 4096
 # /tts takes every generation setting as an optional field, built from the settings table: a new sampling option
 # (a row in settings.py and a GenerationSettings field) appears here, with its range and description, by itself
 GENERATION_KEYS = tuple(f.name for f in dataclass_fields(GenerationSettings))
-_STRICT = {bool: StrictBool, int: StrictInt, float: StrictFloat}
+_STRICT = {bool: StrictBool, int: StrictInt, float: StrictFloat, str: StrictStr}
+MAX_LANGUAGE_CHARS = 35  # the longest BCP 47 tag worth reading ("zh-Hant-TW" and longer); the core checks the code
+LANGUAGE_DESCRIPTION = ("Language to speak: an ISO 639-1 code (en, fr, ...; 'fr-FR' means fr). Default: parameter "
+                        "language, else the model's default. GET /v1/audio/languages lists what the model speaks; "
+                        "another code is refused (400) with that list.")
 Format = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
 
@@ -26,14 +30,17 @@ VoiceOrName = Union[str, VoiceId]
 
 
 def _gen_field(name: str) -> Tuple[Any, Any]:
-    s = SETTINGS_BY_NAME[f"generation.{name}"]
+    s = setting_for(GenerationSettings.GROUP, name)
     extra: Dict[str, Any] = {}
     if s.min is not None:
         extra["ge"] = s.min
     if s.max is not None:
         extra["le"] = s.max
-    return (Optional[_STRICT[type(s.default)]],
-            Field(None, description=f"{s.description} Default: parameter generation.{name} ({s.default}).", **extra))
+    if isinstance(s.default, str):
+        extra["max_length"] = MAX_LANGUAGE_CHARS if name == "language" else 200
+    description = LANGUAGE_DESCRIPTION if name == "language" else \
+        f"{s.description} Default: parameter {s.name} ({s.default})."
+    return (Optional[_STRICT[type(s.default)]], Field(None, description=description, **extra))
 
 
 def request_models(max_input: int) -> Tuple[Type[BaseModel], Type[BaseModel]]:
@@ -53,6 +60,9 @@ def request_models(max_input: int) -> Tuple[Type[BaseModel], Type[BaseModel]]:
                                                            "(raw 16-bit LE mono at X-Sample-Rate).")
         speed: StrictFloat = Field(1.0, ge=encoding.MIN_SPEED, le=encoding.MAX_SPEED,
                                    description="Tempo 0.25-4.0 (pitch unchanged).")
+        language: Optional[str] = Field(None, max_length=MAX_LANGUAGE_CHARS, description=LANGUAGE_DESCRIPTION +
+                                        " Not an OpenAI field: the openai SDK sends it with "
+                                        "extra_body={\"language\": \"fr\"}.")
         stream_format: Literal["audio", "sse"] = Field(
             "audio", description="audio: the file's bytes stream as they are synthesized (naming it makes wav "
                                  "stream too, with open-ended header sizes; without it wav is one complete file); "
@@ -105,6 +115,19 @@ class VoiceList(BaseModel):
     default_voice: str
     openai_aliases: List[str]
     can_clone: bool
+
+
+class LanguageCard(BaseModel):
+    id: str = Field(..., description="ISO 639-1 code, the `language` of speech requests")
+    name: str = Field(..., description="The language's English name")
+    object: str = "language"
+
+
+class LanguageList(BaseModel):
+    object: str = "list"
+    data: List[LanguageCard]
+    default_language: str = Field(..., description="Spoken when a request names no language")
+    model: str = Field(..., description="The model serving (chatterbox-turbo, chatterbox-nano, piper)")
 
 
 class PredefinedVoice(BaseModel):

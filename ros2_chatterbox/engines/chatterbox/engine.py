@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -215,8 +215,24 @@ class ChatterboxTurboEngine(Engine):
             release(self.device)
 
     # -- status --------------------------------------------------------------------------------------------------
+    def _status_spec(self) -> models.ModelSpec:
+        """The model loaded, or (not loaded) the one the `model` parameter will load."""
+        return self.spec if self._model is not None else models.MODELS.get(self.settings.model, self.spec)
+
+    @property
+    def languages(self) -> Tuple[str, ...]:  # type: ignore[override]
+        return self._status_spec().languages
+
+    @property
+    def default_language(self) -> str:  # type: ignore[override]
+        return self._status_spec().languages[0]
+
+    @property
+    def model_id(self) -> str:
+        return self._status_spec().model_id
+
     def info(self) -> EngineStatus:
-        spec = self.spec if self._model is not None else models.MODELS.get(self.settings.model, self.spec)
+        spec = self._status_spec()
         fast, s = self.fast, self.settings
         return replace(
             super().info(), device=self.device or s.device, dtype=self.dtype or s.dtype, model=spec.model_id,

@@ -44,6 +44,7 @@ class ModelSpec:
     t3_file: str
     gpt2_name: str          # the LLAMA_CONFIGS name T3 is built from
     gpt2: Mapping[str, Any]  # changes to upstream's GPT2_MEDIUM_CONFIG
+    languages: Tuple[str, ...] = ("en",)  # what the model speaks (ISO 639-1), its default first
 
     @property
     def width(self) -> int:

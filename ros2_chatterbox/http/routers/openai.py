@@ -6,12 +6,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
-from ...core import SpeechCore
+from ...core import RequestError, SpeechCore
 from ...settings import HttpSettings
 from .. import streaming
 from ..deps import get_core, get_settings
-from ..errors import documented
-from ..schemas import AUDIO_CONTENT, SSE_EVENT_SCHEMA, ModelList
+from ..errors import documented, request_error
+from ..schemas import AUDIO_CONTENT, SSE_EVENT_SCHEMA, LanguageList, ModelList
 
 MODEL_IDS = ("chatterbox", "chatterbox-turbo", "chatterbox-nano", "tts-1", "tts-1-hd",
              "gpt-4o-mini-tts")  # all accepted, all the same engine (parameter `model` chooses turbo or nano)
@@ -49,7 +49,8 @@ def router(SpeechRequest: Type[BaseModel], started: int) -> APIRouter:
                      core: SpeechCore = Depends(get_core), settings: HttpSettings = Depends(get_settings)):
         fmt = body.response_format
         streamed = streams(fmt, body.model_fields_set)
-        job, listener = await streaming.start_job(core, settings, body.input, body.voice, None, fmt, body.speed,
+        overrides = {"language": body.language} if body.language is not None else None
+        job, listener = await streaming.start_job(core, settings, body.input, body.voice, overrides, fmt, body.speed,
                                                   streaming=streamed)
         first = await streaming.first_item(core, request, job, listener)
         headers = streaming.audio_headers(listener, job, fmt)
@@ -66,5 +67,16 @@ def router(SpeechRequest: Type[BaseModel], started: int) -> APIRouter:
     def models() -> Dict[str, Any]:
         return {"object": "list", "data": [{"id": m, "object": "model", "created": started,
                                             "owned_by": "ros2_chatterbox"} for m in MODEL_IDS]}
+
+    @api.get("/v1/audio/languages", response_model=LanguageList, responses=documented(401, 503),
+             summary="The languages the loaded model speaks (the `language` of speech requests)")
+    def languages(core: SpeechCore = Depends(get_core)) -> Dict[str, Any]:
+        try:
+            found = core.list_languages()
+        except RequestError as exc:
+            raise request_error(core, exc) from None
+        return {"object": "list", "data": [{"id": lang.code, "name": lang.name, "object": "language"}
+                                           for lang in found],
+                "default_language": core.default_language, "model": core.model_id}
 
     return api
