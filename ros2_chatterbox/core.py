@@ -59,6 +59,7 @@ class VoiceInfo:
     name: str
     file: str
     bytes: int
+    language: str = ""  # spoken when a request with this voice names none ('' = none)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class VoiceAdded:
     duration: float
     can_clone: bool
     message: str
+    language: str = ""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -208,9 +210,10 @@ class SpeechCore:
                listener: Optional[JobListener] = None, interrupt: bool = False,
                chunk_ms: Optional[float] = None) -> Job:
         """Validate and enqueue. `overrides`: generation settings of this request, `language` among them ('' or
-        None: the parameter's, else the model's default). `chunk_ms`: the duration of each chunk handed to the
-        listener (None: as the engine yields). Raises RequestError (invalid, queue_full, unavailable); a language the
-        loaded model does not speak is invalid (param "language"), and nothing is queued."""
+        None: the voice's language when it carries one, else the parameter's, else the model's default).
+        `chunk_ms`: the duration of each chunk handed to the listener (None: as the engine yields). Raises
+        RequestError (invalid, queue_full, unavailable); a language the loaded model does not speak is invalid (param
+        "language"), and nothing is queued."""
         queue = self.queue
         engine = self.engine
         if queue is None or engine is None or not self.loaded:
@@ -226,7 +229,7 @@ class SpeechCore:
         except VoiceError as exc:
             raise RequestError(INVALID, str(exc), "voice") from None
         overrides = dict(overrides or {})
-        language = self.resolve_language(overrides.pop("language", None), engine)
+        language = self._request_language(overrides.pop("language", None), voice_name, engine)
         try:
             generation = replace(settings.generation.with_overrides(overrides), language=language)
         except ConfigError as exc:
@@ -259,6 +262,26 @@ class SpeechCore:
         if code not in supported:
             raise RequestError(INVALID, unsupported_message(code, supported, engine.model_id), "language")
         return code
+
+    def _request_language(self, requested: Any, voice_name: Optional[str], engine: Engine) -> str:
+        """resolve_language, with the voice's language between the request's and the parameter's: a request that
+        names none speaks its voice's language (the default voice's too) when the voice carries one."""
+        named = requested is not None and (not isinstance(requested, str) or requested.strip())
+        voice_language = ""
+        if not named and voice_name and self._library is not None:
+            try:
+                voice_language = self._library.language(voice_name)
+            except VoiceError:  # deleted since it was resolved: the worker reports the missing voice
+                voice_language = ""
+        if not voice_language:
+            return self.resolve_language(requested, engine)
+        try:
+            return self.resolve_language(voice_language, engine)
+        except RequestError as exc:
+            if exc.kind != INVALID:
+                raise
+            raise RequestError(INVALID, f"{exc.message} (voice '{voice_name}' speaks '{voice_language}'; name a "
+                                        f"language in the request to use it with this model)", "language") from None
 
     def list_languages(self) -> List[LanguageInfo]:
         """What the loaded model speaks, its default first. RequestError (unavailable) when no model is loaded."""
@@ -315,12 +338,26 @@ class SpeechCore:
         return self._settings.core.default_voice
 
     def list_voices(self) -> List[VoiceInfo]:
-        return [VoiceInfo(v["name"], v["file"], v["bytes"]) for v in self._voices().describe()]
+        return [VoiceInfo(v["name"], v["file"], v["bytes"], str(v.get("language", "")))
+                for v in self._voices().describe()]
 
-    def add_voice(self, name: str, data: bytes, overwrite: bool = False, filename: str = "") -> VoiceAdded:
+    def add_voice(self, name: str, data: bytes, overwrite: bool = False, filename: str = "",
+                  language: str = "") -> VoiceAdded:
         """Store a reference recording as voice `name` (or a name made from `filename` when `name` is '').
-        Raises RequestError: invalid (name or audio; param 'name' or 'file'), voice_exists, unavailable."""
+        `language` ('' = none): what requests with this voice speak when they name no language. Any of the codes
+        Chatterbox Multilingual speaks is accepted, also one the loaded model does not speak (the voice may serve a
+        multilingual model later): requests that would speak it on this model are refused then, as any unsupported
+        language. Overwriting a voice replaces its language too.
+        Raises RequestError: invalid (name, audio or language; param 'name', 'file' or 'language'), voice_exists,
+        unavailable."""
         lib = self._voices()
+        if not isinstance(language, str):
+            raise RequestError(INVALID, f"language must be a string (an ISO 639-1 code), not {language!r:.40}",
+                               "language")
+        try:
+            language = normalize_language(language)
+        except ValueError as exc:
+            raise RequestError(INVALID, str(exc), "language") from None
         if name:
             try:
                 stem = clean_name(name)
@@ -336,15 +373,21 @@ class SpeechCore:
             if existing is not None and not overwrite:
                 raise RequestError(VOICE_EXISTS, f"voice '{existing}' already exists; overwrite it or choose "
                                                  f"another name", "name")
-            path = lib.add(stem, data, overwrite=overwrite)
+            path = lib.add(stem, data, overwrite=overwrite, language=language)
         except VoiceError as exc:
             raise RequestError(INVALID, str(exc), "file") from None
         note = "" if self.can_clone else (f" (engine '{self.engine_name}' cannot clone voices: it is stored for "
                                           f"Chatterbox Turbo)")
-        log.info(f"voice '{stem}' added ({duration:.1f} s)")
-        return VoiceAdded(stem, path.name, round(duration, 3), self.can_clone, f"voice '{stem}' saved{note}")
+        engine = self.engine
+        if language and engine is not None and language not in tuple(engine.languages):
+            note += (f" (language '{language}': model '{engine.model_id}' speaks {', '.join(engine.languages)}; "
+                     f"requests with this voice must name one of those while it serves)")
+        spoken = f", language {language}" if language else ""
+        log.info(f"voice '{stem}' added ({duration:.1f} s{spoken})")
+        return VoiceAdded(stem, path.name, round(duration, 3), self.can_clone, f"voice '{stem}' saved{note}",
+                          language)
 
-    def add_voice_file(self, name: str, path: str, overwrite: bool = False) -> VoiceAdded:
+    def add_voice_file(self, name: str, path: str, overwrite: bool = False, language: str = "") -> VoiceAdded:
         """`add_voice` from a recording on this machine (the file is copied into the voices folder)."""
         p = Path(path).expanduser() if path else None
         if p is None or not p.is_file():
@@ -357,7 +400,7 @@ class SpeechCore:
             raise RequestError(INVALID, f"cannot read '{path}': {exc.strerror or exc}", "file") from None
         if len(data) > MAX_REFERENCE_BYTES:
             raise RequestError(INVALID, f"'{path}' is larger than {MAX_REFERENCE_BYTES >> 20} MiB", "file")
-        return self.add_voice(name, data, overwrite, filename=p.name)
+        return self.add_voice(name, data, overwrite, filename=p.name, language=language)
 
     def delete_voice(self, name: str) -> str:
         """Delete a voice; returns its name. Raises RequestError: invalid, voice_not_found, voice_in_use."""

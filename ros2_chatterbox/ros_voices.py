@@ -49,7 +49,9 @@ class VoiceServices:
 
     def _on_list(self, request: ListVoices.Request, response: ListVoices.Response) -> ListVoices.Response:
         def run(core: SpeechCore) -> None:
-            response.names = [v.name for v in core.list_voices()]
+            voices = core.list_voices()
+            response.names = [v.name for v in voices]
+            response.languages = [v.language for v in voices]
             response.default_voice = core.default_voice
             response.can_clone = core.can_clone
             response.message = f"{len(response.names)} voice(s)"
@@ -57,7 +59,7 @@ class VoiceServices:
 
     def _on_add(self, request: AddVoice.Request, response: AddVoice.Response) -> AddVoice.Response:
         def run(core: SpeechCore) -> None:
-            added = core.add_voice_file(request.name, request.path, request.overwrite)
+            added = core.add_voice_file(request.name, request.path, request.overwrite, language=request.language)
             response.name, response.duration, response.message = added.name, float(added.duration), added.message
         return self._answer(response, run)
 

@@ -8,6 +8,11 @@ Folders: added voices go to one writable folder; the package's shipped voices/ f
 (`open_library`): a voice added under a shipped voice's name takes precedence over it, and shipped voices are never
 modified or deleted. From a checkout that keeps uploads out of the git tree.
 
+A voice may carry a language (the code requests speak in when they name none): a sidecar `<name>.json` next to
+`<name>.wav` holding {"language": "fr"}. It follows its recording: written or removed when the voice is added or
+overwritten, deleted with it; a sidecar without a recording is not a voice, and one that cannot be read (not JSON,
+not a code, a symlink, too large) is ignored with a warning: the voice is listed without a language.
+
 Uploads are untrusted: their length is read from the header and refused before decoding, decoding stops after
 MAX_REFERENCE_S whatever the header says (a 1 MB FLAC of silence can hold hours), few decode at once, and the
 temporary file is created exclusively under a random name, never through a symlink planted in the folder.
@@ -15,6 +20,8 @@ temporary file is created exclusively under a random name, never through a symli
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 import re
 import secrets
@@ -35,9 +42,13 @@ MAX_REFERENCE_S = 60.0
 SILENCE_DBFS = -50.0
 MAX_SAMPLE_RATE = 192000
 MAX_CHANNELS = 16
+SIDECAR_SUFFIX = ".json"
+MAX_SIDECAR_BYTES = 4096
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")  # what a sidecar may hold: a code as the core normalizes it ("fr")
 DECODE_BLOCK = 1 << 16    # frames decoded at a time; only the mono mix is kept
 MAX_CONCURRENT_DECODES = 2
 _decoding = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
+log = logging.getLogger(__name__)
 
 # OpenAI's voice names: clients send them by default; they mean "the default voice" here.
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage",
@@ -129,6 +140,7 @@ class VoiceLibrary:
         self.folder = Path(folder).resolve()
         self.shipped = tuple(p for p in (Path(s).resolve() for s in shipped) if p != self.folder)
         self._lock = threading.Lock()
+        self._warned: set = set()  # sidecars already reported as unreadable (path, mtime, size): warn once each
 
     def _files(self) -> Dict[str, Path]:
         found: Dict[str, Path] = {}
@@ -166,14 +178,18 @@ class VoiceLibrary:
             raise VoiceError(f"voice '{stem}' is outside the voices folder")
         return real
 
-    def add(self, name: str, data: bytes, overwrite: bool = False) -> Path:
-        """Store a validated upload as <name>.wav (re-encoded, so the file is always plain WAV).
+    def add(self, name: str, data: bytes, overwrite: bool = False, language: str = "") -> Path:
+        """Store a validated upload as <name>.wav (re-encoded, so the file is always plain WAV), with `language`
+        ('' = none; a normalized code such as "fr", else VoiceError) in the sidecar <name>.json.
 
-        A voice whose name differs only in case is the same voice: refused, or replaced with overwrite=True (a
-        shipped voice is not replaced but shadowed: the new file goes to the writable folder).
+        A voice whose name differs only in case is the same voice: refused, or replaced with overwrite=True, its
+        language with it (overwriting without a language leaves the voice without one). A shipped voice is not
+        replaced but shadowed: the new files go to the writable folder.
         """
         import soundfile as sf
         stem = clean_name(name)
+        if not isinstance(language, str) or (language and not _LANGUAGE.match(language)):
+            raise VoiceError(f"invalid voice language {str(language)[:40]!r}: an ISO 639-1 code such as 'fr'")
         mono, sr = load_reference(data)
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -183,15 +199,67 @@ class VoiceLibrary:
                 raise VoiceError(f"voice '{clean_name(existing.name)}' already exists; delete it first or choose "
                                  f"another name")
             target = self.folder / f"{stem}.wav"
+            sidecar = self._sidecar(target)
+            if sidecar.is_dir() and not sidecar.is_symlink():
+                raise VoiceError(f"'{sidecar.name}' in the voices folder is a folder, where voice '{stem}' keeps its "
+                                 f"language: remove or rename it")
             tmp = self._write_temp(lambda f: sf.write(f, mono, sr, format="WAV", subtype="PCM_16"))
+            side_tmp: Optional[Path] = None
             try:
+                if language:
+                    body = json.dumps({"language": language}).encode()
+                    side_tmp = self._write_temp(lambda f: f.write(body))
                 if existing is not None and existing.parent == self.folder and existing.name != target.name:
                     existing.unlink(missing_ok=True)  # first: on a case-insensitive disk it is the target
+                    self._sidecar(existing).unlink(missing_ok=True)
+                # the old language goes before the new recording lands: never a new voice with a stale language
+                sidecar.unlink(missing_ok=True)
                 os.replace(tmp, target)  # replaces a planted symlink itself, never its target
+                if side_tmp is not None:
+                    os.replace(side_tmp, sidecar)
             except BaseException:
                 tmp.unlink(missing_ok=True)
+                if side_tmp is not None:
+                    side_tmp.unlink(missing_ok=True)
                 raise
         return target
+
+    @staticmethod
+    def _sidecar(recording: Path) -> Path:
+        """Where a recording's language is kept: <name>.json beside it (also for alice.FLAC or v1.2.wav)."""
+        return recording.with_name(clean_name(recording.name) + SIDECAR_SUFFIX)
+
+    def language(self, name: str) -> str:
+        """The language of a voice ('' = none, also for an unreadable sidecar, with a warning); VoiceError when
+        the voice does not exist."""
+        return self._read_language(self.path(name))
+
+    def _read_language(self, recording: Path) -> str:
+        sidecar = self._sidecar(recording)
+        try:
+            st = os.lstat(sidecar)
+        except OSError:
+            return ""  # no sidecar: no language
+        key = (str(sidecar), st.st_mtime_ns, st.st_size)
+        try:
+            if not os.path.isfile(sidecar) or os.path.islink(sidecar):
+                raise ValueError("not a plain file")
+            if st.st_size > MAX_SIDECAR_BYTES:
+                raise ValueError(f"larger than {MAX_SIDECAR_BYTES} bytes")
+            flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in after the check must not block the listing
+            with os.fdopen(os.open(sidecar, flags), "rb") as f:
+                doc = json.loads(f.read(MAX_SIDECAR_BYTES + 1).decode("utf-8"))
+            language = doc.get("language", "") if isinstance(doc, dict) else None
+            if not isinstance(language, str) or (language and not _LANGUAGE.match(language)):
+                raise ValueError(f"'language' must be a code such as \"fr\", not {language!r:.40}")
+            return language
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning(f"voice '{clean_name(recording.name)}': ignoring its language file {sidecar.name} "
+                            f"({type(exc).__name__}: {exc}); the voice has no language")
+            return ""
 
     def _write_temp(self, write) -> Path:
         """A new file in the folder, created exclusively under a random name without following symlinks."""
@@ -215,15 +283,20 @@ class VoiceLibrary:
                 raise ReadOnlyVoice(f"voice '{clean_name(name)}' ships with the package ({p.parent}, read-only) and "
                                     f"cannot be deleted; add a voice of that name with overwrite to replace it")
             p.unlink()
+            try:
+                self._sidecar(p).unlink(missing_ok=True)
+            except OSError as exc:  # the voice is gone; a language file left behind is not listed without it
+                log.warning(f"voice '{clean_name(p.name)}' deleted, but not its language file: {exc}")
 
     def describe(self) -> List[Dict[str, object]]:
+        """Each voice's name, file, size and language ('' = none)."""
         out = []
         for name, p in self._files().items():
             try:
                 st = p.stat()
-                out.append({"name": name, "file": p.name, "bytes": st.st_size})
             except OSError:
                 continue
+            out.append({"name": name, "file": p.name, "bytes": st.st_size, "language": self._read_language(p)})
         return out
 
 

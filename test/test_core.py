@@ -366,3 +366,133 @@ def test_a_language_the_model_does_not_speak_is_refused_before_queueing(core):
     core.apply(core.settings.with_values({"language": "de"}))  # a default the model lacks refuses too
     with pytest.raises(RequestError, match="language 'de' is not supported"):
         core.submit("hello there")
+
+
+# -- a voice's language: a sidecar <name>.json beside its recording ---------------------------------------------------
+def _library(tmp_path):
+    from ros2_chatterbox.voices import VoiceLibrary
+    folder = tmp_path / "lib"
+    folder.mkdir(exist_ok=True)
+    return VoiceLibrary(str(folder)), folder
+
+
+def test_a_voice_language_follows_its_recording(tmp_path):
+    """Written with the voice, listed, replaced (or removed) by an overwrite, deleted with the voice; a voice that
+    replaces one whose name differs in case takes the place of its sidecar too."""
+    import json
+    lib, folder = _library(tmp_path)
+    lib.add("alice", _reference_wav(), language="fr")
+    assert json.loads((folder / "alice.json").read_text()) == {"language": "fr"}
+    assert lib.language("alice") == "fr"
+    assert [(v["name"], v["language"]) for v in lib.describe()] == [("alice", "fr")]
+    lib.add("alice", _reference_wav(), overwrite=True, language="de")
+    assert lib.language("alice") == "de"
+    lib.add("alice", _reference_wav(), overwrite=True)  # an overwrite without a language: the voice has none
+    assert lib.language("alice") == "" and not (folder / "alice.json").exists()
+    lib.add("alice", _reference_wav(), overwrite=True, language="es")
+    lib.add("Alice", _reference_wav(), overwrite=True, language="it")
+    assert sorted(p.name for p in folder.iterdir()) == ["Alice.json", "Alice.wav"]
+    assert lib.language("Alice") == "it"
+    lib.delete("Alice")
+    assert list(folder.iterdir()) == []
+    lib.add("bob", _reference_wav())
+    assert sorted(p.name for p in folder.iterdir()) == ["bob.wav"]  # no language, no sidecar
+
+
+def test_a_sidecar_without_a_recording_is_no_voice_and_a_broken_one_is_ignored_with_one_warning(tmp_path):
+    from log_capture import captured_logs
+    from ros2_chatterbox.engine import VoiceError
+    lib, folder = _library(tmp_path)
+    (folder / "ghost.json").write_text('{"language": "fr"}')
+    assert lib.names() == [] and lib.describe() == []
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"language": "fr"}')
+    broken = {"notjson": b"{language: fr", "alist": b'["fr"]', "number": b'{"language": 5}',
+              "word": b'{"language": "French"}', "tricky": b'{"language": "../../etc"}',
+              "binary": b"\xff\xfe\x00", "huge": b'{"language": "fr", "x": "' + b"y" * 5000 + b'"}'}
+    for name, body in broken.items():
+        lib.add(name, _reference_wav())
+        (folder / f"{name}.json").write_bytes(body)
+    lib.add("linked", _reference_wav())
+    (folder / "linked.json").symlink_to(outside)  # never followed
+    lib.add("adir", _reference_wav())
+    (folder / "adir.json").mkdir()
+    lib.add("fine", _reference_wav(), language="en")
+    with captured_logs("ros2_chatterbox.voices") as logs:
+        for _ in range(2):
+            listed = {v["name"]: v["language"] for v in lib.describe()}
+            assert listed == {**{name: "" for name in broken}, "linked": "", "adir": "", "fine": "en"}, listed
+    warned = [m for level, m in logs if level == "warning"]
+    assert len(warned) == len(broken) + 2, warned  # once per file, not at every listing
+    with pytest.raises(VoiceError, match="is a folder"):
+        lib.add("adir", _reference_wav(), overwrite=True, language="fr")
+    assert all("ignoring its language file" in m for m in warned)
+    lib.delete("linked")
+    assert outside.exists() and not (folder / "linked.json").is_symlink()  # the link went, not its target
+
+
+@pytest.mark.parametrize("name, language", [("../evil", "fr"), ("a/b", "fr"), ("ok", "../../x"), ("ok", "fr/.."),
+                                            ("ok", "FR"), ("ok", "x" * 40), ("ok", 5)])
+def test_voice_language_path_tricks_are_refused(tmp_path, name, language):
+    from ros2_chatterbox.engine import VoiceError
+    lib, folder = _library(tmp_path)
+    with pytest.raises(VoiceError):
+        lib.add(name, _reference_wav(), language=language)
+    with pytest.raises(VoiceError):
+        lib.language("../lib/ok")
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["lib"]
+
+
+def test_a_shipped_voice_has_no_language_and_a_user_voice_shadowing_it_has_its_own(tmp_path):
+    from ros2_chatterbox.voices import VoiceLibrary
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "carol.wav").write_bytes(_reference_wav())
+    lib = VoiceLibrary(str(tmp_path / "user"), shipped=[str(shipped)])
+    assert lib.language("carol") == ""
+    lib.add("carol", _reference_wav(), overwrite=True, language="fr")
+    assert lib.language("carol") == "fr" and not (shipped / "carol.json").exists()
+    lib.delete("carol")
+    assert lib.language("carol") == "" and lib.names() == ["carol"]
+
+
+def test_add_voice_takes_any_multilingual_code_and_the_voice_language_comes_before_the_parameter(core, tmp_path):
+    """Order: the request's language, the voice's, the parameter's, the model's. A voice in French on the English-only
+    engine is stored (it may serve a multilingual model later), but a request with it that names no language is
+    refused with the supported codes; naming en works. A voice in English wins over a parameter the model lacks."""
+    seen = []
+    synthesize = core.fake.synthesize
+    core.fake.synthesize = lambda text, voice, settings, cancel: (seen.append(settings.language),
+                                                                  synthesize(text, voice, settings, cancel))[1]
+    added = core.add_voice("amelie", _reference_wav(), language="FR-fr")
+    assert added.language == "fr" and "model 'fake' speaks en" in added.message, added.message
+    assert [(v.name, v.language) for v in core.list_voices()] == [("amelie", "fr")]
+    for language in (None, "", "  "):
+        with pytest.raises(RequestError) as info:
+            core.submit("bonjour", voice="amelie", overrides={"language": language})
+        assert info.value.kind == INVALID and info.value.param == "language"
+        assert "language 'fr' is not supported by model 'fake'; supported: en" in info.value.message
+        assert "voice 'amelie'" in info.value.message
+    assert core.queue.depth == 0
+    assert core.submit("hello", voice="amelie", overrides={"language": "en"}).wait(10).success
+    path = tmp_path / "src" / "recording.wav"  # outside the voices folder (tmp_path itself)
+    path.parent.mkdir()
+    path.write_bytes(_reference_wav())
+    assert core.add_voice_file("edward", str(path), language="en").language == "en"
+    core.apply(core.settings.with_values({"language": "de"}))  # the parameter names one the model lacks
+    assert core.submit("hello from edward", voice="edward").wait(10).success  # the voice's en comes first
+    with pytest.raises(RequestError, match="language 'de' is not supported"):
+        core.submit("hello with the built-in voice")
+    core.apply(core.settings.with_values({"language": "", "default_voice": "edward"}))
+    assert core.submit("the default voice speaks its language").wait(10).success
+    assert seen == ["en"] * 3
+
+
+@pytest.mark.parametrize("language", ["xx", "french", "../fr", 7])
+def test_add_voice_refuses_an_unknown_language_naming_the_codes(core, language):
+    with pytest.raises(RequestError) as info:
+        core.add_voice("alice", _reference_wav(), language=language)
+    assert info.value.kind == INVALID and info.value.param == "language"
+    if isinstance(language, str):
+        assert "supported: ar, da, de" in info.value.message, info.value.message
+    assert core.list_voices() == []

@@ -225,6 +225,31 @@ def test_voice_upload_list_delete(client, http_core):
     assert sorted(p.name for p in voices_folder(http_core).iterdir()) == [f"{REFERENCE_VOICE}.wav"]
 
 
+def test_voice_upload_with_a_language(client, http_core):
+    """The form field `language` is the voice's: listed with it, spoken when a request names none (refused here, as
+    Piper speaks en only, naming the codes), replaced by an overwrite, deleted with the voice."""
+    wav = reference_wav(6.0)
+    r = client.post("/v1/audio/voices", files={"file": ("x.wav", wav, "audio/wav")},
+                    data={"name": "amelie", "language": "fr-FR"})
+    assert r.status_code == 201 and r.json()["language"] == "fr", r.text
+    listed = {v["id"]: v["language"] for v in client.get("/v1/audio/voices").json()["data"]}
+    assert listed == {"amelie": "fr", REFERENCE_VOICE: ""}, listed
+    err = assert_error(client.post("/v1/audio/speech", json={"model": "m", "input": "Bonjour.", "voice": "amelie"}),
+                       400, "language")
+    assert "language 'fr' is not supported by model 'piper'; supported: en" in err["message"], err
+    assert client.post("/tts", json={"text": "Hi.", "voice": "amelie", "language": "en"}).status_code == 200
+    err = assert_error(client.post("/v1/audio/voices", files={"file": ("x.wav", wav, "audio/wav")},
+                                   data={"name": "zed", "language": "klingon"}), 400, "language")
+    assert "supported: ar, da" in err["message"], err
+    r = client.post("/v1/audio/voices", files={"file": ("x.wav", wav, "audio/wav")},
+                    data={"name": "amelie", "overwrite": "true"})
+    assert r.status_code == 201 and r.json()["language"] == "", r.text
+    assert client.post("/v1/audio/speech", json={"model": "m", "input": "Hi.", "voice": "amelie",
+                                                 "response_format": "wav"}).status_code == 200
+    assert client.delete("/v1/audio/voices/amelie").status_code == 200
+    assert sorted(p.name for p in voices_folder(http_core).iterdir()) == [f"{REFERENCE_VOICE}.wav"]
+
+
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "..", "a b", "x/y", ".hidden"])
 def test_voice_upload_rejects_bad_names(client, http_core, name):
     r = client.post("/v1/audio/voices", files={"file": ("x.wav", reference_wav(), "audio/wav")},

@@ -125,10 +125,19 @@ def test_voice_management_over_ros(client, tmp_path):
         assert not res.success and "invalid voice name" in res.message
         res = client.call(AddVoice, f"{ns}/voices/add", AddVoice.Request(name="x", path="/no/such.wav"))
         assert not res.success and "no such file" in res.message
+        res = client.call(AddVoice, f"{ns}/voices/add", AddVoice.Request(name="x", path=str(rec), language="xx"))
+        assert not res.success and "unsupported language 'xx'" in res.message, res.message
+        # a voice's language (issue 20): stored though the loaded model speaks en only, listed beside its name
+        res = client.call(AddVoice, f"{ns}/voices/add", AddVoice.Request(name="bernard", path=str(rec), language="fr"))
+        assert res.success and "speaks en" in res.message, res.message
         listed = client.call(ListVoices, f"{ns}/voices/list", ListVoices.Request())
-        assert listed.success and listed.names == ["Alice_Smith"]
+        assert listed.success and listed.names == ["Alice_Smith", "bernard"]
+        assert list(listed.languages) == ["", "fr"]
         assert client.change_state("activate", lc)
         assert client.speak("Hello in Alice's voice.", voice="Alice_Smith", ns=ns).success
+        res = client.speak("Bonjour.", voice="bernard", ns=ns)  # names no language: the voice's fr, refused
+        assert not res.success and "language 'fr' is not supported" in res.message, res.message
+        assert client.call(DeleteVoice, f"{ns}/voices/delete", DeleteVoice.Request(name="bernard")).success
         assert client.call(DeleteVoice, f"{ns}/voices/delete", DeleteVoice.Request(name="Alice_Smith")).success
         gone = client.call(DeleteVoice, f"{ns}/voices/delete", DeleteVoice.Request(name="Alice_Smith"))
         assert not gone.success and "unknown voice" in gone.message

@@ -178,8 +178,9 @@ def test_voices_add_list_delete(node, tmp_path):
     r = say(add)
     assert r.returncode == 1 and error(r).startswith("[say] voice not added: voice 'alice' already exists"), r.stderr
     relative = os.path.relpath(recording, ROOT)  # the node reads the path: the CLI makes it absolute
-    r = say(f"{SAY} voices add --overwrite --name alice {shlex.quote(relative)}")
+    r = say(f"{SAY} voices add --overwrite --name alice --language FR {shlex.quote(relative)}")
     assert r.returncode == 0, r.stderr
+    assert "alice  [fr]" in say(say_line("tools/say.py voices list")).stdout.splitlines()  # the voice's language
     r = say(f"{SAY} voices delete alice")
     assert (r.returncode, r.stdout) == (0, "voice 'alice' deleted\n"), r.stdout + r.stderr
     assert "alice" not in say(say_line("tools/say.py voices list")).stdout.splitlines()

@@ -7,7 +7,7 @@ machine without the `ros2` command (a pip-only set-up). From the checkout:
     tools/say.py topic "Battery at twenty percent."     # publish on tts/text
     tools/say.py say "A long story. It has many sentences."    # the say action, with feedback; Ctrl-C cancels
     tools/say.py stop                                   # tts/stop
-    tools/say.py voices list                            # or: add [--name alice] FILE, delete NAME
+    tools/say.py voices list                            # or: add [--name alice] [--language fr] FILE, delete NAME
     tools/say.py speaking                               # tts/speaking as it changes, until Ctrl-C
     tools/say.py lifecycle get                          # or: set configure|activate|deactivate|cleanup|shutdown
     tools/say.py param get generation.temperature       # or: set NAME VALUE, describe NAME
@@ -107,6 +107,7 @@ def parse_args(argv):
     v.add_argument("path")
     v.add_argument("--name", default="", help="voice name (default: from the file name)")
     v.add_argument("--overwrite", action="store_true", help="replace a voice of the same name")
+    v.add_argument("--language", default="", help="ISO 639-1 code the voice speaks when a request names none")
     verbs.add_parser("delete", parents=[common], help="delete a voice").add_argument("name")
     command("languages", "the languages the loaded model speaks (the --language of speak and say)")
     p = command("lifecycle", "the node's lifecycle state: get, or set a transition")
@@ -286,13 +287,15 @@ class Cli:
             res = self.call(ListVoices, f"{self.ns}/voices/list", ListVoices.Request())
             if not res.success:
                 raise CliError(res.message)
-            lines = [f"{n}  (default)" if n == res.default_voice else n for n in res.names]
+            languages = list(res.languages) + [""] * (len(res.names) - len(res.languages))
+            lines = [n + (f"  [{lang}]" if lang else "") + ("  (default)" if n == res.default_voice else "")
+                     for n, lang in zip(res.names, languages)]
             lines.append(f"default voice: {res.default_voice or '(the engine built-in voice)'}; engine "
                          f"{'clones voices' if res.can_clone else 'speaks every voice with its own voice'}")
             return "\n".join(lines)
         if verb == "add":  # the path is read by the node: absolute, so a relative one means the same to both
             req = AddVoice.Request(name=self.args.name, path=os.path.abspath(self.args.path),
-                                   overwrite=self.args.overwrite)
+                                   overwrite=self.args.overwrite, language=self.args.language)
             res = self.call(AddVoice, f"{self.ns}/voices/add", req)
             if not res.success:
                 raise CliError(f"voice not added: {res.message}")

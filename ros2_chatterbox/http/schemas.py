@@ -107,6 +107,8 @@ class VoiceCard(BaseModel):
     object: str = "voice"
     file: str
     bytes: int
+    language: str = Field("", description="Spoken when a request with this voice names no language ('' = none: "
+                                          "the `language` parameter's, else the model's default)")
 
 
 class VoiceList(BaseModel):
@@ -143,6 +145,7 @@ class VoiceUploaded(BaseModel):
     duration: float
     can_clone: bool
     message: str
+    language: str = Field("", description="The voice's language ('' = none)")
 
 
 class VoiceDeleted(BaseModel):

@@ -29,8 +29,8 @@ def list_voices(core: SpeechCore = Depends(get_core)) -> Dict[str, Any]:
         raise _voice_error(core, exc) from None
     return {"object": "list", "default_voice": core.default_voice, "openai_aliases": sorted(OPENAI_VOICES),
             "can_clone": core.can_clone,
-            "data": [{"id": v.name, "name": v.name, "object": "voice", "file": v.file, "bytes": v.bytes}
-                     for v in voices]}
+            "data": [{"id": v.name, "name": v.name, "object": "voice", "file": v.file, "bytes": v.bytes,
+                      "language": v.language} for v in voices]}
 
 
 @router.post("/v1/audio/voices", status_code=201, response_model=VoiceUploaded,
@@ -40,6 +40,9 @@ def upload_voice(file: UploadFile = File(..., description="Reference recording")
                  name: Optional[str] = Form(None, max_length=200,
                                             description="Voice name (default: from the file name)"),
                  overwrite: bool = Form(False, description="Replace a voice of the same name"),
+                 language: Optional[str] = Form(None, max_length=35,
+                                                description="ISO 639-1 code (fr) the voice speaks when a request "
+                                                            "names no language; default: none"),
                  core: SpeechCore = Depends(get_core),
                  settings: HttpSettings = Depends(get_settings)) -> Dict[str, Any]:
     limit = upload_limit(settings)
@@ -48,14 +51,15 @@ def upload_voice(file: UploadFile = File(..., description="Reference recording")
         raise ApiError(413, f"the upload is larger than {limit // (1 << 20)} MiB (parameter "
                             f"http.max_upload_mb)", code="request_too_large")
     try:
-        added = core.add_voice(name or "", data, overwrite, filename=file.filename or "")
+        added = core.add_voice(name or "", data, overwrite, filename=file.filename or "", language=language or "")
     except RequestError as exc:
         if exc.kind == INVALID and exc.param == "name" and not name:  # no name, and none in the file's name
             raise ApiError(400, "give the voice a name (form field 'name')", param="name",
                            code="missing_required_parameter") from None
         raise _voice_error(core, exc) from None
     return {"id": added.name, "object": "voice", "name": added.name, "file": added.file,
-            "duration": added.duration, "can_clone": added.can_clone, "message": added.message}
+            "duration": added.duration, "can_clone": added.can_clone, "message": added.message,
+            "language": added.language}
 
 
 @router.delete("/v1/audio/voices/{name}", response_model=VoiceDeleted, responses=documented(400, 401, 404, 409, 503))
