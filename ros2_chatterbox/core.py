@@ -248,9 +248,7 @@ class SpeechCore:
         """The code a request speaks in: `requested` ("FR", "fr-FR" -> "fr"), or when it is ''/None the `language`
         parameter's, or when that is '' the model's default. RequestError (invalid, param "language") naming the
         supported codes when the loaded model does not speak it; unavailable when no model is loaded."""
-        engine = engine if engine is not None else self.engine
-        if engine is None:
-            raise RequestError(UNAVAILABLE, "the speech engine is not loaded (node not configured/active)")
+        engine = engine if engine is not None else self._engine()
         supported = tuple(engine.languages)
         if requested is not None and not isinstance(requested, str):
             raise RequestError(INVALID, f"language must be a string (an ISO 639-1 code), not {requested!r}",
@@ -285,9 +283,7 @@ class SpeechCore:
 
     def list_languages(self) -> List[LanguageInfo]:
         """What the loaded model speaks, its default first. RequestError (unavailable) when no model is loaded."""
-        engine = self.engine
-        if engine is None:
-            raise RequestError(UNAVAILABLE, "the speech engine is not loaded (node not configured/active)")
+        engine = self._engine()
         return [LanguageInfo(code, LANGUAGES.get(code, code)) for code in engine.languages]
 
     @property
@@ -325,6 +321,13 @@ class SpeechCore:
         """Block until no request runs or waits (True), or `timeout` passes (False)."""
         queue = self.queue
         return queue.wait_idle(timeout) if queue is not None else True
+
+    def _engine(self) -> Engine:
+        """The loaded engine; RequestError (unavailable) when none is."""
+        engine = self.engine
+        if engine is None:
+            raise RequestError(UNAVAILABLE, "the speech engine is not loaded (node not configured/active)")
+        return engine
 
     # -- voices ----------------------------------------------------------------------------------------------
     def _voices(self) -> VoiceLibrary:
